@@ -1,0 +1,65 @@
+"""Input validation and the one broadcasting helper.
+
+Every public entry point validates its inputs here, with errors that say what was wrong and what to do.
+Inner loops (sampler steps, ODE right-hand sides) call the unchecked internals instead, so no check costs a
+host round trip per step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def batch_view(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-example tensor ``v`` [B] so it broadcasts against ``x`` [B, *dims]."""
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def check_batch(x: torch.Tensor, name: str = "x") -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [B, *dims], got {type(x).__name__}.")
+    if x.ndim < 1:
+        raise ValueError(f"{name} must have a batch dimension: shape [B, *dims], got a 0-d tensor.")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}; convert with x.float().")
+    return x
+
+
+def check_finite(x: torch.Tensor, name: str = "x") -> torch.Tensor:
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(
+            f"{name} contains {bad} non-finite value(s) (NaN or inf); clean or drop those entries first."
+        )
+    return x
+
+
+def check_time(t, x: torch.Tensor, T: float = 1.0, name: str = "t") -> torch.Tensor:
+    """Return ``t`` as a [B] tensor on x's device/dtype; a Python number or 0-d tensor is broadcast."""
+    if not isinstance(t, torch.Tensor):
+        if not isinstance(t, (int, float)):
+            raise TypeError(f"{name} must be a float or a tensor of shape [B], got {type(t).__name__}.")
+        t = torch.tensor(float(t))
+    t = t.to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
+    B = x.shape[0]
+    if t.ndim == 0:
+        t = t.expand(B)
+    elif t.shape != (B,):
+        raise ValueError(
+            f"{name} must be a scalar or have shape [B] = [{B}] to match x of shape {tuple(x.shape)}, "
+            f"got shape {tuple(t.shape)}."
+        )
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or inf; times must lie in [0, {T}].")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < 0.0 or hi > T * (1 + 1e-6):
+        raise ValueError(f"{name} must lie in [0, {T}], got values in [{lo:.6g}, {hi:.6g}].")
+    return t
+
+
+def check_positive(value: float, name: str) -> float:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+    return float(value)
