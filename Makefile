@@ -21,6 +21,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet --no-deps k-diffusion==0.1.1.post1
 	$(BIN)/python benchmarks/samplers.py
 
 clean:
