@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from scorelab import SubVPSDE, VESDE, VPSDE
+from scorelab import VESDE, VPSDE, SubVPSDE
 from scorelab.oracle import GaussianMixture
 
 F64 = torch.float64

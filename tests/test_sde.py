@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scorelab import SubVPSDE, VESDE, VPSDE
+from scorelab import VESDE, VPSDE, SubVPSDE
 
 F64 = torch.float64
 SDES = {

@@ -1,0 +1,83 @@
+"""Distances between samples (or learned scores) and the analytic truth of a Gaussian mixture.
+
+moment KL (the benchmark's primary error, shared/BENCHMARKS.md):
+    assign sample j to argmax_k r_k(x_j) (exact responsibilities under p_0), take the sample mean and covariance
+    of the points assigned to k, and sum_k w_k KL( N(mean_k, cov_k) || N(mu_k, S_k) ); a component with at most
+    d + 1 points scores a penalty of 10 w_k.
+mode TV: 1/2 sum_k |w_k - share_k|, share_k the fraction of points assigned to k.
+weighted Fisher divergence: E_t E_{x ~ p_t} s(t)^2 |s_theta(x, t) - grad log p_t(x)|^2 / D.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._checks import check_batch
+from .oracle import GaussianMixture
+from .sde import SDE
+
+EMPTY_PENALTY = 10.0
+
+
+@dataclass
+class MixtureError:
+    moment_kl: float
+    mode_tv: float
+    nonfinite: int  # samples that were NaN/inf (counted as assigned to no component)
+
+
+def gaussian_kl(mean_p: torch.Tensor, cov_p: torch.Tensor, mean_q: torch.Tensor, cov_q: torch.Tensor) -> torch.Tensor:
+    """KL( N(mean_p, cov_p) || N(mean_q, cov_q) ) for batches [..., d], [..., d, d]."""
+    d = mean_p.shape[-1]
+    Lq = torch.linalg.cholesky(cov_q)
+    diff = (mean_q - mean_p).unsqueeze(-1)
+    sol = torch.cholesky_solve(torch.cat([cov_p, diff], -1), Lq)
+    trace = torch.diagonal(sol[..., :d], dim1=-2, dim2=-1).sum(-1)
+    maha = (diff * sol[..., d:]).sum((-2, -1))
+    logdet_q = 2 * torch.log(torch.diagonal(Lq, dim1=-2, dim2=-1)).sum(-1)
+    logdet_p = torch.linalg.slogdet(cov_p)[1]
+    return 0.5 * (trace + maha - d + logdet_q - logdet_p)
+
+
+def mixture_error(samples: torch.Tensor, gmm: GaussianMixture) -> MixtureError:
+    """moment KL and mode TV of ``samples`` [n, d] against the mixture ``gmm`` (float64 internally)."""
+    check_batch(samples, "samples")
+    x = samples.reshape(samples.shape[0], -1).to(torch.float64)
+    if x.shape[1] != gmm.d:
+        raise ValueError(f"samples must have {gmm.d} features to compare with this mixture, got {x.shape[1]}.")
+    finite = torch.isfinite(x).all(1)
+    nonfinite = int((~finite).sum())
+    x = x[finite]
+    n, d = samples.shape[0], gmm.d
+    w = gmm.weights.to(x.device)
+    assign = gmm.responsibilities(x).argmax(1) if len(x) else torch.zeros(0, dtype=torch.long)
+    counts = torch.bincount(assign, minlength=gmm.K).to(torch.float64)
+    share = counts / n
+    kl = 0.0
+    for k in range(gmm.K):
+        if counts[k] <= d + 1:
+            kl += EMPTY_PENALTY * float(w[k])
+            continue
+        xk = x[assign == k]
+        mean = xk.mean(0)
+        cov = torch.cov(xk.T).reshape(d, d)
+        kl += float(w[k]) * float(gaussian_kl(mean, cov, gmm.means[k].to(x.device), gmm.covs[k].to(x.device)))
+    return MixtureError(moment_kl=kl, mode_tv=0.5 * float((w - share).abs().sum()), nonfinite=nonfinite)
+
+
+def fisher_divergence(score_fn, gmm: GaussianMixture, sde: SDE, n: int = 2000, n_times: int = 10,
+                      t_min: float = 1e-3, generator: torch.Generator | None = None) -> float:
+    """Monte-Carlo E_t E_{x~p_t} s(t)^2 |score_fn(x, t) - grad log p_t(x)|^2 / D on a fixed grid of n_times
+    times, log-spaced in [t_min, 1] so small noise levels are represented."""
+    times = torch.logspace(torch.log10(torch.tensor(t_min)), 0.0, n_times, dtype=torch.float64)
+    total = 0.0
+    for t in times:
+        tt = torch.full((n,), float(t), dtype=torch.float64)
+        x = gmm.sample(n, t=tt, sde=sde, generator=generator)
+        true = gmm.score(x, tt, sde)
+        with torch.no_grad():
+            est = score_fn(x.float(), tt.float()).to(torch.float64)
+        total += float((sde.marginal_std(tt)[:, None] ** 2 * (est - true) ** 2).sum(1).mean()) / gmm.d
+    return total / n_times
