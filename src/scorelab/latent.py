@@ -1,0 +1,168 @@
+"""Latent codes of the probability-flow ODE: encode, decode and interpolate.
+
+The probability-flow ODE of a forward SDE dx = a(t) x dt + g(t) dw (Song et al. 2021, eq. 13),
+
+    dx/dt = f~(x, t) = a(t) x - 1/2 g(t)^2 score(x, t),
+
+moves samples of p_t along a deterministic, invertible flow that keeps every marginal p_t. Solving it from a
+small eps up to T maps data x to a latent z ("encode"); solving it back from T to eps maps z to data
+("decode"). With an exact score and an accurate solver, decode(encode(x)) = x, and z ~ p_T ~ the prior.
+
+The ODE solves are done by torchdiffeq (Chen et al. 2018): adaptive Dormand-Prince ("dopri5", the default,
+as in Song et al. 2021 with rtol = atol = 1e-5) or any fixed-step method with ``steps=``. Shapes are
+[B, *dims] throughout; nothing leaves the device during a solve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torchdiffeq import odeint
+
+from ._checks import batch_view, check_batch, check_finite
+from .sde import SDE
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# Our names -> torchdiffeq's. Adaptive methods use rtol/atol; fixed-step ones need ``steps``.
+ADAPTIVE_SOLVERS = {"dopri5": "dopri5", "dopri8": "dopri8", "bosh3": "bosh3", "fehlberg2": "fehlberg2",
+                    "adaptive_heun": "adaptive_heun"}
+FIXED_SOLVERS = {"euler": "euler", "midpoint": "midpoint", "heun": "heun2", "heun2": "heun2", "heun3": "heun3",
+                 "rk4": "rk4"}
+SOLVERS = tuple(ADAPTIVE_SOLVERS) + tuple(FIXED_SOLVERS)
+
+
+class CountingScore:
+    """Wraps a score function and counts its (batched) calls: the number of function evaluations, nfe."""
+
+    def __init__(self, score_fn: ScoreFn):
+        self.score_fn = score_fn
+        self.nfe = 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.nfe += 1
+        return self.score_fn(x, t)
+
+
+def probability_flow_drift(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """f~(x, t) = f(x, t) - 1/2 g(t)^2 score(x, t), [B, *dims]; t is [B]. Unchecked (inner loops)."""
+    f, g = sde._sde(x, t)
+    return f - 0.5 * batch_view(g * g, x) * score_fn(x, t)
+
+
+def check_solver_options(sde: SDE, solver: str, rtol: float, atol: float, steps: int | None, eps: float):
+    """Validate the ODE options shared by encode/decode/log_likelihood; returns torchdiffeq's method name."""
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a scorelab SDE (VESDE/VPSDE/SubVPSDE), got {type(sde).__name__}.")
+    if solver in ADAPTIVE_SOLVERS:
+        for name, tol in (("rtol", rtol), ("atol", atol)):
+            if not isinstance(tol, (int, float)) or not tol > 0:
+                raise ValueError(f"{name} must be a positive number, got {tol!r}.")
+        if steps is not None:
+            raise ValueError(f"solver={solver!r} is adaptive and takes rtol/atol, not steps; "
+                             f"for a fixed number of steps use one of {tuple(FIXED_SOLVERS)}.")
+    elif solver in FIXED_SOLVERS:
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"solver={solver!r} is a fixed-step method: pass steps= (a positive integer), "
+                             f"got steps={steps!r}.")
+    else:
+        raise ValueError(f"Unknown solver {solver!r}; choose one of {SOLVERS}.")
+    if not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
+        raise ValueError(f"eps (the start time of the ODE) must lie in (0, T={sde.T}), got {eps!r}; "
+                         "use a small positive value such as 1e-5 (the score is singular at t = 0).")
+    return ADAPTIVE_SOLVERS.get(solver) or FIXED_SOLVERS[solver]
+
+
+def solve_ode(func, y0, t0: float, t1: float, method: str, rtol: float, atol: float, steps: int | None,
+              like: torch.Tensor):
+    """Integrate dy/dt = func(t, y) from t0 to t1 (either direction) with torchdiffeq; returns y(t1).
+
+    ``func`` takes a scalar time tensor and the state (a tensor or a tuple of tensors)."""
+    ts = torch.tensor([t0, t1], dtype=like.dtype, device=like.device)
+    if steps is None:
+        # step_t makes the last step land on t1: torchdiffeq would otherwise step past it and interpolate back,
+        # evaluating the score outside [eps, T] (VE's s(t) is NaN for t < 0)
+        out = odeint(func, y0, ts, method=method, rtol=rtol, atol=atol, options={"step_t": ts})
+    else:
+        out = odeint(func, y0, ts, method=method, options={"step_size": abs(t1 - t0) / steps})
+    return tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]
+
+
+def _flow(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t0: float, t1: float, solver: str, rtol: float,
+          atol: float, steps: int | None, eps: float, name: str) -> tuple[torch.Tensor, int]:
+    if not callable(score_fn):
+        raise TypeError("score_fn must be a callable score_fn(x, t) -> tensor shaped like x.")
+    check_batch(x, name)
+    check_finite(x, name)
+    method = check_solver_options(sde, solver, rtol, atol, steps, eps)
+    counted = CountingScore(score_fn)
+    B = x.shape[0]
+
+    def func(t, y):
+        return probability_flow_drift(counted, sde, y, t.expand(B))
+
+    with torch.no_grad():
+        out = solve_ode(func, x, t0, t1, method, rtol, atol, steps, like=x)
+    return out, counted.nfe
+
+
+def encode(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, solver: str = "dopri5", rtol: float = 1e-5,
+           atol: float = 1e-5, steps: int | None = None, eps: float = 1e-5, return_nfe: bool = False):
+    """Latent z = x(T) of the probability-flow ODE started at x(eps) = x: [B, *dims] (and nfe if asked)."""
+    z, nfe = _flow(score_fn, sde, x, float(eps), sde.T, solver, rtol, atol, steps, eps, "x")
+    return (z, nfe) if return_nfe else z
+
+
+def decode(score_fn: ScoreFn, sde: SDE, z: torch.Tensor, solver: str = "dopri5", rtol: float = 1e-5,
+           atol: float = 1e-5, steps: int | None = None, eps: float = 1e-5, return_nfe: bool = False):
+    """Data x = x(eps) of the probability-flow ODE solved backwards from x(T) = z: [B, *dims]."""
+    x, nfe = _flow(score_fn, sde, z, sde.T, float(eps), solver, rtol, atol, steps, eps, "z")
+    return (x, nfe) if return_nfe else x
+
+
+def round_trip_error(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, **options) -> torch.Tensor:
+    """Relative error |decode(encode(x)) - x| / |x| per example, [B]: how invertible the solved flow is."""
+    x_back = decode(score_fn, sde, encode(score_fn, sde, x, **options), **options)
+    return (x_back - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def slerp(z_a: torch.Tensor, z_b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation per example: [n, B, *dims] for z_a, z_b [B, *dims] and lam [n] in [0, 1].
+
+    slerp = sin((1 - lam) theta) / sin(theta) z_a + sin(lam theta) / sin(theta) z_b, cos(theta) the cosine
+    of the angle between z_a and z_b. Gaussian latents concentrate near a sphere, so this keeps intermediate
+    codes at a typical norm, where a straight line would pass through the atypical centre (White 2016).
+    Nearly parallel pairs fall back to linear interpolation, the limit as theta -> 0.
+    """
+    a, b = z_a.flatten(1), z_b.flatten(1)
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(torch.finfo(a.dtype).tiny)
+    theta = torch.acos(cos.clamp(-1.0, 1.0))  # [B]
+    lam = lam.to(a.dtype)[:, None]  # [n, 1]
+    sin = torch.sin(theta)
+    small = sin < 1e-6
+    safe = torch.where(small, torch.ones_like(sin), sin)
+    wa = torch.where(small, 1 - lam, torch.sin((1 - lam) * theta) / safe)  # [n, B]
+    wb = torch.where(small, lam.expand_as(wa), torch.sin(lam * theta) / safe)
+    return batch_view(wa, z_a[None]) * z_a[None] + batch_view(wb, z_b[None]) * z_b[None]
+
+
+def interpolate(score_fn: ScoreFn, sde: SDE, x_a: torch.Tensor, x_b: torch.Tensor, n: int = 8,
+                **options) -> torch.Tensor:
+    """Decoded slerp path between the latents of x_a and x_b [B, *dims]: [n, B, *dims], ends included.
+
+    ``options`` are the solver options of ``encode``/``decode``.
+    """
+    if not isinstance(n, int) or n < 2:
+        raise ValueError(f"n (the number of points on the path, ends included) must be an integer >= 2, got {n!r}.")
+    check_batch(x_a, "x_a")
+    check_batch(x_b, "x_b")
+    if x_a.shape != x_b.shape:
+        raise ValueError(f"x_a and x_b must have the same shape [B, *dims], got {tuple(x_a.shape)} and "
+                         f"{tuple(x_b.shape)}.")
+    z = encode(score_fn, sde, torch.cat([x_a, x_b]), **options)
+    z_a, z_b = z.chunk(2)
+    lam = torch.linspace(0, 1, n, dtype=z.dtype, device=z.device)
+    path = slerp(z_a, z_b, lam)  # [n, B, *dims]
+    x = decode(score_fn, sde, path.reshape(-1, *x_a.shape[1:]), **options)
+    return x.reshape(n, *x_a.shape)
