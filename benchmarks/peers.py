@@ -1,0 +1,175 @@
+"""Adapters that run the peers' samplers (k-diffusion, diffusers) on a scorelab score function.
+
+Each adapter takes a score function score_fn(x, t) of a scorelab SDE and returns {name: (x, nfe_used)}. The score
+is counted by a wrapper, so every peer's evaluations are measured, not assumed.
+
+- k-diffusion (VE, sigma in [0.002, 80], Karras sigmas rho = 7): denoiser D(x, sigma) = x + sigma^2 score(x, t(sigma)).
+  The package __init__ imports torchvision, so ``k_diffusion/sampling.py`` is loaded alone, with a stub ``utils``
+  module that provides the one helper it uses (append_dims).
+- diffusers (VP, DDPM's 1000 linear betas 1e-4..0.02): epsilon(x, k) = -s(t_k) score(x, t_k), t_k the time at which
+  the process has the scheduler's alphas_cumprod[k]; ScoreSdeVeScheduler (predictor-corrector) on VE with
+  score(x, t(sigma)).
+
+Peers use the global torch RNG; we seed it before each run. A peer that is not installed is skipped with a message.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+import types
+
+import torch
+
+
+class Counter:
+    def __init__(self, fn):
+        self.fn, self.n = fn, 0
+
+    def __call__(self, *a):
+        self.n += 1
+        return self.fn(*a)
+
+
+def load_k_sampling():
+    """k_diffusion.sampling without the package __init__ (which needs torchvision), or None with a message."""
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or not spec.submodule_search_locations:
+        print("[peers] k-diffusion not installed: skipped (pip install --no-deps k-diffusion==0.1.1.post1)")
+        return None
+    root = list(spec.submodule_search_locations)[0]
+    pkg = types.ModuleType("k_diffusion")
+    pkg.__path__ = [root]
+    utils = types.ModuleType("k_diffusion.utils")
+
+    def append_dims(x, target_dims):
+        return x[(...,) + (None,) * (target_dims - x.ndim)]
+
+    utils.append_dims = append_dims
+    saved = {k: sys.modules.get(k) for k in ("k_diffusion", "k_diffusion.utils")}
+    sys.modules["k_diffusion"], sys.modules["k_diffusion.utils"] = pkg, utils
+    try:
+        s = importlib.util.spec_from_file_location("k_diffusion.sampling", f"{root}/sampling.py")
+        mod = importlib.util.module_from_spec(s)
+        s.loader.exec_module(mod)
+    except ImportError as err:
+        print(f"[peers] k-diffusion sampling could not be loaded ({err}): skipped")
+        return None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    return mod
+
+
+K_SAMPLERS = ("euler", "heun", "dpm_2", "lms", "dpmpp_2m", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde",
+              "dpm_fast")
+_TWO_EVALS = ("heun", "dpm_2")  # N sigmas cost 2N - 1 evaluations (last step Euler)
+
+
+def k_diffusion_runs(K, score_fn, sde_ve, shape, nfe, seed, dtype=torch.float32, names=K_SAMPLERS,
+                     sigma_min=0.002, sigma_max=80.0):
+    out = {}
+    if K is None:
+        return out
+
+    def denoiser(x, sigma):
+        t = sde_ve.t_from_std_ratio(sigma.to(torch.float64)).clamp(1e-6, sde_ve.T).to(x.dtype)
+        return x + (sigma.to(x.dtype) ** 2).reshape(-1, *([1] * (x.ndim - 1))) * score_fn(x, t)
+
+    for name in names:
+        model = Counter(denoiser)
+        torch.manual_seed(seed)
+        x = torch.randn(shape, dtype=dtype) * sigma_max
+        steps = (nfe + 1) // 2 if name in _TWO_EVALS else nfe
+        extra = {}
+        if name == "dpm_fast":
+            res = K.sample_dpm_fast(model, x, sigma_min, sigma_max, nfe, disable=True)
+        else:
+            sig = K.get_sigmas_karras(steps, sigma_min, sigma_max, rho=7.0).to(dtype)
+            if name in ("dpmpp_2m_sde", "dpmpp_3m_sde"):
+                extra["noise_sampler"] = K.default_noise_sampler(x)  # the Brownian tree is slow and no better
+            res = getattr(K, f"sample_{name}")(model, x, sig, disable=True, **extra)
+        out[f"k:{name}"] = (res, model.n)
+    return out
+
+
+def _have_diffusers():
+    if importlib.util.find_spec("diffusers") is None:
+        print("[peers] diffusers not installed: skipped (pip install diffusers==0.42.1)")
+        return False
+    return True
+
+
+VP_SCHEDULERS = ("DDIM", "DPMSolver++", "UniPC")
+
+
+def diffusers_vp_runs(score_fn, sde_vp, shape, nfe, seed, dtype=torch.float32, names=VP_SCHEDULERS):
+    out = {}
+    if not _have_diffusers():
+        return out
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+    common = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    makers = {
+        "DDIM": lambda: DDIMScheduler(clip_sample=False, **common),
+        "DPMSolver++": lambda: DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", **common),
+        "UniPC": lambda: UniPCMultistepScheduler(**common),
+    }
+    for name in names:
+        sch = makers[name]()
+        ab = sch.alphas_cumprod.to(torch.float64)
+        t_of_k = sde_vp.t_from_log_snr(torch.log(ab) - torch.log1p(-ab)).clamp(1e-6, 1.0)
+        std_of_k = sde_vp.marginal_std(t_of_k)
+
+        def eps_model(x, k, t_of_k=t_of_k, std_of_k=std_of_k):
+            t = t_of_k[k].to(x.dtype).expand(x.shape[0])
+            return -std_of_k[k].to(x.dtype) * score_fn(x, t)
+
+        model = Counter(eps_model)
+        sch.set_timesteps(nfe)
+        torch.manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(shape, generator=g, dtype=dtype) * sch.init_noise_sigma
+        for k in sch.timesteps:
+            x = sch.step(model(x, int(k)), k, x).prev_sample
+        out[f"d:{name}"] = (x, model.n)
+    return out
+
+
+def diffusers_ve_pc(score_fn, sde_ve, shape, nfe, seed, dtype=torch.float32, sigma_min=0.002, sigma_max=80.0):
+    if not _have_diffusers():
+        return {}
+    from diffusers import ScoreSdeVeScheduler
+    sch = ScoreSdeVeScheduler(sigma_min=sigma_min, sigma_max=sigma_max, snr=0.16)
+    steps = max(1, nfe // 2)  # one predictor + one corrector evaluation per step
+    sch.set_timesteps(steps)
+    sch.set_sigmas(steps)
+
+    def model(x, sigma):
+        t = sde_ve.t_from_std_ratio(sigma.to(torch.float64)).clamp(1e-6, 1.0).to(x.dtype)
+        return score_fn(x, t.expand(x.shape[0]))
+
+    m = Counter(model)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=dtype) * sch.init_noise_sigma
+    x_mean = x
+    for i, t in enumerate(sch.timesteps):
+        sigma = sch.sigmas[i]
+        x = sch.step_correct(m(x, sigma), x, generator=g).prev_sample
+        o = sch.step_pred(m(x, sigma), t, x, generator=g)
+        x, x_mean = o.prev_sample, o.prev_sample_mean
+    return {"d:ScoreSdeVe-PC": (x_mean, m.n)}
+
+
+def all_peer_runs(K, score_ve, sde_ve, score_vp, sde_vp, shape, nfe, seed, dtype=torch.float32):
+    out = k_diffusion_runs(K, score_ve, sde_ve, shape, nfe, seed, dtype)
+    out.update(diffusers_ve_pc(score_ve, sde_ve, shape, nfe, seed, dtype))
+    out.update(diffusers_vp_runs(score_vp, sde_vp, shape, nfe, seed, dtype))
+    return out
+
+
+__all__ = ["load_k_sampling", "k_diffusion_runs", "diffusers_vp_runs", "diffusers_ve_pc", "all_peer_runs",
+           "Counter", "math"]

@@ -1,0 +1,291 @@
+"""Sampling under a constraint: inpainting and colorization (Song et al. 2021, Sec. 5 and App. I.2-I.3).
+
+Some entries of x_0 are known, x_0 = (x_k, x_u). The replacement method samples the unknown part with the
+unconditional score: run a reverse-time sampler on the whole vector and, after every step, overwrite the
+known entries with a forward-noised copy of the known data at the current time,
+
+    x_t[known] = m(t) x_k + s(t) z,     z ~ N(0, I),
+
+so the unknown entries are always pushed by a score that sees a plausible noisy version of the known ones
+(t is the time the sampler has just reached; the reference code of Song et al. uses the start of the step,
+a difference of order dt).
+At the end the known entries are set to x_k exactly. This is an approximation of sampling
+p_0(x_u | x_k): it conditions on a fresh noisy copy of x_k at each step instead of on the exact noisy
+trajectory that generated x_k, so it under-uses the information the known entries carry about the unknown
+ones (docs/controllable.md measures the error on a Gaussian mixture). RePaint-style resampling
+(Lugmayr et al. 2022) reduces it: each step is repeated ``resample`` times, re-noising x from t - dt back
+to t with the forward kernel in between, which lets the two parts harmonise at the price of ``resample``
+times the score evaluations.
+
+Colorization is the same thing in a rotated space. An orthogonal 3x3 matrix A whose first row is
+(1, 1, 1)/sqrt(3) maps RGB to coordinates u = A x whose first channel is sqrt(3) times the gray image.
+Since A is orthogonal and the forward noise is isotropic, u follows the same SDE as x with score
+A score(A^T u, t); so colorization = inpainting of u with the first channel known, mapped back by A^T.
+
+The predictor and corrector steps below are small stateless functions built on ``sde.reverse(score_fn)``;
+they return (x, x_mean) where x_mean is the step without its final noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ._checks import batch_view, check_batch, check_finite, check_positive
+from .sde import SDE
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class ConditionalResult:
+    """x: [B, *dims] samples with the known entries equal to the data; nfe: score evaluations used;
+    steps: number of time steps taken from T to eps."""
+
+    x: torch.Tensor
+    nfe: int
+    steps: int
+
+
+# ---- steps (pure functions of their inputs and a generator) ----
+
+def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def reverse_diffusion_step(rsde, x, t, dt: float, generator=None):
+    """Reverse-diffusion predictor (Song et al. 2021, eq. 47): x_{t-dt} = x_t - rev_f + rev_G z, with
+    rev_f = f - G^2 score from the forward discretisation (SMLD for VE, DDPM for VP). x [B, *dims], t [B]."""
+    rev_f, rev_G = rsde.discretize(x, t, dt)
+    x_mean = x - rev_f
+    return x_mean + batch_view(rev_G, x) * _noise(x, generator), x_mean
+
+
+def euler_maruyama_step(rsde, x, t, dt: float, generator=None):
+    """Euler-Maruyama on the reverse SDE: x_{t-dt} = x_t - [f - g^2 score] dt + g sqrt(dt) z."""
+    drift, g = rsde.sde(x, t)
+    x_mean = x - drift * dt
+    return x_mean + batch_view(g, x) * math.sqrt(dt) * _noise(x, generator), x_mean
+
+
+def probability_flow_step(rsde, x, t, dt: float, generator=None):
+    """Euler on the probability-flow ODE dx/dt = f - 1/2 g^2 score (``rsde`` built with probability_flow)."""
+    drift, _ = rsde.sde(x, t)
+    x_mean = x - drift * dt
+    return x_mean, x_mean
+
+
+def langevin_step(score_fn: ScoreFn, sde: SDE, x, t, dt: float, snr: float, generator=None):
+    """Langevin corrector with the signal-to-noise rule (Song et al. 2021, Alg. 4/5):
+
+        eps = 2 alpha (snr ||z|| / ||score||)^2,   x <- x + eps score + sqrt(2 eps) z,
+
+    with the norms averaged over the batch and alpha = (m(t) / m(t - dt))^2 (1 - beta_i for DDPM's chain,
+    1 for VE), so no process needs special-casing.
+    """
+    grad = score_fn(x, t)
+    z = _noise(x, generator)
+    grad_norm = grad.reshape(x.shape[0], -1).norm(dim=1).mean()  # reshape: x may be [B] alone
+    noise_norm = z.reshape(x.shape[0], -1).norm(dim=1).mean()
+    alpha = (sde.marginal_scale(t) / sde.marginal_scale((t - dt).clamp_min(0.0))) ** 2
+    step = batch_view(2 * alpha * (snr * noise_norm / grad_norm.clamp_min(1e-30)) ** 2, x)
+    x_mean = x + step * grad
+    return x_mean + torch.sqrt(2 * step) * z, x_mean
+
+
+def forward_renoise(sde: SDE, x, t_from, t_to, generator=None):
+    """Draw x_{t_to} ~ p(x_{t_to} | x_{t_from}) for t_from < t_to: the forward kernel of a linear SDE,
+    N((m(t_to)/m(t_from)) x, s(t_to)^2 - (m(t_to)/m(t_from))^2 s(t_from)^2). Used by RePaint's jumps."""
+    ratio = sde.marginal_scale(t_to) / sde.marginal_scale(t_from)
+    var = sde.marginal_std(t_to) ** 2 - (ratio * sde.marginal_std(t_from)) ** 2
+    return batch_view(ratio, x) * x + batch_view(var.clamp_min(0.0).sqrt(), x) * _noise(x, generator)
+
+
+# method name -> (predictor, default number of corrector steps, predictor runs the probability-flow ODE)
+_METHODS = {
+    "pc": (reverse_diffusion_step, 1, False),
+    "reverse_diffusion": (reverse_diffusion_step, 0, False),
+    "euler_maruyama": (euler_maruyama_step, 0, False),
+    "ode": (probability_flow_step, 0, True),
+}
+
+
+def methods() -> list[str]:
+    """Names accepted by ``inpaint(method=...)`` and ``colorize(method=...)``."""
+    return list(_METHODS)
+
+
+# ---- the shared loop ----
+
+def sample_with_replacement(score_fn: ScoreFn, sde: SDE, shape, replace, *, method: str = "pc", nfe: int = 400,
+                            generator: torch.Generator | None = None, corrector_steps: int | None = None,
+                            snr: float = 0.16, resample: int = 1, eps: float = 1e-3, device=None,
+                            dtype: torch.dtype = torch.float32) -> ConditionalResult:
+    """Reverse-time sampling from p_T with ``replace(x, t) -> x`` applied after every update.
+
+    ``replace`` imposes the constraint at time t [B] (for inpainting: overwrite the known entries with a
+    noisy copy of the data). Steps: N = nfe // (resample * (1 + corrector_steps)) uniform steps from T to eps;
+    each step does ``corrector_steps`` Langevin moves at t and one predictor move to t - dt, and, when
+    ``resample`` = r > 1, re-noises back to t and repeats, r times in all (RePaint with jump length 1).
+    Returns the last predictor mean (no noise added at the end), its nfe and N.
+    """
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a forward process such as VPSDE() or VESDE(), got {type(sde).__name__}.")
+    if not callable(replace):
+        raise TypeError("replace must be a callable replace(x, t) -> x imposing the constraint at time t.")
+    if method not in _METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {methods()}.")
+    shape = tuple(int(n) for n in shape)
+    predictor, default_corr, pf = _METHODS[method]
+    corrector_steps = default_corr if corrector_steps is None else corrector_steps
+    if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, int) or corrector_steps < 0:
+        raise ValueError(f"corrector_steps must be an integer >= 0, got {corrector_steps!r}.")
+    if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
+        raise ValueError(f"resample must be an integer >= 1 (1 = no RePaint jumps), got {resample!r}.")
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe must be a positive integer (the budget of score evaluations), got {nfe!r}.")
+    snr = check_positive(snr, "snr")
+    eps = check_positive(eps, "eps")
+    if eps >= sde.T:
+        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps}; 1e-3 is the usual choice.")
+    cost = resample * (1 + corrector_steps)
+    steps = nfe // cost
+    if steps < 1:
+        raise ValueError(f"nfe={nfe} is too small: with method={method!r}, corrector_steps={corrector_steps} "
+                         f"and resample={resample} one step costs {cost} score evaluations; pass nfe >= {cost}.")
+    rsde = sde.reverse(score_fn, probability_flow=pf)
+    if generator is not None and device is None:
+        device = generator.device
+    ts = torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64).tolist()
+    x = replace(sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype),
+                torch.full(shape[:1], ts[0], dtype=dtype, device=device))
+    x_mean = x
+    for i in range(steps):
+        t = torch.full(shape[:1], ts[i], dtype=dtype, device=device)
+        t_next = torch.full(shape[:1], ts[i + 1], dtype=dtype, device=device)
+        dt = ts[i] - ts[i + 1]
+        for r in range(resample):
+            for _ in range(corrector_steps):
+                x = replace(langevin_step(score_fn, sde, x, t, dt, snr, generator)[0], t)
+            x, x_mean = predictor(rsde, x, t, dt, generator)
+            x = replace(x, t_next)
+            if r < resample - 1:  # RePaint jump: back to t, so the next pass sees the constraint again
+                x = replace(forward_renoise(sde, x, t_next, t, generator), t)
+    return ConditionalResult(x_mean, steps * cost, steps)
+
+
+# ---- inpainting ----
+
+def _check_mask(mask, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a tensor shaped like x (1 = known, 0 = to sample), got {type(mask).__name__}.")
+    try:
+        shape = torch.broadcast_shapes(mask.shape, x.shape)
+    except RuntimeError:
+        shape = None
+    if shape != x.shape:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not match x of shape {tuple(x.shape)}; pass a mask "
+                         "shaped like x, or like one example (it is then shared by the batch).")
+    m = mask.to(device=x.device)
+    if m.dtype != torch.bool and not bool(((m == 0) | (m == 1)).all()):
+        raise ValueError("mask must be binary: 1 (or True) where x is known, 0 where it is to be sampled; "
+                         "threshold a soft mask first, e.g. (mask > 0.5).")
+    return m.to(x.dtype).expand(x.shape)
+
+
+def inpaint(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, mask: torch.Tensor, method: str = "pc",
+            nfe: int = 400, generator: torch.Generator | None = None, **options) -> ConditionalResult:
+    """Sample the entries of x where mask == 0 given those where mask == 1 (replacement method).
+
+    x: [B, *dims] data; its unknown entries are ignored (set them to 0) but must be finite.
+    mask: same shape as x, or broadcastable to it (e.g. one [*dims] mask for the whole batch);
+    1 / True = known.
+    method: "pc" (reverse diffusion + one Langevin corrector, Song et al.'s default), "reverse_diffusion",
+    "euler_maruyama" or "ode" (probability flow; the known entries then follow m(t) x + s(t) z with one z
+    drawn once, so the whole run is deterministic given it).
+    nfe: budget of score evaluations (never exceeded).
+    options: ``corrector_steps`` (int), ``snr`` (default 0.16, Song et al.'s CIFAR-10 VE value),
+    ``resample`` (RePaint repeats per step, default 1 = off; costs a factor ``resample`` in nfe at fixed
+    steps), ``eps`` (final time, default 1e-3).
+
+    Returns ConditionalResult(x [B, *dims], nfe, steps) with res.x == x exactly where mask == 1.
+    """
+    if not callable(score_fn):
+        raise TypeError("score_fn must be a callable score_fn(x, t) -> tensor shaped like x.")
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a forward process such as VPSDE() or VESDE(), got {type(sde).__name__}.")
+    check_batch(x)
+    check_finite(x, "x (set the unknown entries to 0: they are ignored)")
+    known = _check_mask(mask, x)
+    unknown = 1 - known
+    data = x.detach() * known
+    fixed_z = None
+    if method == "ode":  # a deterministic sampler wants one smooth path for the known entries
+        fixed_z = _noise(x, generator)
+
+    def replace(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        z = fixed_z if fixed_z is not None else _noise(xt, generator)
+        noisy = batch_view(sde.marginal_scale(t), xt) * data + batch_view(sde.marginal_std(t), xt) * z
+        return unknown * xt + known * noisy
+
+    with torch.no_grad():
+        res = sample_with_replacement(score_fn, sde, tuple(x.shape), replace, method=method, nfe=nfe,
+                                      generator=generator, device=x.device, dtype=x.dtype, **options)
+        res.x = torch.where(known.bool(), x.detach(), res.x)
+    return res
+
+
+# ---- colorization ----
+
+def color_decoupling_matrix(dtype=torch.float64, device=None) -> torch.Tensor:
+    """The orthogonal 3x3 matrix A with rows (1,1,1)/sqrt(3), (-2,1,1)/sqrt(6), (0,1,-1)/sqrt(2).
+
+    u = A x maps RGB to a space whose first channel is sqrt(3) times the gray (channel-mean) image; the other
+    two carry only colour. Song et al. 2021 (App. I.3) use a matrix of this kind."""
+    A = torch.tensor([[1.0, 1.0, 1.0], [-2.0, 1.0, 1.0], [0.0, 1.0, -1.0]], dtype=torch.float64)
+    A = A / A.norm(dim=1, keepdim=True)
+    return A.to(dtype=dtype, device=device)
+
+
+def _mix_channels(A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A applied to the channel dimension of x [B, C, *spatial]."""
+    return torch.einsum("ij,bj...->bi...", A, x)
+
+
+def orthogonal_score(score_fn: ScoreFn, A: torch.Tensor) -> ScoreFn:
+    """The score of u = A x (A orthogonal, acting on channels):  score_u(u, t) = A score_x(A^T u, t)."""
+    At = A.transpose(0, 1)
+    return lambda u, t: _mix_channels(A, score_fn(_mix_channels(At, u), t))
+
+
+def colorize(score_fn: ScoreFn, sde: SDE, gray: torch.Tensor, generator: torch.Generator | None = None,
+             method: str = "pc", nfe: int = 400, **options) -> ConditionalResult:
+    """Sample RGB images whose channel mean equals ``gray``, with a score model of RGB images.
+
+    gray: [B, 1, *spatial] or [B, *spatial] (e.g. [B, H, W]) in the same units as the model's data.
+    score_fn: a score of RGB images [B, 3, *spatial].
+    Inpaints u = A x with u[:, 0] = sqrt(3) gray known (see ``color_decoupling_matrix``), then returns
+    x = A^T u: res.x is [B, 3, *spatial] and res.x.mean(1) equals gray up to rounding.
+    Options as for ``inpaint``.
+    """
+    check_batch(gray, "gray")
+    check_finite(gray, "gray")
+    if gray.ndim == 4 and gray.shape[1] != 1:
+        raise ValueError(f"gray must have one channel, [B, 1, H, W] or [B, H, W], got {tuple(gray.shape)}; "
+                         "make a gray image from RGB with x.mean(1, keepdim=True).")
+    if gray.ndim >= 3 and gray.shape[1] == 1:
+        gray = gray[:, 0]
+    if gray.ndim < 2:
+        raise ValueError(f"gray must be [B, 1, *spatial] or [B, *spatial] (e.g. [B, H, W]), got {tuple(gray.shape)}.")
+    A = color_decoupling_matrix(gray.dtype, gray.device)
+    u = torch.zeros((gray.shape[0], 3, *gray.shape[1:]), dtype=gray.dtype, device=gray.device)
+    u[:, 0] = math.sqrt(3.0) * gray
+    mask = torch.zeros_like(u)
+    mask[:, 0] = 1.0
+    res = inpaint(orthogonal_score(score_fn, A), sde, u, mask, method=method, nfe=nfe, generator=generator,
+                  **options)
+    res.x = _mix_channels(A.transpose(0, 1), res.x)
+    return res

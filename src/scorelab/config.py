@@ -1,0 +1,444 @@
+"""Training configs: YAML in, built objects out. The only place where names become classes.
+
+A config has five sections; every key is checked (unknown keys, wrong types and out-of-range values are a
+ValueError that names the key and the valid choices), and missing keys take the published defaults below.
+
+    data:      name (a built-in data set) or path (.npy/.csv), n, scale
+    sde:       type ve | vp | subvp, plus that process's constructor arguments
+    model:     type mlp | unet | energy, parameterization, plus that network's constructor arguments
+    objective: name (a key of scorelab.objectives.OBJECTIVES), plus that objective's options
+    train:     steps, batch_size, lr, warmup, grad_clip, ema_decay, adam_betas, adam_eps, seed,
+               log_every, ckpt_every, device, tensorboard, threads
+
+``load_config(path_or_name, overrides)`` reads a file (or a bundled config by bare name, e.g. ``toy``),
+applies ``key.sub=value`` overrides (values parsed as YAML) and returns the complete, validated config as a
+plain dict (what a checkpoint stores). ``build_sde``/``build_model``/``build_objective``/``build_data`` turn
+its sections into objects; the tables below are the whole vocabulary.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .sde import VESDE, VPSDE, SubVPSDE
+
+# --------------------------------------------------------------------------- explicit tables (name -> class)
+SDES = {"ve": VESDE, "vp": VPSDE, "subvp": SubVPSDE}
+MODEL_TYPES = ("mlp", "unet", "energy")
+SECTIONS = ("data", "sde", "model", "objective", "train")
+
+class _Field:
+    """One config key: accepted Python types, default, and a range check."""
+
+    def __init__(self, types: tuple[type, ...], default: Any, *, min: float | None = None,
+                 min_open: bool = False, choices: Iterable | None = None, nullable: bool = False,
+                 length: int | None = None):
+        self.types, self.default, self.min, self.min_open = types, default, min, min_open
+        self.choices = tuple(choices) if choices is not None else None
+        self.nullable, self.length = nullable, length
+
+    def check(self, where: str, value: Any) -> Any:
+        if value is None:
+            if self.nullable:
+                return None
+            raise ValueError(f"{where} must not be empty (null); give a {self._describe()}.")
+        if list in self.types:
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"{where} must be a list, got {value!r}.")
+            if self.length is not None and len(value) != self.length:
+                raise ValueError(f"{where} must be a list of {self.length} numbers, got {value!r}.")
+            return list(value)
+        if isinstance(value, bool) and bool not in self.types:
+            raise ValueError(f"{where} must be a {self._describe()}, got the boolean {value!r}.")
+        if float in self.types and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, str) and float in self.types and str not in self.types:
+            try:  # YAML reads "2e-4" (no dot) as a string; accept it as the number it clearly is
+                value = float(value)
+            except ValueError:
+                pass
+        if not isinstance(value, self.types):
+            raise ValueError(f"{where} must be a {self._describe()}, got {value!r} ({type(value).__name__}).")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{where} must be finite, got {value!r}.")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{where} must be one of {list(self.choices)}, got {value!r}.")
+        if self.min is not None and (value < self.min or (self.min_open and value == self.min)):
+            bound = f"> {self.min}" if self.min_open else f">= {self.min}"
+            raise ValueError(f"{where} must be {bound}, got {value!r}.")
+        return value
+
+    def _describe(self) -> str:
+        return " or ".join({int: "integer", float: "number", str: "string", bool: "boolean",
+                            list: "list", dict: "mapping"}[t] for t in self.types)
+
+
+def _pos_int(default, **kw):
+    return _Field((int,), default, min=1, **kw)
+
+
+def _pos_float(default, **kw):
+    return _Field((float,), default, min=0, min_open=True, **kw)
+
+
+# --------------------------------------------------------------------------- schemas with published defaults
+DATA_FIELDS = {
+    "name": _Field((str,), None, nullable=True),        # a built-in data set (scorelab.data), e.g. "ring"
+    "path": _Field((str,), None, nullable=True),        # or a .npy / .csv file [N, *dims]
+    "n": _pos_int(None, nullable=True),                 # examples drawn/kept (None: the data set's default)
+    "scale": _Field((list,), None, nullable=True, length=2),  # map data range to [lo, hi], e.g. [-1, 1] (DDPM)
+    "seed": _Field((int,), 0),                          # draws of the synthetic data sets
+}
+
+SDE_FIELDS = {
+    # Song et al. 2021 (score_sde): VE sigma in [0.01, 50] for CIFAR-10; for other data sigma_max should be
+    # about the largest pairwise distance in the data (Song & Ermon 2020, technique 1).
+    "ve": {"sigma_min": _pos_float(0.01), "sigma_max": _pos_float(50.0), "N": _pos_int(1000)},
+    # Song et al. 2021: beta in [0.1, 20], the continuum limit of DDPM's linear 1e-4..0.02 (Ho et al. 2020)
+    "vp": {"beta_min": _pos_float(0.1), "beta_max": _pos_float(20.0), "N": _pos_int(1000),
+           "schedule": _Field((str,), "linear", choices=("linear", "cosine"))},
+    "subvp": {"beta_min": _pos_float(0.1), "beta_max": _pos_float(20.0), "N": _pos_int(1000),
+              "schedule": _Field((str,), "linear", choices=("linear", "cosine"))},
+}
+
+_PARAM = ("score", "eps", "x0", "energy")
+_MLP = {  # widths for 2-D toys; Fourier scale 16 as NCSN++ (Song et al. 2021)
+    "parameterization": _Field((str,), "score", choices=_PARAM),
+    "hidden": _pos_int(128), "depth": _pos_int(3), "embed_dim": _pos_int(32),
+    "fourier_scale": _pos_float(16.0),
+}
+MODEL_FIELDS = {
+    "mlp": _MLP,
+    "energy": {**_MLP, "parameterization": _Field((str,), "energy", choices=("energy",))},
+    "unet": {  # a trimmed DDPM/NCSN++ U-Net (Ho et al. 2020; Song et al. 2021)
+        "parameterization": _Field((str,), "score", choices=_PARAM[:3]),
+        "base_channels": _pos_int(32), "channel_mults": _Field((list,), [1, 2]),
+        "num_res_blocks": _pos_int(1), "attn_at_lowest": _Field((bool,), True), "embed_dim": _pos_int(128),
+    },
+}
+
+TRAIN_FIELDS = {
+    "steps": _pos_int(2000),
+    "batch_size": _pos_int(128),                       # Song et al. 2021 use 128 for CIFAR-10
+    "lr": _pos_float(2e-4),                            # Adam, 2e-4 (Ho et al. 2020; Song et al. 2021)
+    "warmup": _Field((int,), 5000, min=0),             # linear warm-up steps, 5000 (Song et al. 2021); toys: ~100
+    "grad_clip": _Field((float,), 1.0, min=0),         # gradient-norm clip 1.0 (Song et al. 2021); 0 = off
+    "ema_decay": _Field((float,), 0.9999, min=0),      # 0.9999 (Ho et al. 2020; Song et al. 2021); toys: 0.999
+    "adam_betas": _Field((list,), [0.9, 0.999], length=2),  # torch/Adam defaults, as score_sde
+    "adam_eps": _pos_float(1e-8),
+    "seed": _Field((int,), 0, min=0),
+    "log_every": _pos_int(100),
+    "ckpt_every": _pos_int(1000),
+    "device": _Field((str,), "auto"),                  # auto: CUDA when available, else CPU
+    "tensorboard": _Field((bool,), True),              # used only if tensorboard is installed
+    "threads": _pos_int(None, nullable=True),          # CPU threads (None: torch's default); tiny nets: 1
+}
+
+
+# --------------------------------------------------------------------------- reading and overriding
+def config_dirs() -> list[Path]:
+    """Where bare config names are looked up: ./configs, the repository's configs/, the installed package's."""
+    here = Path(__file__).resolve().parent
+    dirs = [Path.cwd() / "configs", here.parents[1] / "configs", here / "configs"]
+    out: list[Path] = []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
+            out.append(d)
+    return out
+
+
+def available_configs() -> list[str]:
+    """Bare names of the bundled configs (``toy``, ``digits``, ...)."""
+    return sorted({p.stem for d in config_dirs() for p in d.glob("*.yaml")})
+
+
+def find_config(path_or_name: str | Path) -> Path:
+    """A config file from a path, or from a bare name such as ``toy`` (looked up in ``config_dirs()``)."""
+    p = Path(path_or_name)
+    if p.is_file():
+        return p
+    if p.suffix in ("", ".yaml") and p.parent == Path("."):
+        for d in config_dirs():
+            cand = d / f"{p.stem}.yaml"
+            if cand.is_file():
+                return cand
+    raise FileNotFoundError(f"config {str(path_or_name)!r} not found; give a path to a .yaml file or one of the "
+                            f"bundled names {available_configs()}.")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.lr=1e-3' -> (['train', 'lr'], 0.001); the value is parsed as YAML."""
+    key, sep, raw = str(text).partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ValueError(f"override {text!r} is not of the form section.key=value, e.g. train.steps=100.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ValueError(f"override {text!r}: the value is not valid YAML ({e.__class__.__name__}).") from None
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict:
+    """A copy of the raw config with each ``key.sub=value`` set, in order. Setting data.path clears data.name
+    (and the other way round), so every config honours ``--set data.path=FILE.npy``; setting sde.type or
+    model.type drops the keys the new type does not accept."""
+    cfg = copy.deepcopy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        if parts[0] not in SECTIONS:
+            raise ValueError(f"override {text!r}: unknown section {parts[0]!r}; valid sections: {list(SECTIONS)}.")
+        node = cfg
+        for p in parts[:-1]:
+            if node.get(p) is None:  # absent, or an empty section in the YAML
+                node[p] = {}
+            if not isinstance(node[p], dict):
+                raise ValueError(f"override {text!r}: {p!r} is not a section.")
+            node = node[p]
+        node[parts[-1]] = value
+        if parts[0] == "data" and len(parts) == 2 and parts[1] in ("name", "path") and value is not None:
+            node["path" if parts[1] == "name" else "name"] = None
+        table = {"sde": SDE_FIELDS, "model": MODEL_FIELDS}.get(parts[0])
+        if table is not None and parts[1:] == ["type"] and value in table:
+            # another process/network: drop the settings the new type does not take (set them after the type)
+            fields = table[value]
+            cfg[parts[0]] = {k: v for k, v in node.items() if k == "type" or (
+                k in fields and (fields[k].choices is None or v in fields[k].choices))}
+    return cfg
+
+
+def load_config(path_or_name: str | Path | dict, overrides: Iterable[str] = ()) -> dict:
+    """Read (or take) a config, apply overrides, validate, fill defaults; returns a plain nested dict."""
+    if isinstance(path_or_name, dict):
+        raw = path_or_name
+    else:
+        path = find_config(path_or_name)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f"config {str(path)!r} is not valid YAML: {' '.join(str(e).split())}") from None
+        if raw is None:
+            raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"a config must be a mapping of sections {list(SECTIONS)}, got {type(raw).__name__}.")
+    return validate(apply_overrides(raw, overrides))
+
+
+def _check_section(name: str, given: Any, fields: dict[str, _Field], skip: tuple[str, ...] = ()) -> dict:
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise ValueError(f"config section {name!r} must be a mapping, got {given!r}.")
+    unknown = sorted(set(given) - set(fields) - set(skip))
+    if unknown:
+        raise ValueError(f"unknown key {name}.{unknown[0]}; valid keys in {name!r}: {sorted([*skip, *fields])}.")
+    return {k: f.check(f"{name}.{k}", given.get(k, f.default)) for k, f in fields.items()}
+
+
+def _typed(section: str, given: dict, table: dict, key: str, default: str) -> tuple[str, dict]:
+    kind = given.get(key, default) if isinstance(given, dict) else default
+    if kind not in table:
+        raise ValueError(f"{section}.{key} must be one of {sorted(table)}, got {kind!r}.")
+    return kind, _check_section(section, given, table[kind], skip=(key,))
+
+
+def validate(raw: dict) -> dict:
+    """The complete config (defaults filled) or a ValueError naming the offending key and the valid ones."""
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown config section {unknown[0]!r}; valid sections: {list(SECTIONS)}.")
+    cfg: dict[str, Any] = {}
+
+    data = _check_section("data", raw.get("data"), DATA_FIELDS)
+    if (data["name"] is None) == (data["path"] is None):
+        raise ValueError("data needs exactly one of data.name (a built-in data set) or data.path (.npy/.csv file); "
+                         f"got name={data['name']!r}, path={data['path']!r}.")
+    if data["scale"] is not None:
+        lo, hi = (_Field((float,), 0).check("data.scale[]", v) for v in data["scale"])
+        if not lo < hi:
+            raise ValueError(f"data.scale must be [lo, hi] with lo < hi, e.g. [-1, 1]; got {data['scale']!r}.")
+        data["scale"] = [lo, hi]
+    cfg["data"] = data
+
+    kind, sde = _typed("sde", raw.get("sde") or {}, SDE_FIELDS, "type", "ve")
+    cfg["sde"] = {"type": kind, **sde}
+    build_sde(cfg["sde"])  # the process checks its own ranges (sigma_min < sigma_max, ...)
+
+    kind, model = _typed("model", raw.get("model") or {}, MODEL_FIELDS, "type", "mlp")
+    if kind == "unet" and any(not isinstance(m, int) or isinstance(m, bool) or m < 1
+                              for m in model["channel_mults"]):
+        raise ValueError(f"model.channel_mults must be a list of positive integers, got {model['channel_mults']!r}.")
+    cfg["model"] = {"type": kind, **model}
+
+    objective = raw.get("objective") or {}
+    if not isinstance(objective, dict):
+        raise ValueError(f"config section 'objective' must be a mapping, got {objective!r}.")
+    cfg["objective"] = {"name": objective.get("name", "sde_dsm"), **{k: v for k, v in objective.items() if k != "name"}}
+    build_objective(cfg["objective"], cfg["data"])  # unknown objective names / options are refused here
+
+    train = _check_section("train", raw.get("train"), TRAIN_FIELDS)
+    if not 0 <= train["ema_decay"] < 1:
+        raise ValueError(f"train.ema_decay must be in [0, 1), e.g. 0.999; got {train['ema_decay']!r}.")
+    if not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in train["adam_betas"]):
+        raise ValueError("train.adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; "
+                         f"got {train['adam_betas']}.")
+    train["adam_betas"] = [float(b) for b in train["adam_betas"]]
+    resolve_device(train["device"])
+    cfg["train"] = train
+    return cfg
+
+
+# --------------------------------------------------------------------------- builders
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if available else cpu; otherwise a torch device string ('cpu', 'cuda', 'cuda:1')."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"train.device {name!r} is not a device; use auto, cpu or cuda.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device is {name!r} but CUDA is not available here; use train.device=auto or cpu.")
+    return dev
+
+
+def build_sde(section: dict):
+    """sde section -> a VESDE / VPSDE / SubVPSDE."""
+    args = {k: v for k, v in section.items() if k != "type"}
+    return SDES[section["type"]](**args)
+
+
+def build_model(section: dict, sde, data_shape: tuple[int, ...]):
+    """model section + the per-example data shape [*dims] -> a ScoreModel (network built from torch's global RNG,
+    so seed it first)."""
+    from .models import EnergyNet, MLPScoreNet, ScoreModel, UNet
+
+    args = {k: v for k, v in section.items() if k not in ("type", "parameterization")}
+    kind = section["type"]
+    if kind == "unet":
+        if len(data_shape) != 3:
+            raise ValueError(f"model.type=unet needs images [N, C, H, W], but the data has examples of shape "
+                             f"{list(data_shape)}; use model.type=mlp for vectors.")
+        net = UNet(in_channels=data_shape[0], **{**args, "channel_mults": tuple(args["channel_mults"])})
+    else:
+        dim = math.prod(data_shape)
+        net = (MLPScoreNet if kind == "mlp" else EnergyNet)(dim, **args)
+    return ScoreModel(net, sde, parameterization=section["parameterization"])
+
+
+def build_objective(section: dict, data_section: dict | None = None) -> Callable[..., torch.Tensor]:
+    """objective section -> fn(model, x, generator=None) -> [B] losses, with the options bound (the data section
+    is needed only by ESM's ``target: data``)."""
+    from .objectives import OBJECTIVES, make_objective
+
+    name = section.get("name")
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective.name must be one of {sorted(OBJECTIVES)}, got {name!r}.")
+    options = {k: v for k, v in section.items() if k != "name"}
+    if name == "esm":
+        options = _esm_target(options, data_section)
+    return make_objective(name, **options)
+
+
+def _esm_target(options: dict, data_section: dict | None) -> dict:
+    """ESM needs the true score. ``target: data`` takes the exact mixture of a toy data set (ring, grid,
+    two_modes); ``target: {weights, means, covs}`` names a Gaussian mixture. Its score under the model's process
+    (bound by ``bind_objective``) is the regression target at every (x_t, t)."""
+    from .oracle import GaussianMixture
+
+    options = dict(options)
+    target = options.pop("target", None)
+    if target == "data":
+        from .data import toy_mixture
+
+        name = (data_section or {}).get("name")
+        try:
+            gmm = toy_mixture(name)
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"objective.target=data needs a mixture toy as data.name (ring, grid, two_modes), got "
+                             f"{name!r}; or give target: {{weights, means, covs}}.") from None
+    elif isinstance(target, dict) and set(target) == {"weights", "means", "covs"}:
+        gmm = GaussianMixture(*(torch.tensor(target[k], dtype=torch.float64) for k in ("weights", "means", "covs")))
+    else:
+        raise ValueError("objective esm needs target: data (the exact mixture of a toy data set) or target: "
+                         "{weights: [K], means: [K, d], covs: [K, d, d]}, the mixture whose score is the target.")
+    options["target_score"] = _GMMScore(gmm)
+    return options
+
+
+class _GMMScore:
+    """target_score(x, t) of a mixture, under the process of the model it is paired with at call time."""
+
+    def __init__(self, gmm):
+        self.gmm, self.sde, self._fn = gmm, None, None
+
+    def bind(self, sde) -> _GMMScore:
+        self.sde, self._fn = sde, self.gmm.score_fn(sde)
+        return self
+
+    def __call__(self, x, t):
+        if self._fn is None:
+            raise ValueError("the esm target was not bound to a process; build objectives with build_training().")
+        return self._fn(x.double(), t.double()).to(x.dtype)
+
+
+def bind_objective(objective, sde):
+    """Give an ESM objective's oracle target the model's process (other objectives are returned unchanged)."""
+    target = getattr(objective, "keywords", {}).get("target_score")
+    if isinstance(target, _GMMScore):
+        target.bind(sde)
+    return objective
+
+
+def build_data(section: dict) -> tuple[torch.Tensor, Any]:
+    """data section -> (float32 tensor [N, *dims], scaler or None). Data with NaN/inf is refused here.
+
+    ``scale: [lo, hi]`` maps the data's range affinely onto [lo, hi] (e.g. images to [-1, 1], DDPM); the
+    returned scaler's ``inverse`` maps samples back.
+    """
+    from .data import get_dataset
+
+    g = torch.Generator().manual_seed(section["seed"])
+    source = section["path"] if section["path"] is not None else section["name"]
+    x = get_dataset(source, n=section["n"], generator=g)
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x)
+    x = x.float()
+    if x.ndim < 2 or x.shape[0] < 1:
+        raise ValueError(f"data {source!r} must be an array [N, *dims] with N >= 1, got shape {list(x.shape)}.")
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        rows = int(bad.reshape(x.shape[0], -1).any(1).sum())
+        raise ValueError(f"data {source!r} contains {int(bad.sum())} NaN/inf value(s) in {rows} example(s); "
+                         "drop or impute them before training.")
+    scaler = None
+    if section["scale"] is not None:
+        scaler = make_scaler(x, *section["scale"])
+        x = scaler.forward(x)
+    return x, scaler
+
+
+def make_scaler(x: torch.Tensor, lo: float, hi: float):
+    """The AffineScaler mapping [x.min(), x.max()] onto [lo, hi]."""
+    from .data import AffineScaler
+
+    return AffineScaler.fit(x, lo, hi)
+
+
+def scaler_state(scaler) -> dict | None:
+    return None if scaler is None else scaler.state_dict()
+
+
+def scaler_from_state(state: dict | None):
+    if state is None:
+        return None
+    from .data import AffineScaler
+
+    return AffineScaler.from_state_dict(state)

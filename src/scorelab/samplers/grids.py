@@ -1,0 +1,62 @@
+"""Time-step grids for samplers: plain float64 tensors [steps + 1], decreasing from t_max to t_min.
+
+- ``uniform_t``: equal steps in t.
+- ``log_snr_uniform``: equal steps in lambda(t) = log(m^2 / s^2), the variable of DPM-Solver (Lu et al. 2022).
+- ``karras``: sigma_i = (sigma_max^(1/rho) + i/N (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho with
+  sigma = s(t) / m(t), rho = 7 (Karras et al. 2022, EDM eq. 5), mapped back to t with ``t_from_std_ratio``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _ends(sde, t_min: float, t_max: float | None):
+    t_max = sde.T if t_max is None else t_max
+    if not (0.0 < t_min < t_max <= sde.T):
+        raise ValueError(f"need 0 < t_min < t_max <= T = {sde.T}, got t_min={t_min}, t_max={t_max}.")
+    return torch.tensor([t_max, t_min], dtype=torch.float64)
+
+
+def _pin(t: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    # the inverse maps are exact only up to rounding: pin the ends and keep the grid inside [t_min, t_max]
+    t = t.clamp(ends[1], ends[0])
+    t[0], t[-1] = ends[0], ends[1]
+    return t
+
+
+def uniform_t(sde, steps: int, t_min: float, t_max: float | None = None) -> torch.Tensor:
+    """t_i = t_max + i/N (t_min - t_max), i = 0..N."""
+    ends = _ends(sde, t_min, t_max)
+    return torch.linspace(float(ends[0]), float(ends[1]), steps + 1, dtype=torch.float64)
+
+
+def log_snr_uniform(sde, steps: int, t_min: float, t_max: float | None = None) -> torch.Tensor:
+    """Equal steps in log-SNR lambda(t) between lambda(t_max) and lambda(t_min)."""
+    ends = _ends(sde, t_min, t_max)
+    lam = sde.log_snr(ends)
+    grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    return _pin(sde.t_from_log_snr(lam[0] + grid * (lam[1] - lam[0])), ends)
+
+
+def karras(sde, steps: int, t_min: float, t_max: float | None = None, rho: float = 7.0) -> torch.Tensor:
+    """EDM's rho-spaced noise levels sigma = s/m between t_max and t_min (rho = 7, Karras et al. 2022)."""
+    ends = _ends(sde, t_min, t_max)
+    sig = (sde.marginal_std(ends) / sde.marginal_scale(ends)) ** (1.0 / rho)
+    grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    return _pin(sde.t_from_std_ratio((sig[0] + grid * (sig[1] - sig[0])) ** rho), ends)
+
+
+GRIDS = {"uniform": uniform_t, "log_snr": log_snr_uniform, "karras": karras}
+
+
+def make_grid(name: str, sde, steps: int, t_min: float, **kw) -> torch.Tensor:
+    """The grid called ``name`` ("uniform", "log_snr" or "karras")."""
+    if name not in GRIDS:
+        raise ValueError(f"unknown grid {name!r}; choose one of {sorted(GRIDS)}.")
+    return GRIDS[name](sde, steps, t_min, **kw)
+
+
+def end_time(sde, sigma_min: float) -> float:
+    """The time at which the noise level s(t)/m(t) equals sigma_min (EDM's sigma_min = 0.002)."""
+    return float(sde.t_from_std_ratio(torch.tensor(float(sigma_min), dtype=torch.float64)))

@@ -1,0 +1,321 @@
+"""The training loop: Adam with linear warm-up, gradient-norm clipping and EMA weights; resumable bit for bit.
+
+One step (step k = 0, 1, ..., counted before the update):
+
+    lr_k   = lr * min(1, (k + 1) / warmup)                         linear warm-up (Song et al. 2021: 5000 steps)
+    idx    ~ U{0..N-1}^B from the index generator                   the global batch, B = train.batch_size
+    loss   = mean over this rank's shard of objective(model, x[idx_shard], generator=loss_gen)  (ranks average)
+    g      = grad(loss), averaged over ranks (DistributedDataParallel), clipped to norm <= grad_clip
+    theta  <- Adam(theta, g, lr_k)
+    ema    <- decay * ema + (1 - decay) * theta                     the weights used for sampling
+
+Every random draw comes from one of two torch.Generators: the index generator (seeded by train.seed, the same
+on every rank, so all ranks agree on the global batch and each takes its contiguous shard) and the loss
+generator (noise, times and probes inside the objective; seeded from (train.seed, rank)). Both states, the
+model, EMA and Adam moments go into every checkpoint, so ``resume=True`` continues exactly where the run
+stopped: on the CPU the resumed run ends with the same weights as an uninterrupted one (torch.equal).
+
+The run directory gets config.yaml (the complete config), log.csv (step, loss = mean over the steps since the
+previous row, lr, grad_norm before clipping, seconds of training), checkpoint.json + weights-STEP.safetensors
+(see scorelab.checkpoint) and, if tensorboard is installed, tensorboard/ event files.
+
+Multi-process data parallel: launch with ``torchrun --nproc_per_node P -m scorelab.cli train ...``
+(or ``python -m torch.distributed.run``); gloo on CPU, NCCL on CUDA; rank 0 writes the run directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from . import checkpoint as ckpt
+from .config import (
+    bind_objective,
+    build_data,
+    build_model,
+    build_objective,
+    build_sde,
+    load_config,
+    resolve_device,
+    scaler_state,
+)
+
+LOG_NAME = "log.csv"
+LOG_COLUMNS = ("step", "loss", "lr", "grad_norm", "seconds")
+# settings that may change between a run and its resumption (they do not alter the trajectory)
+RESUMABLE_CHANGES = {("train", "steps"), ("train", "log_every"), ("train", "ckpt_every"), ("train", "device"),
+                     ("train", "tensorboard"), ("train", "threads")}
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns: the trained ScoreModel, its EMA copy, the final step and the run directory."""
+
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    step: int
+    run_dir: Path
+    last_loss: float
+
+
+class _Seam:
+    """What objectives see: ``score`` goes through ``net`` (the DDP wrapper, so gradients get averaged)."""
+
+    def __init__(self, net, sde):
+        self.net, self.sde = net, sde
+
+    def score(self, x, t):
+        return self.net(x, t)
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    owned: bool = False  # this call started the process group, so it also ends it
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(device_name: str) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if world <= 1:
+        return _Dist(0, 1, device)
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return _Dist(dist.get_rank(), dist.get_world_size(), device, owned)
+
+
+def loss_seed(seed: int, rank: int) -> int:
+    """The loss generator's seed on ``rank``: distinct per rank, a pure function of (seed, rank)."""
+    return int(np.random.SeedSequence([seed, rank, 0x5C0E]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def warmup_lr(step: int, lr: float, warmup: int) -> float:
+    """lr * min(1, (step + 1) / warmup): linear warm-up, then constant (Song et al. 2021)."""
+    return lr if warmup <= 0 else lr * min(1.0, (step + 1) / warmup)
+
+
+def _config_diff(a: Any, b: Any, prefix: tuple = ()) -> list[tuple]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _config_diff(a.get(k), b.get(k), (*prefix, k))
+        return out
+    return [] if a == b else [prefix]
+
+
+def _read_log_rows(path: Path, upto: int) -> list[list[str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= upto]
+
+
+def train(config: dict | str | Path, out: str | Path, *, resume: bool = False, overrides=(),
+          progress: bool = True) -> TrainResult:
+    """Train the config's model on its data into the run directory ``out``; returns a TrainResult.
+
+    config: a validated config dict, a YAML path or a bundled name (``overrides`` are ``key=value`` strings);
+    resume: continue the checkpoint in ``out`` (the config may differ only in train.steps/log_every/
+    ckpt_every/device/tensorboard/threads; bit-for-bit equality assumes the same device and thread count).
+    Without resume, ``out`` must not already hold a checkpoint.
+    Everything is checked before anything is written, so a refused start leaves ``out`` unchanged.
+    """
+    cfg = load_config(config, overrides)
+    tc = cfg["train"]
+    out = Path(out)
+    if resume:
+        meta = ckpt.read_meta(out)
+        diff = [d for d in _config_diff(meta["config"], cfg) if d not in RESUMABLE_CHANGES]
+        if diff:
+            keys = ", ".join(".".join(map(str, d)) for d in diff)
+            raise ValueError(f"cannot resume {str(out)!r}: the config differs from the run's in {keys}; use the "
+                             f"run's config ({out / 'config.yaml'}) or train into a new --out directory.")
+        if meta["step"] > tc["steps"]:
+            raise ValueError(f"{str(out)!r} is already at step {meta['step']} > train.steps={tc['steps']}; "
+                             f"raise train.steps to continue it.")
+    elif ckpt.has_checkpoint(out):
+        raise ValueError(f"{str(out)!r} already holds a run; pass --resume to continue it, or choose a new --out.")
+
+    dd = _setup_distributed(tc["device"])
+    threads = torch.get_num_threads()
+    if tc["threads"] is not None:  # small networks run fastest on one thread, especially on a busy machine
+        torch.set_num_threads(tc["threads"])
+    try:
+        return _train(cfg, out, meta if resume else None, dd, progress)
+    finally:
+        torch.set_num_threads(threads)
+        if dd.owned:
+            dist.destroy_process_group()
+
+
+def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool) -> TrainResult:
+    tc, resume = cfg["train"], meta is not None
+    if tc["batch_size"] % dd.world:
+        raise ValueError(f"train.batch_size={tc['batch_size']} must be divisible by the number of processes "
+                         f"({dd.world}); each takes an equal shard of the global batch.")
+    shard = tc["batch_size"] // dd.world
+
+    data, scaler = build_data(cfg["data"])
+    data = data.to(dd.device)
+    sde = build_sde(cfg["sde"])
+    with torch.random.fork_rng(devices=[]):  # initial weights from train.seed, without touching the caller's RNG
+        torch.manual_seed(tc["seed"])
+        model = build_model(cfg["model"], sde, tuple(data.shape[1:])).to(dd.device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    objective = bind_objective(build_objective(cfg["objective"], cfg["data"]), sde)
+    opt = torch.optim.Adam(model.parameters(), lr=tc["lr"], betas=tuple(tc["adam_betas"]), eps=tc["adam_eps"])
+    index_gen = torch.Generator().manual_seed(tc["seed"])
+    loss_gen = torch.Generator(device=dd.device).manual_seed(loss_seed(tc["seed"], dd.rank))
+
+    start, elapsed = 0, 0.0
+    if resume:
+        tensors = ckpt.load_tensors(out, meta)
+        ckpt.load_module_state(model, ckpt.split_prefix(tensors, "model"), "model")
+        ckpt.load_module_state(ema, ckpt.split_prefix(tensors, "ema"), "EMA")
+        try:
+            opt.load_state_dict(ckpt.optimizer_state_dict(tensors, meta["optimizer_param_groups"]))
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise ValueError(f"the optimiser state in {str(out)!r} does not fit this model ({e}); train into a new "
+                             "--out directory.") from None
+        gens = meta.get("generators", {})
+        if len(gens.get("loss", [])) != dd.world:
+            raise ValueError(f"{str(out)!r} was trained with {len(gens.get('loss', []))} process(es), this run has "
+                             f"{dd.world}; resume with the same number of processes (torchrun --nproc_per_node).")
+        try:
+            ckpt.set_generator_state(index_gen, gens["index"])
+            ckpt.set_generator_state(loss_gen, gens["loss"][dd.rank])
+        except (RuntimeError, TypeError, KeyError, ValueError, OverflowError):
+            raise ValueError(f"the generator states in {out / ckpt.META_NAME} are malformed (edited?); restore the "
+                             "file or train into a new --out directory.") from None
+        start, elapsed = int(meta["step"]), float(meta.get("seconds", 0.0))
+
+    # one throw-away evaluation before anything is written: a bad objective option fails here, not mid-run
+    preflight = torch.Generator(device=dd.device).manual_seed(0)
+    probe = objective(_Seam(model, sde), data[: min(2, data.shape[0])], generator=preflight)
+    if probe.shape != (min(2, data.shape[0]),):
+        raise ValueError(f"objective {cfg['objective']['name']!r} returned shape {list(probe.shape)}, expected one "
+                         "loss per example [B]; check the objective options.")
+    del probe
+
+    net = model
+    if dd.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dd.device.index] if dd.device.type == "cuda" else None)
+    seam = _Seam(net, sde)
+
+    log_path = out / LOG_NAME
+    writer = None
+    if dd.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        rows = _read_log_rows(log_path, start) if resume else []
+        buf = io.StringIO()
+        csv.writer(buf).writerows([list(LOG_COLUMNS), *rows])
+        log_path.write_text(buf.getvalue())
+        if tc["tensorboard"]:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                writer = SummaryWriter(str(out / "tensorboard"))
+            except Exception:  # tensorboard not installed: the CSV log is the record
+                writer = None
+
+    def meta_now(step: int) -> dict:
+        loss_states = [ckpt.generator_state(loss_gen)]
+        if dd.world > 1:
+            loss_states = [None] * dd.world
+            dist.all_gather_object(loss_states, ckpt.generator_state(loss_gen))
+        return {"step": step, "config": cfg, "data_shape": list(data.shape[1:]), "seconds": elapsed,
+                "world_size": dd.world, "scaler": scaler_state(scaler), "torch_version": torch.__version__,
+                "generators": {"index": ckpt.generator_state(index_gen), "loss": loss_states}}
+
+    def save(step: int) -> None:
+        m = meta_now(step)  # collective: every rank takes part
+        if dd.main:
+            ckpt.save_checkpoint(out, model=model, ema=ema, optimizer=opt, meta=m)
+        if dd.world > 1:
+            dist.barrier()
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=tc["steps"], initial=start, disable=not (progress and dd.main), desc="train",
+               dynamic_ncols=True)
+    params = list(model.parameters())
+    ema_params = list(ema.parameters())
+    clip = tc["grad_clip"] if tc["grad_clip"] > 0 else math.inf
+    window = torch.zeros((), dtype=torch.float64, device=dd.device)
+    last_loss, n_window = float("nan"), 0
+    model.train()
+    t0 = time.perf_counter()
+    try:
+        for step in range(start, tc["steps"]):
+            lr = warmup_lr(step, tc["lr"], tc["warmup"])
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = torch.randint(0, data.shape[0], (tc["batch_size"],), generator=index_gen)
+            x = data[idx[dd.rank * shard:(dd.rank + 1) * shard].to(dd.device)]
+            loss = objective(seam, x, generator=loss_gen).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            opt.step()
+            with torch.no_grad():
+                for pe, p in zip(ema_params, params, strict=True):
+                    pe.lerp_(p, 1.0 - tc["ema_decay"])
+            window += loss.detach().double()
+            n_window += 1
+            done = step + 1
+            if done % tc["log_every"] == 0 or done == tc["steps"]:
+                if dd.world > 1:
+                    dist.all_reduce(window)
+                    window /= dd.world
+                last_loss = float(window) / n_window
+                if not math.isfinite(last_loss):
+                    raise ValueError(f"the loss became {last_loss} by step {done}; lower train.lr, keep "
+                                     "train.grad_clip > 0 or check the data scale. The last checkpoint is kept.")
+                seconds = elapsed + time.perf_counter() - t0
+                if dd.main:
+                    with open(log_path, "a", newline="") as f:
+                        csv.writer(f).writerow([done, f"{last_loss:.6g}", f"{lr:.6g}",
+                                                f"{float(grad_norm):.6g}", f"{seconds:.3f}"])
+                    if writer is not None:
+                        writer.add_scalar("loss", last_loss, done)
+                        writer.add_scalar("lr", lr, done)
+                        writer.add_scalar("grad_norm", float(grad_norm), done)
+                bar.set_postfix(loss=f"{last_loss:.4g}", lr=f"{lr:.2g}")
+                window.zero_()
+                n_window = 0
+            bar.update(1)
+            if done % tc["ckpt_every"] == 0 or done == tc["steps"]:
+                elapsed += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                save(done)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    model.eval()
+    ema.eval()
+    return TrainResult(model=model, ema=ema, step=max(start, tc["steps"]), run_dir=out, last_loss=last_loss)

@@ -1,0 +1,255 @@
+"""Samplers against the exact score of Gaussian mixtures (scorelab.oracle) and closed-form ODE solutions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scorelab.data import toy_mixture
+from scorelab.metrics import mixture_error
+from scorelab.oracle import GaussianMixture
+from scorelab.samplers import SampleResult, sample, samplers
+from scorelab.samplers.grids import end_time, karras, log_snr_uniform, uniform_t
+from scorelab.sde import VESDE, VPSDE, SubVPSDE
+
+F64 = torch.float64
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def small_mixture() -> GaussianMixture:
+    means = torch.tensor([[-2.0, 0.0], [2.0, 1.0], [0.0, 3.0]], dtype=F64)
+    covs = torch.stack([torch.diag(torch.tensor(v, dtype=F64)) for v in ([0.3, 0.2], [0.2, 0.5], [0.25, 0.25])])
+    return GaussianMixture(torch.tensor([0.5, 0.3, 0.2], dtype=F64), means, covs)
+
+
+def gaussian_score(sde, mu=0.5, var=0.3):
+    """Exact score of p_t for p_0 = N(mu, var I) in any shape."""
+    def score(x, t):
+        m, s = sde.marginal_scale(t), sde.marginal_std(t)
+        m = m.reshape(m.shape + (1,) * (x.ndim - 1))
+        s = s.reshape(s.shape + (1,) * (x.ndim - 1))
+        return -(x - m * mu) / (m * m * var + s * s)
+    return score
+
+
+OPTIONS = {"mala": {"energy_fn": lambda x, t: 0.5 * x.flatten(1).pow(2).sum(1)}}
+
+
+# ---- API, budgets, shapes, dtypes, bad input ---------------------------------------------------------------
+
+def test_names_cover_the_api():
+    names = samplers()
+    for required in ("langevin", "annealed_langevin", "ancestral", "euler_maruyama", "reverse_diffusion", "pc",
+                     "ode", "dpm_solver", "edm_heun", "mala"):
+        assert required in names
+
+
+@pytest.mark.parametrize("method", samplers())
+@pytest.mark.parametrize("sde", [VESDE(), VPSDE(), SubVPSDE()], ids=["ve", "vp", "subvp"])
+def test_budget_shape_dtype_finite(method, sde):
+    score = gaussian_score(sde, mu=0.0, var=1.0) if method == "mala" else gaussian_score(sde)
+    for nfe, dtype in ((7, torch.float32), (12, F64)):
+        steps: list[int] = []
+        res = sample(score, sde, (5, 2, 3), method=method, nfe=nfe, generator=gen(), dtype=dtype,
+                     callback=lambda i, t, x, steps=steps: steps.append(i), **OPTIONS.get(method, {}))
+        assert isinstance(res, SampleResult)
+        assert res.x.shape == (5, 2, 3) and res.x.dtype == dtype
+        assert 1 <= res.nfe <= nfe
+        assert torch.isfinite(res.x).all()
+        assert steps, "callback never called"
+    again = sample(score, sde, (5, 2, 3), method=method, nfe=12, generator=gen(), dtype=F64,
+                   **OPTIONS.get(method, {}))
+    assert torch.equal(again.x, res.x), "same seed must give the same samples"
+
+
+def test_bad_input():
+    sde = VPSDE()
+    score = gaussian_score(sde)
+    with pytest.raises(ValueError, match="nfe"):
+        sample(score, sde, (4, 2), method="ode", nfe=0)
+    with pytest.raises(ValueError, match="dpm_solver"):
+        sample(score, sde, (4, 2), method="no_such_method", nfe=10)
+    with pytest.raises(ValueError, match="shaped like x"):
+        sample(lambda x, t: x[:, :1], sde, (4, 2), method="ancestral", nfe=10)
+    with pytest.raises(ValueError, match="energy_fn"):
+        sample(score, sde, (4, 2), method="mala", nfe=10)
+    with pytest.raises(ValueError, match="nfe"):
+        sample(score, sde, (4, 2), method="ode", nfe=3, solver="dopri5", rtol=1e-8, atol=1e-8)
+    with pytest.raises(ValueError, match="order"):
+        sample(score, sde, (4, 2), method="dpm_solver", nfe=10, order=4)
+    with pytest.raises(ValueError, match="eta"):
+        sample(score, sde, (4, 2), method="dpm_solver", nfe=10, order=3, eta=1.0)
+
+
+def test_dopri5_counts_and_converges():
+    sde = VPSDE()
+    gmm = small_mixture()
+    res = sample(gmm.score_fn(sde), sde, (500, 2), method="ode", solver="dopri5", nfe=2000, rtol=1e-5,
+                 atol=1e-5, generator=gen(), dtype=F64)
+    assert 10 < res.nfe <= 2000
+    assert mixture_error(res.x, gmm).moment_kl < 0.1
+
+
+def test_grids_are_monotone_and_pinned():
+    for sde in (VESDE(0.002, 80.0), VPSDE(), SubVPSDE()):
+        for grid in (uniform_t(sde, 9, 1e-3), log_snr_uniform(sde, 9, 1e-3), karras(sde, 9, 1e-3)):
+            assert grid.shape == (10,) and grid.dtype == F64
+            assert float(grid[0]) == sde.T and abs(float(grid[-1]) - 1e-3) < 1e-12
+            assert (grid.diff() < 0).all()
+        lam = sde.log_snr(log_snr_uniform(sde, 9, 1e-3))
+        assert torch.allclose(lam.diff(), lam.diff().mean().expand(9), rtol=1e-6)
+        sig = sde.marginal_std(karras(sde, 9, 1e-3)) / sde.marginal_scale(karras(sde, 9, 1e-3))
+        root = sig ** (1 / 7)
+        assert torch.allclose(root.diff(), root.diff().mean().expand(9), rtol=1e-6)
+
+
+# ---- convergence to p_0 on the oracle ------------------------------------------------------------------------
+
+CASES = [  # method, options, low nfe, high nfe
+    ("ancestral", {}, 8, 200),
+    ("euler_maruyama", {}, 8, 200),
+    ("reverse_diffusion", {}, 8, 200),
+    ("pc", {}, 8, 200),
+    ("ode", {"solver": "euler"}, 4, 200),
+    ("ode", {"solver": "heun"}, 4, 100),
+    ("ode", {"solver": "rk4"}, 4, 100),
+    ("dpm_solver", {"order": 1}, 3, 60),
+    ("dpm_solver", {"order": 2}, 3, 30),
+    ("dpm_solver", {"order": 3}, 3, 30),
+    ("dpm_solver", {"order": 3, "multistep": False}, 3, 30),
+    ("dpm_solver", {"eta": 1.0}, 3, 60),
+    ("edm_heun", {}, 5, 60),
+]
+
+
+@pytest.mark.parametrize("sde", [VESDE(0.01, 20.0), VPSDE()], ids=["ve", "vp"])
+@pytest.mark.parametrize("method,opts,low,high", CASES, ids=[f"{c[0]}{c[1]}" for c in CASES])
+def test_error_decreases_with_nfe(sde, method, opts, low, high):
+    gmm = small_mixture()
+    err = {}
+    for nfe in (low, high):
+        x = sample(gmm.score_fn(sde), sde, (1000, 2), method=method, nfe=nfe, generator=gen(1), dtype=F64,
+                   **opts).x
+        err[nfe] = mixture_error(x, gmm).moment_kl
+    floor = mixture_error(gmm.sample(1000, generator=gen(2)), gmm).moment_kl
+    assert err[high] < err[low]
+    assert err[high] < floor + 0.08, (err, floor)
+
+
+@pytest.mark.parametrize("sde", [VESDE(0.01, 20.0), VPSDE()], ids=["ve", "vp"])
+def test_annealed_langevin_approaches_p0(sde):
+    gmm = small_mixture()
+    err = [mixture_error(sample(gmm.score_fn(sde), sde, (1000, 2), method="annealed_langevin", nfe=nfe,
+                                generator=gen(1), dtype=F64).x, gmm).moment_kl for nfe in (20, 200, 800)]
+    assert err[2] < err[1] < err[0] and err[2] < 0.15, err
+
+
+def test_langevin_converges_on_one_mode():
+    # fixed-t Langevin is a valid MCMC for a unimodal target
+    gmm = GaussianMixture(torch.ones(1, dtype=F64), torch.tensor([[1.0, -1.0]], dtype=F64),
+                          torch.tensor([[[0.5, 0.2], [0.2, 0.4]]], dtype=F64))
+    sde = VESDE()
+    err = [mixture_error(sample(gmm.score_fn(sde), sde, (1000, 2), method="langevin", nfe=nfe, generator=gen(),
+                                dtype=F64, step_size=0.02, init_std=3.0).x, gmm).moment_kl for nfe in (10, 600)]
+    assert err[1] < err[0] and err[1] < 0.05
+
+
+def test_mala_targets_the_energy():
+    # p = N(0, I): E = |x|^2 / 2, score -x; a large step still leaves the stationary law exact
+    sde = VESDE()
+    x = sample(lambda x, t: -x, sde, (4000, 2), method="mala", nfe=300, generator=gen(), dtype=F64, step_size=1.5,
+               init_std=3.0, energy_fn=lambda x, t: 0.5 * x.pow(2).sum(1)).x
+    assert abs(float(x.var(0).mean()) - 1.0) < 0.08
+
+
+# ---- the mixture-weight pitfall (Song & Ermon 2019) --------------------------------------------------------
+
+def test_langevin_misses_mixture_weights_annealing_recovers_them():
+    gmm = toy_mixture("two_modes")  # 0.2 at (-5, -5), 0.8 at (5, 5)
+    sde = VESDE(0.01, 20.0)
+    score = gmm.score_fn(sde)
+    plain = sample(score, sde, (2000, 2), method="langevin", nfe=300, generator=gen(), dtype=F64,
+                   step_size=0.05, init_std=8.0).x
+    annealed = sample(score, sde, (2000, 2), method="annealed_langevin", nfe=500, generator=gen(), dtype=F64).x
+    share_plain = float((plain.sum(1) > 0).to(F64).mean())
+    share_annealed = float((annealed.sum(1) > 0).to(F64).mean())
+    assert abs(share_plain - 0.8) > 0.2, share_plain
+    # annealing gets the weights back up to a small lag bias (0.74-0.75 here), far better than plain Langevin
+    assert abs(share_annealed - 0.8) < 0.08, share_annealed
+    assert abs(share_annealed - 0.8) < 0.5 * abs(share_plain - 0.8)
+
+
+# ---- orders of convergence on a Gaussian, where the probability-flow ODE is solved in closed form -------------
+
+def _gaussian_problem():
+    mu = torch.tensor([1.0, -0.5], dtype=F64)
+    Q = torch.tensor([[math.cos(0.3), -math.sin(0.3)], [math.sin(0.3), math.cos(0.3)]], dtype=F64)
+    lam = torch.tensor([0.5, 0.05], dtype=F64)
+    gmm = GaussianMixture(torch.ones(1, dtype=F64), mu[None], (Q @ torch.diag(lam) @ Q.T)[None])
+    return mu, Q, lam, gmm
+
+
+def _exact_flow(sde, mu, Q, lam, x_T, t_end):
+    """PF-ODE map x_T -> x_t: m_t mu + Q sqrt(C_t / C_T) Q^T (x_T - m_T mu), C_t = m_t^2 lam + s_t^2."""
+    T, t = torch.tensor(sde.T, dtype=F64), torch.tensor(t_end, dtype=F64)
+    CT = sde.marginal_scale(T) ** 2 * lam + sde.marginal_std(T) ** 2
+    Ct = sde.marginal_scale(t) ** 2 * lam + sde.marginal_std(t) ** 2
+    z = (x_T - sde.marginal_scale(T) * mu) @ Q * (Ct / CT).sqrt()
+    return sde.marginal_scale(t) * mu + z @ Q.T
+
+
+def _slope(nfes, errs):
+    lx, ly = torch.log(torch.tensor(nfes, dtype=F64)), torch.log(torch.tensor(errs, dtype=F64))
+    return float(-((lx - lx.mean()) * (ly - ly.mean())).sum() / ((lx - lx.mean()) ** 2).sum())
+
+
+@pytest.mark.parametrize("method,opts,order,nfes", [
+    ("ode", {"solver": "euler"}, 1, (40, 80, 160)),
+    ("ode", {"solver": "heun"}, 2, (40, 80, 160)),
+    ("ode", {"solver": "rk4"}, 4, (40, 80, 160)),
+    ("dpm_solver", {"order": 1, "multistep": False}, 1, (10, 20, 40)),
+    ("dpm_solver", {"order": 2, "multistep": False}, 2, (20, 40, 80)),
+    ("dpm_solver", {"order": 3, "multistep": False}, 3, (120, 240, 480)),
+    # multistep: the first-order warm-up step caps the global order of 2M and 3M at 2
+    ("dpm_solver", {"order": 2, "lower_order_final": False}, 2, (10, 20, 40)),
+    ("dpm_solver", {"order": 3, "lower_order_final": False}, 2, (60, 120, 240)),
+    ("edm_heun", {}, 2, (21, 41, 81)),
+])
+@pytest.mark.parametrize("sde", [VESDE(0.01, 10.0), VPSDE()], ids=["ve", "vp"])
+def test_order_of_convergence(sde, method, opts, order, nfes):
+    mu, Q, lam, gmm = _gaussian_problem()
+    shape = (64, 2)
+    x_T = sde.prior_sampling(shape, generator=gen(3), dtype=F64)
+    t_end = 1e-3 if method == "ode" else end_time(sde, 0.002)
+    exact = _exact_flow(sde, mu, Q, lam, x_T, 0.0 if method == "edm_heun" else t_end)
+    if method == "dpm_solver":
+        opts = {**opts, "sigma_min": 0.002}
+    errs = []
+    for nfe in nfes:
+        x = sample(gmm.score_fn(sde), sde, shape, method=method, nfe=nfe, generator=gen(3), dtype=F64, **opts).x
+        errs.append(float((x - exact).abs().max()))
+    slope = _slope(nfes, errs)
+    assert abs(slope - order) < 0.35 or (slope > order and errs[-1] < 1e-9), (slope, errs)
+
+
+# ---- property test: any [B, *dims], any budget --------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 4), dims=st.lists(st.integers(1, 3), min_size=0, max_size=3), nfe=st.integers(1, 12),
+       method=st.sampled_from(["dpm_solver", "ancestral", "euler_maruyama", "edm_heun", "ode", "reverse_diffusion"]),
+       which=st.integers(0, 2))
+def test_any_shape_and_budget(B, dims, nfe, method, which):
+    sde = (VESDE(), VPSDE(), SubVPSDE())[which]
+    if method == "ode":
+        nfe = max(nfe, 2)  # default heun needs 2 evaluations per step
+    res = sample(gaussian_score(sde), sde, (B, *dims), method=method, nfe=nfe, generator=gen(), dtype=F64)
+    assert res.x.shape == (B, *dims) and torch.isfinite(res.x).all() and 1 <= res.nfe <= nfe
