@@ -4,6 +4,10 @@ without a traceback (click's own usage errors exit 2 as well).
 
     scorelab train CONFIG.yaml [--set key=value ...] --out RUN_DIR [--resume]
     scorelab demo [--quick] [--out DIR]
+    scorelab sample RUN_DIR --method NAME --nfe N -n COUNT --out FILE(.npy|.png)
+    scorelab likelihood RUN_DIR --data FILE.npy [--bits-per-dim]
+    scorelab denoise RUN_DIR --data noisy.npy --sigma S --out clean.npy
+    scorelab figures [--out DIR] [--quick]
 
 Multi-process data parallel: ``torchrun --nproc_per_node 2 -m scorelab.cli train CONFIG --out RUN_DIR``.
 """
@@ -64,14 +68,136 @@ def train(config, overrides, out, resume, quiet):
 @click.option("--out", default="demo_out", type=click.Path(file_okay=False), help="Output directory.")
 @one_line_errors
 def demo(quick, out):
-    """Run the embedded default demo (end-to-end toy run on the CPU)."""
-    click.echo("scorelab demo: coming soon")
+    """Run the embedded default demo: train on a 2-D mixture, sample, measure against the truth, report."""
+    from .demo import run_demo
+
+    run_demo(out, quick=quick, echo=click.echo)
 
 
-# Further verbs are added here, each decorated with @main.command() and @one_line_errors:
-#   sample RUN_DIR --method NAME --nfe N -n COUNT --out FILE(.npy|.png)   (loads with scorelab.run.load)
-#   likelihood RUN_DIR --data FILE.npy [--bits-per-dim]
-#   figures [--out DIR]
+def _load_run(run_dir):
+    from .run import load
+
+    return load(run_dir)
+
+
+def _load_data(path):
+    from .data import load_array
+
+    return load_array(path)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--method", default="dpm_solver", show_default=True, help="A name from scorelab.samplers().")
+@click.option("--nfe", default=20, show_default=True, type=int, help="Budget of score evaluations.")
+@click.option("-n", "count", default=1000, show_default=True, type=int, help="Number of samples.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npy (or .png for images).")
+@one_line_errors
+def sample(run_dir, method, nfe, count, seed, out):
+    """Sample a trained run; writes the samples in data units (the run's scaling undone)."""
+    import numpy as np
+    import torch
+
+    from .samplers import sample as draw
+
+    if not out.endswith((".npy", ".png")):
+        raise ValueError(f"--out must end in .npy or .png, got {out!r}.")
+    if count < 1:
+        raise ValueError(f"-n must be a positive number of samples, got {count}.")
+    run = _load_run(run_dir)
+    res = draw(run.score, run.sde, (count, *run.data_shape), method=method, nfe=nfe,
+               generator=torch.Generator().manual_seed(seed))
+    x = run.scaler.inverse(res.x) if run.scaler is not None else res.x
+    if out.endswith(".png"):
+        from . import plots
+
+        if x.ndim == 4:
+            plots.save_image_grid(x, out, nrow=max(1, int(count**0.5)))
+        elif x.ndim == 2 and x.shape[1] == 2:
+            plots.samples_scatter({method: x}, path=out)
+        else:
+            raise ValueError("--out .png needs images [n, C, H, W] or 2-D points; use .npy for other data.")
+    else:
+        np.save(out, x.numpy())
+    click.echo(f"wrote {count} samples ({res.nfe} score evaluations) to {out}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False), help=".npy/.csv in data units.")
+@click.option("--bits-per-dim", is_flag=True, help="Integer image data: report bits/dim with dequantisation.")
+@click.option("--bits", default=8, show_default=True, type=int, help="Bit depth of the data for --bits-per-dim.")
+@click.option("--divergence", default="exact", type=click.Choice(["exact", "hutchinson"]), show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@one_line_errors
+def likelihood(run_dir, data_path, bits_per_dim, bits, divergence, seed):
+    """Negative log-likelihood (nats, or bits/dim) of data under a trained run, by the probability-flow ODE."""
+    import torch
+
+    from .likelihood import bits_per_dim as bpd_fn
+    from .likelihood import log_likelihood
+
+    run = _load_run(run_dir)
+    x = _load_data(data_path)
+    if tuple(x.shape[1:]) != run.data_shape:
+        raise ValueError(f"--data has examples of shape {tuple(x.shape[1:])}, the run was trained on {run.data_shape}.")
+    g = torch.Generator().manual_seed(seed)
+    if bits_per_dim:
+        a, b = (1.0, 0.0) if run.scaler is None else _affine(run.scaler, x)
+        res = bpd_fn(run.score, run.sde, x, bits=bits, scaler=(a * 2**bits, b), generator=g, divergence=divergence)
+        click.echo(f"bits/dim: {float(res.bpd.mean()):.4f} over {len(x)} examples ({res.nfe} score evaluations)")
+    else:
+        y = run.scaler.forward(x) if run.scaler is not None else x
+        res = log_likelihood(run.score, run.sde, y, generator=g, divergence=divergence)
+        D = x[0].numel()
+        click.echo(f"nll: {float(res.nll.mean()):.4f} nats ({float(res.nll.mean()) / D:.4f} nats/dim, model units) "
+                   f"over {len(x)} examples ({res.nfe} score evaluations)")
+
+
+def _affine(scaler, x):
+    """(a, b) of the run's affine data scaler y = a x + b, read off at 0 and 1."""
+    import torch
+
+    zero = torch.zeros_like(x[:1])
+    b = scaler.forward(zero)
+    return scaler.forward(zero + 1) - b, b
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False), help="Noisy .npy/.csv.")
+@click.option("--sigma", required=True, type=float, help="Noise level of the data in model units.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npy.")
+@one_line_errors
+def denoise(run_dir, data_path, sigma, out):
+    """Tweedie denoising E[x_0 | y] of noisy data at a known noise level."""
+    import numpy as np
+
+    from .tweedie import denoise as tweedie_denoise
+
+    run = _load_run(run_dir)
+    y = _load_data(data_path)
+    y = run.scaler.forward(y) if run.scaler is not None else y
+    x = tweedie_denoise(run.score, run.sde, y, sigma)
+    x = run.scaler.inverse(x) if run.scaler is not None else x
+    np.save(out, x.detach().numpy())
+    click.echo(f"wrote {len(x)} denoised examples to {out}")
+
+
+@main.command()
+@click.option("--out", default="figures_out", type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--quick", is_flag=True, help="Smaller experiments (seconds instead of about half a minute).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random draw.")
+@one_line_errors
+def figures(out, quick, seed):
+    """The lecture notes' experiments as figures and a report (report.md, report.html)."""
+    from .figures import run_all
+
+    res = run_all(out, quick=quick, seed=seed)
+    for name, fig in res["figures"].items():
+        click.echo(f"{name}: {fig.path}")
+    click.echo(f"report: {res['report'][1]}")
 
 
 if __name__ == "__main__":  # torchrun -m scorelab.cli train ...
