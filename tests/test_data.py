@@ -264,3 +264,31 @@ def test_scaler_constructors_map_what_they_say():
         AffineScaler.from_range(1.0, 1.0)
     with pytest.raises(ValueError):
         AffineScaler(0.0, 1.0)
+
+
+def test_image_folder_loads_gray_and_rgb_and_refuses_mixed_sizes(tmp_path):
+    from PIL import Image
+
+    from scorelab.data import get_dataset, load_image_folder
+
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (3, 5, 4), dtype=np.uint8)
+    for i, a in enumerate(gray):
+        Image.fromarray(a, mode="L").save(tmp_path / f"{i}.png")
+    x = get_dataset(str(tmp_path))
+    assert x.shape == (3, 1, 5, 4) and x.dtype == torch.float32
+    assert np.array_equal(x[:, 0].numpy().astype(np.uint8), gray)
+    rgb_dir = tmp_path / "rgb"
+    rgb_dir.mkdir()
+    rgb = rng.integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+    for i, a in enumerate(rgb):
+        Image.fromarray(a, mode="RGB").save(rgb_dir / f"{i}.png")
+    y = load_image_folder(rgb_dir)
+    assert y.shape == (2, 3, 4, 4) and np.array_equal(y.permute(0, 2, 3, 1).numpy().astype(np.uint8), rgb)
+    Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8), mode="L").save(tmp_path / "9.png")
+    with pytest.raises(ValueError, match="one size"):
+        load_image_folder(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        load_image_folder(empty)

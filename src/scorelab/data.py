@@ -398,13 +398,50 @@ def _subset(x: torch.Tensor, n, generator) -> torch.Tensor:
     return x[torch.randperm(x.shape[0], generator=generator)[:n]]
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def load_image_folder(path, mode: str | None = None) -> torch.Tensor:
+    """Every image file in a folder (sorted by name; Pillow) -> float32 tensor [N, C, H, W] of 0..255 values.
+
+    ``mode`` is a Pillow mode to convert to ("L" gray, "RGB"); by default the first image's mode decides
+    (gray stays 1 channel, anything else becomes RGB). All images must have the same size.
+    """
+    from PIL import Image
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(f"image folder {str(folder)!r} does not exist or is not a directory.")
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {str(folder)!r}.")
+    images = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                mode = mode or ("L" if im.mode in ("L", "1", "I;16") else "RGB")
+                arr = np.asarray(im.convert(mode), dtype=np.float32)
+        except OSError as e:
+            raise ValueError(f"cannot read image {str(f)!r} ({e}); remove it or fix the file.") from None
+        if images and arr.shape != images[0].shape:
+            raise ValueError(f"image {f.name} has size {arr.shape[:2]}, the first one {images[0].shape[:2]}; "
+                             "resize the images to one size first.")
+        images.append(arr)
+    x = torch.from_numpy(np.stack(images))
+    return x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+
+
 def get_dataset(name_or_path, n: int | None = None, generator: torch.Generator | None = None, **kw) -> torch.Tensor:
     """A built-in data set or a file -> float32 tensor [N, *dims].
 
     A toy name gives n samples (default 10000) drawn with ``generator``; "digits" and "fashion_mnist" (options
     ``split=``, ``root=``) give their images, a path to a .npy/.csv file its array. For those, n < N keeps a
-    random subset of n examples (drawn with ``generator``).
+    random subset of n examples (drawn with ``generator``). A folder of images gives [N, C, H, W] in 0..255.
     """
+    if isinstance(name_or_path, (str, Path)) and Path(name_or_path).is_dir():
+        if kw:
+            raise ValueError(f"unexpected options {sorted(kw)} for an image folder.")
+        return _subset(load_image_folder(name_or_path), n, generator)
     looks_like_path = isinstance(name_or_path, str) and ("/" in name_or_path or Path(name_or_path).suffix != "")
     if isinstance(name_or_path, Path) or looks_like_path:  # load_array explains a wrong extension
         if kw:
@@ -426,5 +463,5 @@ def get_dataset(name_or_path, n: int | None = None, generator: torch.Generator |
 __all__ = [
     "TOYS", "toy_mixture", "ring_mixture", "grid_mixture", "two_modes_mixture", "swiss_roll", "moons",
     "checkerboard", "circles", "load_array", "ImageData", "digits", "fashion_mnist", "read_idx",
-    "AffineScaler", "get_dataset", "dataset_names",
+    "AffineScaler", "get_dataset", "dataset_names", "load_image_folder",
 ]
