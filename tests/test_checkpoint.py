@@ -16,14 +16,6 @@ from scorelab.run import load
 from scorelab.train import train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(data_path, **train_kw):
     return {
         "data": {"path": str(data_path)},

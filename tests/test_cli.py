@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from scorelab.cli import main
@@ -20,13 +19,6 @@ TINY = ["--set", "model.hidden=16", "--set", "model.depth=2", "--set", "model.em
         "--set", "train.batch_size=8", "--set", "train.device=cpu", "--set", "train.tensorboard=false",
         "--set", "train.ckpt_every=2", "--quiet"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -34,14 +34,6 @@ def tiny(data_path, **train_kw):
     }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread (and a shared machine stays responsive)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def data_path(tmp_path):
