@@ -31,15 +31,6 @@ CORRELATED = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-1.0, -1.5
                              torch.tensor([[[0.5, 0.3], [0.3, 0.4]], [[0.5, -0.2], [-0.2, 0.3]]]))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the tensors here are tiny ([4000, 2]): intra-op threads only add overhead on a shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def exact_conditional(gmm, x1):
     """weights [K], means [K], variances [K] of p_0(x_2 | x_1)."""
     mu, S = gmm.means, gmm.covs

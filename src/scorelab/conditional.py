@@ -59,21 +59,21 @@ def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
 def reverse_diffusion_step(rsde, x, t, dt: float, generator=None):
     """Reverse-diffusion predictor (Song et al. 2021, eq. 47): x_{t-dt} = x_t - rev_f + rev_G z, with
     rev_f = f - G^2 score from the forward discretisation (SMLD for VE, DDPM for VP). x [B, *dims], t [B]."""
-    rev_f, rev_G = rsde.discretize(x, t, dt)
+    rev_f, rev_G = rsde._discretize(x, t, dt)
     x_mean = x - rev_f
     return x_mean + batch_view(rev_G, x) * _noise(x, generator), x_mean
 
 
 def euler_maruyama_step(rsde, x, t, dt: float, generator=None):
     """Euler-Maruyama on the reverse SDE: x_{t-dt} = x_t - [f - g^2 score] dt + g sqrt(dt) z."""
-    drift, g = rsde.sde(x, t)
+    drift, g = rsde._sde(x, t)
     x_mean = x - drift * dt
     return x_mean + batch_view(g, x) * math.sqrt(dt) * _noise(x, generator), x_mean
 
 
 def probability_flow_step(rsde, x, t, dt: float, generator=None):
     """Euler on the probability-flow ODE dx/dt = f - 1/2 g^2 score (``rsde`` built with probability_flow)."""
-    drift, _ = rsde.sde(x, t)
+    drift, _ = rsde._sde(x, t)
     x_mean = x - drift * dt
     return x_mean, x_mean
 

@@ -136,6 +136,7 @@ class ReverseSDE:
     """dx = [f(x, t) - c g(t)^2 score(x, t)] dt + [c' g(t)] dw_bar, run from T down to 0.
 
     c = 1, c' = 1 for the reverse-time SDE (Anderson 1982); c = 1/2, c' = 0 for the probability-flow ODE.
+    ``sde``/``discretize`` validate their inputs; ``_sde``/``_discretize`` do not (for sampler loops).
     """
 
     def __init__(self, forward: SDE, score_fn: ScoreFn, probability_flow: bool = False):
@@ -149,7 +150,9 @@ class ReverseSDE:
     def sde(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         """Reverse drift [B, *dims] and diffusion [B] (zero for the probability-flow ODE)."""
         check_batch(x)
-        t = check_time(t, x, self.T)
+        return self._sde(x, check_time(t, x, self.T))
+
+    def _sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         drift, g = self.forward._sde(x, t)
         drift = drift - self._c * batch_view(g * g, x) * self.score_fn(x, t)
         return drift, (torch.zeros_like(g) if self.probability_flow else g)
@@ -158,7 +161,9 @@ class ReverseSDE:
         """Reverse step x_{t-dt} = x_t - rev_f + rev_G z, built from the forward discretisation."""
         check_batch(x)
         t = check_time(t, x, self.T)
-        dt = self.T / self.N if dt is None else dt
+        return self._discretize(x, t, self.T / self.N if dt is None else dt)
+
+    def _discretize(self, x: torch.Tensor, t: torch.Tensor, dt) -> tuple[torch.Tensor, torch.Tensor]:
         f, G = self.forward._discretize(x, t, dt)
         rev_f = f - self._c * batch_view(G * G, x) * self.score_fn(x, t)
         return rev_f, (torch.zeros_like(G) if self.probability_flow else G)
