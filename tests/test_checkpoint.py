@@ -46,7 +46,9 @@ def weights_file(run_dir: Path) -> Path:
 
 def test_layout_and_round_trip(run_dir):
     names = sorted(p.name for p in run_dir.iterdir())
-    assert names == ["checkpoint.json", "config.yaml", "log.csv", "weights-000000006.safetensors"]
+    assert names == [".scorelab-run.json", "checkpoint.json", "config.yaml", "log.csv",
+                     "weights-000000006.safetensors"]
+    assert ckpt.read_owned(run_dir) == ["weights-000000006.safetensors"]
     meta = ckpt.read_meta(run_dir)
     assert meta["format_version"] == ckpt.FORMAT_VERSION and meta["step"] == 6 and meta["data_shape"] == [2]
     assert len(meta["generators"]["index"]) > 0 and all(0 <= b < 256 for b in meta["generators"]["loss"][0])
@@ -108,6 +110,7 @@ def test_pickle_renamed_safetensors_refused_without_unpickling(run_dir, tmp_path
     # even with the checksum forged to match, the file is parsed as safetensors, never unpickled
     meta = json.loads((run_dir / "checkpoint.json").read_text())
     meta["weights_sha256"] = ckpt._sha256(w)
+    meta["record_sha256"] = ckpt.record_digest(meta)
     (run_dir / "checkpoint.json").write_text(json.dumps(meta))
     _refused(run_dir, "not a readable safetensors file")
     assert not marker.exists()
@@ -133,6 +136,9 @@ def test_truncated_or_edited_json_refused(run_dir):
     meta = json.loads(good)
     meta["weights_file"] = "../elsewhere.safetensors"
     j.write_text(json.dumps(meta))
+    _refused(run_dir, "own checksum")
+    meta["record_sha256"] = ckpt.record_digest(meta)  # forged: the path check still holds
+    j.write_text(json.dumps(meta))
     _refused(run_dir, "missing")
 
 
@@ -145,6 +151,9 @@ def test_checkpoint_of_another_model_refused(run_dir):
         ckpt.load_module_state(other, ckpt.split_prefix(tensors, "ema"), "EMA")
     # a config edited to another width: the keys fit, the shapes do not
     meta["config"]["model"]["depth"] = 3
+    (run_dir / "checkpoint.json").write_text(json.dumps(meta))
+    _refused(run_dir, "own checksum")
+    meta["record_sha256"] = ckpt.record_digest(meta)  # forged: the weights still do not fit
     (run_dir / "checkpoint.json").write_text(json.dumps(meta))
     _refused(run_dir, "missing")
 
@@ -200,6 +209,7 @@ def test_edited_generator_state_refused_on_resume(run_dir, tmp_path):
     j = run_dir / "checkpoint.json"
     meta = json.loads(j.read_text())
     meta["generators"]["index"] = [1, 2, 3]
+    meta["record_sha256"] = ckpt.record_digest(meta)  # forged, so the generator check itself is exercised
     j.write_text(json.dumps(meta))
     before = snapshot(run_dir)
     with pytest.raises(ValueError, match="generator states"):

@@ -214,8 +214,7 @@ def test_nan_data_refused_run_dir_untouched(tmp_path, data_path):
     x = np.load(data_path)
     x[7, 1] = np.nan
     np.save(data_path, x)
-    (tmp_path / "r").mkdir()
-    (tmp_path / "r" / "keep.txt").write_text("mine")
+    (tmp_path / "r").mkdir()  # an empty directory: training may write there, but not before checking the data
     before = snapshot(tmp_path / "r")
     with pytest.raises(ValueError, match="NaN"):
         train(tiny(data_path), tmp_path / "r", progress=False)

@@ -2,14 +2,23 @@
 
 A run directory holds
 
+    .scorelab-run.json              the ownership record: written first, it lists every tensor file this run
+                                    wrote (the only files training ever deletes)
     checkpoint.json                 the commit record: format version, step, config, data shape, RNG states
                                     (torch generator states as lists of bytes), optimiser hyper-parameters and
                                     param-group layout, and the name + SHA-256 of the tensor file it belongs to
     weights-STEP.safetensors        model.*, ema.* and optim.<param index>.<state name> tensors
 
+checkpoint.json carries ``record_sha256``, a SHA-256 over every other entry (canonical JSON), so an edit to any
+field that decides what the checkpoint means (config, parameterization, data shape, scaler, generator states,
+optimiser layout) is refused on load, as is an edit to the tensor file (``weights_sha256``). A checkpoint
+never holds non-finite weights: saving refuses them, and so does loading.
+
 Writing is atomic: the tensor file is written under a temporary name, fsynced and renamed; only then is
 checkpoint.json replaced the same way (the commit point), and only after that is the previous tensor file
-deleted. A crash at any moment leaves the previous complete checkpoint loadable.
+deleted, and only if the ownership record lists it. A crash at any moment leaves the previous complete checkpoint
+loadable; the temporary files a crash leaves are removed by ``clean_stale_temporaries`` at the next start.
+A run directory has one writer at a time: ``lock_run_dir`` takes an exclusive flock on the directory.
 
 Loading parses JSON and safetensors only. A truncated or edited file, a pickle renamed .safetensors, a
 checkpoint of another model (missing keys or shapes that differ) are a ValueError saying what is wrong and
@@ -18,9 +27,12 @@ what to do; a failed load never writes to the run directory.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +44,12 @@ from safetensors.torch import load_file, save_file
 FORMAT = "scorelab-checkpoint"
 FORMAT_VERSION = 1
 META_NAME = "checkpoint.json"
+RUN_MARKER = ".scorelab-run.json"
+MAX_META_BYTES = 64 << 20  # a checkpoint.json is a few kB (plus generator states); refuse absurd files
+WEIGHTS_RE = re.compile(r"weights-\d{9}\.safetensors")
+# temporary files of _atomic_write: ".<name>.<random>.tmp" for a file name this module or train.py writes
+_TMP_RE = re.compile(r"\.(checkpoint\.json|config\.yaml|log\.csv|\.scorelab-run\.json|weights-\d{9}\.safetensors)"
+                     r"\.[A-Za-z0-9_]+\.tmp")
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -79,6 +97,109 @@ def _atomic_write(path: Path, write) -> None:
     _fsync_dir(path.parent)
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file, fsync, os.replace): readers see old or new."""
+    path = Path(path)
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def record_digest(record: dict) -> str:
+    """SHA-256 of a checkpoint record's canonical JSON, every entry except ``record_sha256`` itself."""
+    body = {k: v for k, v in record.items() if k != "record_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- run-directory ownership
+def is_run_dir(run_dir: str | Path) -> bool:
+    """True if ``run_dir`` was written by scorelab training (its ownership record or a checkpoint)."""
+    run_dir = Path(run_dir)
+    return (run_dir / RUN_MARKER).is_file() or (run_dir / META_NAME).is_file()
+
+
+def _own_entries(names) -> bool:
+    return all(_TMP_RE.fullmatch(n) for n in names)
+
+
+def check_can_start(run_dir: str | Path) -> None:
+    """A ValueError unless a new run may be written into ``run_dir``: it does not exist, is empty (or holds
+    only scorelab temporaries), or is a scorelab run that never committed a checkpoint."""
+    text = str(run_dir)
+    if not text.strip():
+        raise ValueError("--out is empty; name a new run directory, e.g. --out runs/toy.")
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise ValueError(f"--out {text!r} exists and is not a directory; choose a new run directory.")
+    if (run_dir / META_NAME).is_file():
+        raise ValueError(f"{text!r} already holds a run; pass --resume to continue it, or choose a new --out.")
+    if (run_dir / RUN_MARKER).is_file():
+        return
+    try:
+        names = [p.name for p in run_dir.iterdir()]
+    except OSError as e:
+        raise ValueError(f"cannot read --out {text!r} ({e.strerror}); choose a run directory you own.") from None
+    if names and not _own_entries(names):
+        shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+        raise ValueError(f"--out {text!r} is not empty ({shown}) and is not a scorelab run; training writes and "
+                         "deletes files in its run directory, so give a new or empty directory.")
+
+
+def lock_run_dir(run_dir: str | Path) -> int:
+    """An exclusive, non-blocking flock on the run directory; returns the fd to pass to ``unlock_run_dir``.
+    A ValueError when another process holds it."""
+    try:
+        fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as e:
+        raise ValueError(f"cannot open the run directory {str(run_dir)!r} ({e.strerror}).") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise ValueError(f"another scorelab process is writing to {str(run_dir)!r} (its lock is held); wait "
+                             "for it to finish, or train into another --out.") from None
+        raise
+    return fd
+
+
+def unlock_run_dir(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def clean_stale_temporaries(run_dir: str | Path) -> list[str]:
+    """Remove the temporary files an interrupted write of this run left (only names this module writes);
+    call it while holding the run's lock. Returns the names removed."""
+    removed = []
+    for p in Path(run_dir).iterdir():
+        if _TMP_RE.fullmatch(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
+
+
+def read_owned(run_dir: str | Path) -> list[str]:
+    """The tensor files the ownership record lists (those this run wrote)."""
+    path = Path(run_dir) / RUN_MARKER
+    try:
+        rec = json.loads(path.read_text())
+        files = rec["files"] if isinstance(rec, dict) and rec.get("format") == "scorelab-run" else []
+    except (OSError, ValueError, KeyError, RecursionError):
+        files = []
+    return [f for f in files if isinstance(f, str) and WEIGHTS_RE.fullmatch(f)]
+
+
+def write_owned(run_dir: str | Path, files) -> None:
+    """Atomically (re)write the ownership record listing ``files``."""
+    files = sorted({f for f in files if WEIGHTS_RE.fullmatch(f)})
+    atomic_write_text(Path(run_dir) / RUN_MARKER, json.dumps({"format": "scorelab-run", "files": files}))
+
+
 # --------------------------------------------------------------------------- optimiser <-> tensors + JSON
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """Adam-style optimiser state -> ({'optim.<i>.<name>': tensor}, param-group layout for JSON)."""
@@ -115,19 +236,46 @@ def save_checkpoint(run_dir: str | Path, *, model: torch.nn.Module, ema: torch.n
     step = int(meta["step"])
     tensors = {f"model.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
     tensors.update({f"ema.{k}": v.detach().cpu().clone() for k, v in ema.state_dict().items()})
+    bad = non_finite_keys(tensors)
+    if bad:
+        more = " ..." if len(bad) > 1 else ""
+        raise ValueError(f"refusing to checkpoint step {step}: the weights hold NaN/inf ({bad[0]}{more}); the "
+                         "previous checkpoint is kept.")
     opt_tensors, groups = optimizer_to_tensors(optimizer)
     tensors.update(opt_tensors)
 
     weights = run_dir / f"weights-{step:09d}.safetensors"
-    _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT, "step": str(step)}))
+    previous = None
+    if (run_dir / META_NAME).is_file():
+        try:
+            previous = json.loads((run_dir / META_NAME).read_text()).get("weights_file")
+        except (OSError, ValueError, AttributeError, RecursionError):
+            previous = None
+    owned = set(read_owned(run_dir))
+    if isinstance(previous, str) and WEIGHTS_RE.fullmatch(previous):
+        owned.add(previous)  # a run written before the ownership record existed
+    write_owned(run_dir, owned | {weights.name})  # recorded before it exists: a crash cannot orphan it
+    try:
+        _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT, "step": str(step)}))
+    except BaseException:
+        if not weights.exists():
+            write_owned(run_dir, owned)
+        raise
     record = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "optimizer_param_groups": groups,
               "weights_file": weights.name, "weights_sha256": _sha256(weights)}
+    record = json.loads(json.dumps(record))  # the digest is over exactly what a reader will parse
+    record["record_sha256"] = record_digest(record)
     text = json.dumps(record, indent=1)
     _atomic_write(run_dir / META_NAME, lambda tmp: Path(tmp).write_text(text))
-    for old in run_dir.glob("weights-*.safetensors"):
-        if old.name != weights.name:
-            old.unlink(missing_ok=True)
+    for name in sorted(owned - {weights.name}):  # only files this run wrote, never a user's weights-*.safetensors
+        (run_dir / name).unlink(missing_ok=True)
+    write_owned(run_dir, {weights.name})
     return run_dir / META_NAME
+
+
+def non_finite_keys(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or inf."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 # --------------------------------------------------------------------------- load
@@ -145,8 +293,14 @@ def read_meta(run_dir: str | Path) -> dict:
     if not path.is_file():
         raise ValueError(f"{str(run_dir)!r} holds no checkpoint ({META_NAME} missing); train into it with "
                          f"`scorelab train CONFIG --out {run_dir}` (add --resume to continue an interrupted run).")
+    if path.stat().st_size > MAX_META_BYTES:
+        raise ValueError(f"{path} is {path.stat().st_size} bytes, far more than a checkpoint record; it is not one "
+                         "scorelab wrote: restore it or retrain into a new --out directory.")
     try:
         meta = json.loads(path.read_text())
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to be a checkpoint record (edited?); restore it or retrain "
+                         "into a new --out directory.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e.__class__.__name__}: truncated or edited?); restore it from "
                          "a backup or retrain into a new --out directory.") from None
@@ -165,6 +319,10 @@ def read_meta(run_dir: str | Path) -> dict:
     if wrong or meta["step"] < 0:
         raise ValueError(f"{path} has malformed entries {wrong or ['step']} (edited?); restore it or retrain into a "
                          "new --out directory.")
+    if not isinstance(meta.get("record_sha256"), str) or meta["record_sha256"] != record_digest(meta):
+        raise ValueError(f"{path} does not match its own checksum (record_sha256): an entry was edited or the "
+                         "record was written by an older scorelab; restore the file or retrain into a new --out "
+                         "directory.")
     return meta
 
 
@@ -180,10 +338,35 @@ def load_tensors(run_dir: str | Path, meta: dict, device: str | torch.device = "
         raise ValueError(f"{path} does not match the checksum in {META_NAME} (truncated, edited or replaced); "
                          "restore the file or retrain into a new --out directory.")
     try:
-        return load_file(path, device=str(device))
+        tensors = load_file(path, device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path} is not a readable safetensors file ({' '.join(str(e).split())}); "
                          "restore it or retrain into a new --out directory.") from None
+    bad = non_finite_keys(tensors)
+    if bad:
+        raise ValueError(f"{path} holds non-finite weights (NaN/inf in {bad[0]}{' ...' if len(bad) > 1 else ''}): "
+                         "the run diverged before this checkpoint was written; retrain with a lower train.lr.")
+    return tensors
+
+
+def check_optimizer_state(opt: torch.optim.Optimizer, where: str) -> None:
+    """After ``opt.load_state_dict``: every parameter has its state, and every per-parameter tensor has the
+    parameter's shape (a resumed Adam without its moments would silently restart)."""
+    for gi, group in enumerate(opt.param_groups):
+        for pi, p in enumerate(group["params"]):
+            st = opt.state.get(p)
+            if not st:
+                raise ValueError(f"the checkpoint in {where!r} lacks the optimiser state of parameter {pi} (group "
+                                 f"{gi}); resuming would restart the optimiser. Restore the checkpoint or train "
+                                 "into a new --out directory.")
+            for name, v in st.items():
+                if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape != p.shape:
+                    raise ValueError(f"the checkpoint in {where!r} has optimiser state {name!r} of shape "
+                                     f"{list(v.shape)} for a parameter of shape {list(p.shape)}; restore the "
+                                     "checkpoint or train into a new --out directory.")
+                if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                    raise ValueError(f"the checkpoint in {where!r} has non-finite optimiser state {name!r}; "
+                                     "restore the checkpoint or train into a new --out directory.")
 
 
 def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

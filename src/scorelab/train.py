@@ -15,6 +15,14 @@ generator (noise, times and probes inside the objective; seeded from (train.seed
 model, EMA and Adam moments go into every checkpoint, so ``resume=True`` continues exactly where the run
 stopped: on the CPU the resumed run ends with the same weights as an uninterrupted one (torch.equal).
 
+The run directory is owned by the run: training refuses a directory that is neither new, empty nor a scorelab
+run, holds an exclusive lock on it while it writes (a second trainer or a concurrent --resume is refused),
+deletes only tensor files its ownership record lists, writes every file atomically (temporary file, fsync,
+rename; log rows are appended whole) and removes stale temporaries of an interrupted write. The loss and gradient
+norm are checked for NaN/inf on the device at every step (no host sync); a step that produced one is never
+checkpointed: training stops with a ValueError at the next log or checkpoint step and the last finite checkpoint
+stays. SIGINT/SIGTERM (single process) save a checkpoint at the current step and raise ``TrainingInterrupted``.
+
 The run directory gets config.yaml (the complete config), log.csv (step, loss = mean over the steps since the
 previous row, lr, grad_norm before clipping, seconds of training), checkpoint.json + weights-STEP.safetensors
 (see scorelab.checkpoint) and, if tensorboard is installed, tensorboard/ event files.
@@ -30,6 +38,8 @@ import csv
 import io
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +67,14 @@ LOG_COLUMNS = ("step", "loss", "lr", "grad_norm", "seconds")
 # settings that may change between a run and its resumption (they do not alter the trajectory)
 RESUMABLE_CHANGES = {("train", "steps"), ("train", "log_every"), ("train", "ckpt_every"), ("train", "device"),
                      ("train", "tensorboard"), ("train", "threads")}
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM stopped training; a checkpoint of the current step was saved (``step``)."""
+
+    def __init__(self, message: str, signum: int, step: int):
+        super().__init__(message)
+        self.signum, self.step = signum, step
 
 
 @dataclass
@@ -130,7 +148,7 @@ def _read_log_rows(path: Path, upto: int) -> list[list[str]]:
         return []
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    return [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= upto]
+    return [r for r in rows[1:] if len(r) == len(LOG_COLUMNS) and r[0].isdigit() and int(r[0]) <= upto]
 
 
 def train(config: dict | str | Path, out: str | Path, *, resume: bool = False, overrides=(),
@@ -143,9 +161,21 @@ def train(config: dict | str | Path, out: str | Path, *, resume: bool = False, o
     Without resume, ``out`` must not already hold a checkpoint.
     Everything is checked before anything is written, so a refused start leaves ``out`` unchanged.
     """
+    lock: list = [None]  # the run directory's lock fd (rank 0), held until training ends
+    try:
+        return _train_locked(config, out, resume, overrides, progress, lock)
+    finally:
+        ckpt.unlock_run_dir(lock[0])
+
+
+def _train_locked(config, out, resume: bool, overrides, progress: bool, lock: list) -> TrainResult:
     cfg = load_config(config, overrides)
     tc = cfg["train"]
+    if not str(out).strip():
+        raise ValueError("--out is empty; name a new run directory, e.g. --out runs/toy.")
     out = Path(out)
+    if resume and int(os.environ.get("RANK", "0")) == 0 and out.is_dir():
+        lock[0] = ckpt.lock_run_dir(out)  # before reading: a concurrent writer could replace the checkpoint
     if resume:
         meta = ckpt.read_meta(out)
         diff = [d for d in _config_diff(meta["config"], cfg) if d not in RESUMABLE_CHANGES]
@@ -156,22 +186,22 @@ def train(config: dict | str | Path, out: str | Path, *, resume: bool = False, o
         if meta["step"] > tc["steps"]:
             raise ValueError(f"{str(out)!r} is already at step {meta['step']} > train.steps={tc['steps']}; "
                              f"raise train.steps to continue it.")
-    elif ckpt.has_checkpoint(out):
-        raise ValueError(f"{str(out)!r} already holds a run; pass --resume to continue it, or choose a new --out.")
+    else:
+        ckpt.check_can_start(out)  # new, empty, or a scorelab run that never committed a checkpoint
 
     dd = _setup_distributed(tc["device"])
     threads = torch.get_num_threads()
     if tc["threads"] is not None:  # small networks run fastest on one thread, especially on a busy machine
         torch.set_num_threads(tc["threads"])
     try:
-        return _train(cfg, out, meta if resume else None, dd, progress)
+        return _train(cfg, out, meta if resume else None, dd, progress, lock)
     finally:
         torch.set_num_threads(threads)
         if dd.owned:
             dist.destroy_process_group()
 
 
-def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool) -> TrainResult:
+def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, lock: list) -> TrainResult:
     tc, resume = cfg["train"], meta is not None
     if tc["batch_size"] % dd.world:
         raise ValueError(f"train.batch_size={tc['batch_size']} must be divisible by the number of processes "
@@ -200,7 +230,11 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool) -
         except (ValueError, KeyError, RuntimeError) as e:
             raise ValueError(f"the optimiser state in {str(out)!r} does not fit this model ({e}); train into a new "
                              "--out directory.") from None
+        ckpt.check_optimizer_state(opt, str(out))
         gens = meta.get("generators", {})
+        if not isinstance(gens, dict) or not isinstance(gens.get("loss"), list) or not gens["loss"]:
+            raise ValueError(f"{out / ckpt.META_NAME} lacks the generator states of the run; restore the file or "
+                             "train into a new --out directory.")
         if len(gens.get("loss", [])) != dd.world:
             raise ValueError(f"{str(out)!r} was trained with {len(gens.get('loss', []))} process(es), this run has "
                              f"{dd.world}; resume with the same number of processes (torchrun --nproc_per_node).")
@@ -230,11 +264,18 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool) -
     writer = None
     if dd.main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        if lock[0] is None:
+            lock[0] = ckpt.lock_run_dir(out)
+            if not resume:  # another trainer may have started here between the first check and the lock
+                ckpt.check_can_start(out)
+        ckpt.clean_stale_temporaries(out)
+        if not resume:
+            ckpt.write_owned(out, ckpt.read_owned(out))  # the ownership record, before any other file
+        ckpt.atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
         rows = _read_log_rows(log_path, start) if resume else []
         buf = io.StringIO()
         csv.writer(buf).writerows([list(LOG_COLUMNS), *rows])
-        log_path.write_text(buf.getvalue())
+        ckpt.atomic_write_text(log_path, buf.getvalue())
         if tc["tensorboard"]:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -251,12 +292,28 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool) -
                 "world_size": dd.world, "scaler": scaler_state(scaler), "torch_version": torch.__version__,
                 "generators": {"index": ckpt.generator_state(index_gen), "loss": loss_states}}
 
+    def diverged_at() -> int:
+        """The first step whose loss or gradient norm was NaN/inf (0 if none); collective under DDP."""
+        if dd.world > 1:
+            dist.all_reduce(bad_at, op=dist.ReduceOp.MAX)
+        return int(bad_at)
+
+    def stop_if_diverged(done: int) -> None:
+        k = diverged_at()
+        if k:
+            kept = (f"the checkpoint of step {saved[0]} is kept" if saved[0] else "no checkpoint was written")
+            raise ValueError(f"training diverged: the loss or gradient became NaN/inf at step {k} (checked at step "
+                             f"{done}); nothing from that step on was saved, {kept}. Lower train.lr, keep "
+                             "train.grad_clip > 0, and check the data scale and the process's parameters (sde.*).")
+
     def save(step: int) -> None:
+        stop_if_diverged(step)
         m = meta_now(step)  # collective: every rank takes part
         if dd.main:
             ckpt.save_checkpoint(out, model=model, ema=ema, optimizer=opt, meta=m)
         if dd.world > 1:
             dist.barrier()
+        saved[0] = step
 
     from tqdm.auto import tqdm
 
@@ -267,6 +324,13 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool) -
     clip = tc["grad_clip"] if tc["grad_clip"] > 0 else math.inf
     window = torch.zeros((), dtype=torch.float64, device=dd.device)
     last_loss, n_window = float("nan"), 0
+    bad_at = torch.zeros((), dtype=torch.int64, device=dd.device)  # first non-finite step (1-based), 0: none
+    saved = [start]
+    stop: list = []  # the signal that asked to stop
+    handlers = {}
+    if dd.world == 1 and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, lambda signum, frame: stop.append(signum))
     model.train()
     t0 = time.perf_counter()
     try:
@@ -287,14 +351,14 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool) -
             window += loss.detach().double()
             n_window += 1
             done = step + 1
+            finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
+            bad_at = torch.where((bad_at == 0) & ~finite, done, bad_at)
             if done % tc["log_every"] == 0 or done == tc["steps"]:
                 if dd.world > 1:
                     dist.all_reduce(window)
                     window /= dd.world
                 last_loss = float(window) / n_window
-                if not math.isfinite(last_loss):
-                    raise ValueError(f"the loss became {last_loss} by step {done}; lower train.lr, keep "
-                                     "train.grad_clip > 0 or check the data scale. The last checkpoint is kept.")
+                stop_if_diverged(done)
                 seconds = elapsed + time.perf_counter() - t0
                 if dd.main:
                     with open(log_path, "a", newline="") as f:
@@ -312,7 +376,17 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool) -
                 elapsed += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 save(done)
+            if stop:
+                elapsed += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                if saved[0] != done:
+                    save(done)
+                name = signal.Signals(stop[0]).name
+                raise TrainingInterrupted(f"{name} received: saved a checkpoint at step {done} in {out}; continue "
+                                          "with --resume.", stop[0], done)
     finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
         bar.close()
         if writer is not None:
             writer.close()
