@@ -19,7 +19,9 @@ its sections into objects; the tables below are the whole vocabulary.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
+import reprlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,33 @@ from .sde import VESDE, VPSDE, SubVPSDE
 SDES = {"ve": VESDE, "vp": VPSDE, "subvp": SubVPSDE}
 MODEL_TYPES = ("mlp", "unet", "energy")
 SECTIONS = ("data", "sde", "model", "objective", "train")
+
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; refuse anything absurd before parsing it
+MAX_SEED = 2**63 - 1        # torch.Generator.manual_seed takes 64-bit seeds
+
+
+def _short(value: Any) -> str:
+    """repr capped in length, for error messages about values a user typed (or a file produced)."""
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxlevel = 60, 60, 6, 6, 3
+    return r.repr(value)
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses aliases (``*name``): a config never needs them, and nested aliases expand
+    exponentially (a few hundred bytes can stand for gigabytes, the "billion laughs")."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ValueError(f"YAML alias *{_short(event.anchor)[1:-1]} at line {event.start_mark.line + 1}: aliases "
+                             "are not accepted in configs; write the value out in full.")
+        return super().compose_node(parent, index)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+
 
 class _Field:
     """One config key: accepted Python types, default, and a range check."""
@@ -51,12 +80,12 @@ class _Field:
             raise ValueError(f"{where} must not be empty (null); give a {self._describe()}.")
         if list in self.types:
             if not isinstance(value, (list, tuple)):
-                raise ValueError(f"{where} must be a list, got {value!r}.")
+                raise ValueError(f"{where} must be a list, got {_short(value)}.")
             if self.length is not None and len(value) != self.length:
-                raise ValueError(f"{where} must be a list of {self.length} numbers, got {value!r}.")
+                raise ValueError(f"{where} must be a list of {self.length} numbers, got {_short(value)}.")
             return list(value)
         if isinstance(value, bool) and bool not in self.types:
-            raise ValueError(f"{where} must be a {self._describe()}, got the boolean {value!r}.")
+            raise ValueError(f"{where} must be a {self._describe()}, got the boolean {_short(value)}.")
         if float in self.types and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if isinstance(value, str) and float in self.types and str not in self.types:
@@ -65,14 +94,14 @@ class _Field:
             except ValueError:
                 pass
         if not isinstance(value, self.types):
-            raise ValueError(f"{where} must be a {self._describe()}, got {value!r} ({type(value).__name__}).")
+            raise ValueError(f"{where} must be a {self._describe()}, got {_short(value)} ({type(value).__name__}).")
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{where} must be finite, got {value!r}.")
+            raise ValueError(f"{where} must be finite, got {_short(value)}.")
         if self.choices is not None and value not in self.choices:
-            raise ValueError(f"{where} must be one of {list(self.choices)}, got {value!r}.")
+            raise ValueError(f"{where} must be one of {list(self.choices)}, got {_short(value)}.")
         if self.min is not None and (value < self.min or (self.min_open and value == self.min)):
             bound = f"> {self.min}" if self.min_open else f">= {self.min}"
-            raise ValueError(f"{where} must be {bound}, got {value!r}.")
+            raise ValueError(f"{where} must be {bound}, got {_short(value)}.")
         return value
 
     def _describe(self) -> str:
@@ -180,9 +209,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not all(parts):
         raise ValueError(f"override {text!r} is not of the form section.key=value, e.g. train.steps=100.")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ValueError(f"override {_short(text)}: the value is {len(raw)} characters long; a config value is "
+                             "short.")
+        value = _yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise ValueError(f"override {text!r}: the value is not valid YAML ({e.__class__.__name__}).") from None
+        raise ValueError(f"override {_short(text)}: the value is not valid YAML ({e.__class__.__name__}).") from None
     return parts, value
 
 
@@ -220,10 +252,15 @@ def load_config(path_or_name: str | Path | dict, overrides: Iterable[str] = ()) 
         raw = path_or_name
     else:
         path = find_config(path_or_name)
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"config {str(path)!r} is {path.stat().st_size} bytes; a config is a short YAML file "
+                             f"(at most {MAX_CONFIG_BYTES} bytes).")
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = _yaml_load(path.read_text(encoding="utf-8-sig"))
         except yaml.YAMLError as e:
-            raise ValueError(f"config {str(path)!r} is not valid YAML: {' '.join(str(e).split())}") from None
+            raise ValueError(f"config {str(path)!r} is not valid YAML: {' '.join(str(e).split())[:300]}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"config {str(path)!r} is not UTF-8 text; save it as UTF-8 YAML.") from None
         if raw is None:
             raw = {}
     if not isinstance(raw, dict):
@@ -284,6 +321,9 @@ def validate(raw: dict) -> dict:
     build_objective(cfg["objective"], cfg["data"])  # unknown objective names / options are refused here
 
     train = _check_section("train", raw.get("train"), TRAIN_FIELDS)
+    for where, seed in (("train.seed", train["seed"]), ("data.seed", data["seed"])):
+        if not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"{where} must be in [0, 2^63 - 1] (a 64-bit seed), got {_short(seed)}.")
     if not 0 <= train["ema_decay"] < 1:
         raise ValueError(f"train.ema_decay must be in [0, 1), e.g. 0.999; got {train['ema_decay']!r}.")
     if not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in train["adam_betas"]):
@@ -304,6 +344,9 @@ def resolve_device(name: str) -> torch.device:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
         raise ValueError(f"train.device {name!r} is not a device; use auto, cpu or cuda.") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"train.device {name!r} cannot train a model (it is a {dev.type!r} device); use auto, cpu "
+                         "or cuda.")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device is {name!r} but CUDA is not available here; use train.device=auto or cpu.")
     return dev
@@ -342,9 +385,33 @@ def build_objective(section: dict, data_section: dict | None = None) -> Callable
     if name not in OBJECTIVES:
         raise ValueError(f"objective.name must be one of {sorted(OBJECTIVES)}, got {name!r}.")
     options = {k: v for k, v in section.items() if k != "name"}
+    options = _check_option_types(name, OBJECTIVES[name], options)
     if name == "esm":
         options = _esm_target(options, data_section)
     return make_objective(name, **options)
+
+
+def _check_option_types(name: str, fn, options: dict) -> dict:
+    """An option whose default is a number must be a finite number (YAML reads "1e-5" as a string: accepted)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return options
+    out = dict(options)
+    for key, value in options.items():
+        default = params[key].default if key in params else None
+        if isinstance(default, bool) or not isinstance(default, (int, float)) or value is None:
+            continue
+        if isinstance(value, str):
+            try:
+                value = float(value) if isinstance(default, float) else int(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"objective.{key} must be a finite number (objective {name!r}, default {default!r}), "
+                             f"got {_short(value)}.")
+        out[key] = value
+    return out
 
 
 def _esm_target(options: dict, data_section: dict | None) -> dict:
