@@ -21,11 +21,36 @@ import sys
 import click
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
+MAX_MESSAGE = 600  # characters of an error line
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, MemoryError):
+        return True
+    oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", ())
+    if oom and isinstance(e, oom):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("alloc" in text or "out of memory" in text)
 
 
 def one_line_errors(fn):
-    """Wrap a command so a user error becomes ``error: ...`` on stderr (one line) and exit code 2."""
+    """Wrap a command so a user error becomes ``error: ...`` on stderr (one line) and exit code 2.
+
+    Besides ValueError/TypeError/FileNotFoundError: an OSError on a path (unwritable or not-a-directory
+    --out, ...), an allocation failure (a batch, network or -n too large for memory) and a structure nested too
+    deeply are one line with exit 2; Ctrl-C is one line with exit 130, and a training run stopped by
+    SIGINT/SIGTERM says where its checkpoint is (exit 128 + the signal).
+    """
+
+    def fail(msg: str, code: int = EXIT_USER_ERROR):
+        msg = " ".join(msg.split())
+        if len(msg) > MAX_MESSAGE:
+            msg = msg[:MAX_MESSAGE] + " ..."
+        click.echo(f"error: {msg}", err=True)
+        sys.exit(code)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -35,10 +60,80 @@ def one_line_errors(fn):
             msg = " ".join(str(e).split()) or type(e).__name__
             if isinstance(e, FileNotFoundError) and e.filename and str(e.filename) not in msg:
                 msg = f"{msg}: {e.filename}"
-            click.echo(f"error: {msg}", err=True)
-            sys.exit(EXIT_USER_ERROR)
+            fail(msg)
+        except KeyboardInterrupt:
+            fail("interrupted (Ctrl-C); a training run keeps its last checkpoint, continue it with --resume.",
+                 EXIT_INTERRUPTED)
+        except RecursionError:
+            fail("an input is nested too deeply to be read (a damaged or hostile file?); check the files given.")
+        except OSError as e:
+            if e.filename is None:
+                raise
+            what = e.strerror or type(e).__name__
+            fail(f"cannot use {str(e.filename)!r}: {what}; choose a path you can write to (for --out, a new file "
+                 "or directory in an existing, writable folder).")
+        except Exception as e:
+            from .train import TrainingInterrupted
+
+            if isinstance(e, TrainingInterrupted):
+                fail(str(e), 128 + int(e.signum))
+            if _out_of_memory(e):
+                fail(f"out of memory ({' '.join(str(e).split())[:160]}); lower the sizes asked for (-n, "
+                     "train.batch_size, the model's width) or the number of examples.")
+            raise
 
     return wrapper
+
+
+def _check_out_file(out: str, suffixes: tuple[str, ...]) -> None:
+    """Before any work: --out ends in one of ``suffixes`` and can be created (its folder exists, is writable)."""
+    from pathlib import Path
+
+    if not out.lower().endswith(suffixes):
+        raise ValueError(f"--out must end in {' or '.join(suffixes)}, got {out!r}.")
+    p = Path(out)
+    if p.is_dir():
+        raise ValueError(f"--out {out!r} is a directory; give a file name ending in {' or '.join(suffixes)}.")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"--out {out!r}: the folder {str(parent)!r} does not exist (or is not a folder); create it "
+                         "first.")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ValueError(f"--out {out!r} cannot be written (permission denied); choose another path.")
+
+
+def _check_out_dir(out: str) -> None:
+    """Before any work: --out is (or can be made) a writable directory."""
+    from pathlib import Path
+
+    if not str(out).strip():
+        raise ValueError("--out is empty; name an output directory.")
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--out {out!r} exists and is not a directory; choose a directory.")
+    probe = p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and (not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK)):
+        raise ValueError(f"--out {out!r} cannot be created or written ({str(probe)!r} is not a writable folder); "
+                         "choose another directory.")
+
+
+def _check_seed(seed: int) -> int:
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"--seed must be in [0, 2^63 - 1], got {seed}.")
+    return seed
+
+
+def _check_memory(nbytes: float, what: str) -> None:
+    """Refuse, before allocating, an array larger than half the machine's memory."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if nbytes > total / 2:
+        raise ValueError(f"{what} needs about {nbytes / 2**30:.3g} GiB, more than half of this machine's "
+                         f"{total / 2**30:.3g} GiB; ask for fewer.")
 
 
 @click.group()
@@ -58,6 +153,7 @@ def train(config, overrides, out, resume, quiet):
     """Train the score model described by CONFIG (a .yaml path or a bundled name such as `toy`)."""
     from .train import train as run_training
 
+    _check_out_dir(out)
     result = run_training(config, out, resume=resume, overrides=overrides, progress=not quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         click.echo(f"trained to step {result.step}; run directory {result.run_dir} (load with scorelab.load)")
@@ -71,6 +167,7 @@ def demo(quick, out):
     """Run the embedded default demo: train on a 2-D mixture, sample, measure against the truth, report."""
     from .demo import run_demo
 
+    _check_out_dir(out)
     run_demo(out, quick=quick, echo=click.echo)
 
 
@@ -96,18 +193,30 @@ def _load_data(path):
 @one_line_errors
 def sample(run_dir, method, nfe, count, seed, out):
     """Sample a trained run; writes the samples in data units (the run's scaling undone)."""
+    import math
+
     import numpy as np
     import torch
 
     from .samplers import sample as draw
 
-    if not out.endswith((".npy", ".png")):
-        raise ValueError(f"--out must end in .npy or .png, got {out!r}.")
+    _check_out_file(out, (".npy", ".png"))
     if count < 1:
         raise ValueError(f"-n must be a positive number of samples, got {count}.")
+    _check_seed(seed)
     run = _load_run(run_dir)
-    res = draw(run.score, run.sde, (count, *run.data_shape), method=method, nfe=nfe,
-               generator=torch.Generator().manual_seed(seed))
+    _check_memory(4.0 * count * math.prod(run.data_shape) * 4, f"-n {count}")  # x, score and a few buffers
+    shape = (count, *run.data_shape)
+    if out.lower().endswith(".png") and not (len(shape) == 4 or (len(shape) == 2 and shape[1] == 2)):
+        raise ValueError("--out .png needs images [n, C, H, W] or 2-D points; use .npy for other data.")
+    options = {}
+    if method == "mala":  # MALA's accept/reject needs the energy, which only an energy model has
+        if run.config["model"]["parameterization"] != "energy":
+            raise ValueError("--method mala needs a run trained with model.type=energy (it uses the energy in its "
+                             "accept/reject step); use --method langevin for this run.")
+        options["energy_fn"] = run.model.energy
+    res = draw(run.score, run.sde, shape, method=method, nfe=nfe,
+               generator=torch.Generator().manual_seed(seed), **options)
     x = run.scaler.inverse(res.x) if run.scaler is not None else res.x
     if out.endswith(".png"):
         from . import plots
@@ -119,7 +228,8 @@ def sample(run_dir, method, nfe, count, seed, out):
         else:
             raise ValueError("--out .png needs images [n, C, H, W] or 2-D points; use .npy for other data.")
     else:
-        np.save(out, x.numpy())
+        with open(out, "wb") as f:  # exactly the named file (np.save on a name would append .npy)
+            np.save(f, x.numpy())
     click.echo(f"wrote {count} samples ({res.nfe} score evaluations) to {out}")
 
 
@@ -138,6 +248,9 @@ def likelihood(run_dir, data_path, bits_per_dim, bits, divergence, seed):
     from .likelihood import bits_per_dim as bpd_fn
     from .likelihood import log_likelihood
 
+    if bits_per_dim and not 1 <= bits <= 32:
+        raise ValueError(f"--bits must be a bit depth in [1, 32], got {bits}.")
+    _check_seed(seed)
     run = _load_run(run_dir)
     x = _load_data(data_path)
     if tuple(x.shape[1:]) != run.data_shape:
@@ -176,12 +289,14 @@ def denoise(run_dir, data_path, sigma, out):
 
     from .tweedie import denoise as tweedie_denoise
 
+    _check_out_file(out, (".npy",))
     run = _load_run(run_dir)
     y = _load_data(data_path)
     y = run.scaler.forward(y) if run.scaler is not None else y
     x = tweedie_denoise(run.score, run.sde, y, sigma)
     x = run.scaler.inverse(x) if run.scaler is not None else x
-    np.save(out, x.detach().numpy())
+    with open(out, "wb") as f:  # exactly the named file
+        np.save(f, x.detach().numpy())
     click.echo(f"wrote {len(x)} denoised examples to {out}")
 
 
@@ -194,6 +309,8 @@ def figures(out, quick, seed):
     """The lecture notes' experiments as figures and a report (report.md, report.html)."""
     from .figures import run_all
 
+    _check_out_dir(out)
+    _check_seed(seed)
     res = run_all(out, quick=quick, seed=seed)
     for name, fig in res["figures"].items():
         click.echo(f"{name}: {fig.path}")
