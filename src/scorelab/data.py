@@ -142,18 +142,52 @@ TOYS: dict[str, Callable[..., torch.Tensor]] = {
 
 
 def _read_csv(path: Path) -> np.ndarray:
-    with open(path, encoding="utf-8") as fh:
-        first = fh.readline()
+    # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the first value
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            lines = fh.read().splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}; Latin-1 or another encoding?); "
+                         "save the CSV as UTF-8.") from None
+    first = lines[0] if lines else ""
     try:
         [float(v) for v in first.strip().split(",")]
         skip = 0
     except ValueError:  # a non-numeric first row is a header
         skip = 1
     try:
-        return np.loadtxt(path, delimiter=",", skiprows=skip, dtype=np.float64, ndmin=2)
+        return np.loadtxt(lines, delimiter=",", skiprows=skip, dtype=np.float64, ndmin=2)
     except ValueError as err:
         raise ValueError(f"{path}: the CSV must be numeric, comma-separated, with at most one header row "
-                         f"({err}).") from None
+                         f"({' '.join(str(err).split())[:200]}).") from None
+
+
+def _check_npy_header(p: Path) -> None:
+    """Refuse, before reading, a .npy whose header announces more data than the file holds (or a dtype that is
+    not plain numbers): loading it would try to allocate what the header claims."""
+    from numpy.lib import format as npy_format
+
+    try:
+        with open(p, "rb") as f:
+            version = npy_format.read_magic(f)
+            read = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}.get(version)
+            if read is None:
+                return  # a newer format: np.load explains
+            shape, _, dtype = read(f, max_header_size=10000)
+            offset = f.tell()
+    except (ValueError, OSError, SyntaxError, TypeError, EOFError) as err:
+        raise ValueError(f"{p}: not a readable .npy file ({' '.join(str(err).split())[:200]}); save it with "
+                         "np.save(path, array).") from None
+    if np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(f"{p}: the array is complex ({dtype}); data must be real: save x.real and x.imag as "
+                         "separate columns if both matter.")
+    if dtype.hasobject or not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+        raise ValueError(f"{p}: the array has dtype {dtype}; a numeric array [N, *dims] is needed.")
+    need = math.prod(shape) * dtype.itemsize
+    have = p.stat().st_size - offset
+    if need > have:
+        raise ValueError(f"{p}: the header announces shape {list(shape)} ({need} bytes) but only {have} bytes "
+                         "follow; the file is truncated or corrupt.")
 
 
 def load_array(path) -> torch.Tensor:
@@ -169,6 +203,7 @@ def load_array(path) -> torch.Tensor:
     if not p.is_file():
         raise ValueError(f"data file not found: {p} (resolved to {p.resolve()}); check the path.")
     if suffix == ".npy":
+        _check_npy_header(p)
         try:
             arr = np.load(p, allow_pickle=False)
         except ValueError as err:

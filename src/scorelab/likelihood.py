@@ -66,6 +66,10 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, generator: torc
     method ("dopri5", default, rtol = atol = 1e-5 and eps = 1e-5 as in Song et al. 2021) or a fixed-step one
     ("euler", "heun", "midpoint", "rk4") with ``steps``. ``dtype`` (e.g. torch.float64) is the precision of
     the solve, default x's. ``prior`` replaces ``sde.prior_logp`` as log p_T (e.g. an exact marginal).
+
+    Checked: x non-empty and finite, the solve in float32 or float64 (half precision cannot hold the solver's
+    tolerances), every score evaluation shaped like x, and the result finite (a NaN/inf score, or x far outside
+    the data the score was trained on, is a ValueError rather than a NaN or inf likelihood).
     """
     if not callable(score_fn):
         raise TypeError("score_fn must be a callable score_fn(x, t) -> tensor shaped like x.")
@@ -73,7 +77,13 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, generator: torc
     if x.ndim < 2:
         raise ValueError(f"x must have shape [B, *dims] with at least one data dimension, got {tuple(x.shape)}; "
                          "for scalar data use x[:, None].")
+    if x.shape[0] == 0 or x.numel() == 0:
+        raise ValueError(f"x is empty (shape {tuple(x.shape)}); give at least one example [B >= 1, *dims].")
     check_finite(x)
+    solve_dtype = x.dtype if dtype is None else dtype
+    if solve_dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"the likelihood ODE needs float32 or float64 (got {solve_dtype}): half precision cannot "
+                        "meet the solver's tolerances; pass dtype=torch.float32 (or convert x).")
     if divergence not in DIVERGENCES:
         raise ValueError(f"Unknown divergence {divergence!r}; choose one of {DIVERGENCES}.")
     if probe not in PROBES:
@@ -87,7 +97,14 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, generator: torc
         x = x.to(dtype)
     prior = sde.prior_logp if prior is None else prior
 
-    counted = CountingScore(score_fn)
+    def checked_score(y, t):  # a shape check costs no host sync, so every evaluation gets one
+        out = score_fn(y, t)
+        if not isinstance(out, torch.Tensor) or out.shape != y.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"score_fn returned {got} for x of shape {tuple(y.shape)}; a score is shaped like x.")
+        return out
+
+    counted = CountingScore(checked_score)
     B = x.shape[0]
     probes = (sample_probes(x, n_probes, probe, generator) if divergence == "hutchinson" else None)
 
@@ -103,9 +120,19 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, generator: torc
         return f.detach(), div.detach()
 
     with torch.no_grad():
-        z, delta = solve_ode(func, (x, x.new_zeros(B)), float(eps), sde.T, method, rtol, atol, steps, like=x)
+        try:
+            z, delta = solve_ode(func, (x, x.new_zeros(B)), float(eps), sde.T, method, rtol, atol, steps, like=x)
+        except AssertionError as err:  # torchdiffeq asserts on a step-size underflow or a non-finite state
+            raise ValueError(f"the probability-flow ODE could not be solved ({' '.join(str(err).split())[:120]}): the "
+                             "score is NaN/inf somewhere on the path, or x lies far outside the data the score "
+                             "describes; check the score and the data's units.") from None
         prior_logp = prior(z)
     logp = prior_logp + delta
+    if not bool(torch.isfinite(logp).all()):
+        bad = int((~torch.isfinite(logp)).sum())
+        raise ValueError(f"the log-likelihood of {bad} of {B} example(s) is not finite: the score returned NaN/inf "
+                         "on the path, or x lies far outside the data the score describes (check the data's units "
+                         "and scaling).")
     return LikelihoodResult(nll=-logp, nfe=counted.nfe, z=z, prior_logp=prior_logp, delta_logp=delta)
 
 

@@ -9,17 +9,26 @@
     run.step             # training steps behind the weights
 
 Only JSON and safetensors are read (see scorelab.checkpoint); nothing is unpickled.
+
+``score`` checks its input: x a floating tensor [B, *data_shape] on the run's device (any floating dtype: the
+network runs in its own dtype and the score comes back in x's), t a number or [B] tensor in [0, T] (NaN, inf,
+t < 0 or t > T is a ValueError). Times below ``T_MIN`` = 1e-5 (the smallest time the training objectives draw;
+at t = 0 a VP/sub-VP marginal has zero noise and the score is undefined) are evaluated at T_MIN.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import checkpoint as ckpt
+from ._checks import check_batch
 from .config import build_model, build_sde, resolve_device, scaler_from_state
+
+T_MIN = 1e-5  # the smallest time the objectives train on (sde_dsm eps, Song et al. 2021)
 
 
 class Run:
@@ -41,8 +50,38 @@ class Run:
         The weights are frozen (requires_grad False), so no graph is kept unless x itself requires grad (as
         when a likelihood takes the divergence of the score); an energy model differentiates E internally.
         """
+        x_in = x
+        x, t = self._check(x, t)
         out = self.model.score(x, t)
-        return out if x.requires_grad else out.detach()
+        out = out if out.dtype == x_in.dtype else out.to(x_in.dtype)
+        return out if x_in.requires_grad else out.detach()
+
+    def _check(self, x, t) -> tuple[torch.Tensor, torch.Tensor | float]:
+        check_batch(x)
+        if self.data_shape and tuple(x.shape[1:]) != self.data_shape:
+            raise ValueError(f"x has examples of shape {tuple(x.shape[1:])}, this run was trained on "
+                             f"{self.data_shape}: x must be [B, *{self.data_shape}].")
+        param = next(self.model.parameters())
+        if x.device != param.device:
+            raise ValueError(f"x is on {x.device}, the run on {param.device}; move one of them (x.to(run.device) "
+                             "or run.to(device)).")
+        if x.dtype != param.dtype:
+            x = x.to(param.dtype)
+        T = float(self.sde.T)
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            if not (math.isfinite(t) and 0.0 <= t <= T * (1 + 1e-6)):
+                raise ValueError(f"t must lie in [0, {T:g}] (the process's time range), got {t!r}.")
+            return x, min(max(float(t), T_MIN), T)
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"t must be a number or a tensor [B], got {type(t).__name__}.")
+        if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != x.shape[0]):
+            raise ValueError(f"t must be a number or have shape [B] = [{x.shape[0]}], got {tuple(t.shape)}.")
+        t = t.to(device=x.device, dtype=x.dtype)
+        if not bool(((t >= 0) & (t <= T * (1 + 1e-6))).all()):  # one host sync; NaN fails both comparisons
+            bad = t[~((t >= 0) & (t <= T * (1 + 1e-6)))].flatten()[:3].tolist()
+            raise ValueError(f"t must lie in [0, {T:g}] (the process's time range, finite), got values such as "
+                             f"{bad}.")
+        return x, t.clamp(T_MIN, T)
 
     __call__ = score
 
@@ -65,9 +104,25 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
         model = build_model(cfg["model"], sde, tuple(meta["data_shape"]))
     except (KeyError, TypeError) as e:
         raise ValueError(f"{run_dir / ckpt.META_NAME} has an incomplete config ({e}); restore it or retrain.") from None
+    dev = _device(device)
     tensors = ckpt.load_tensors(run_dir, meta)
     ckpt.load_module_state(model, ckpt.split_prefix(tensors, "ema"), "EMA")
     model.requires_grad_(False).eval()
-    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     return Run(model.to(dev), cfg, int(meta["step"]), run_dir, scaler_from_state(meta.get("scaler")),
                tuple(meta["data_shape"]))
+
+
+def _device(device) -> torch.device:
+    """'auto', a device string or a torch.device -> a device this machine has; a ValueError otherwise."""
+    if isinstance(device, str) and device == "auto":
+        return resolve_device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {device!r} is not a device; use 'auto', 'cpu' or 'cuda'.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(dev)!r} asked for, but CUDA is not available here; use device='cpu' or "
+                         "'auto'.")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {str(dev)!r} cannot hold a run; use 'auto', 'cpu' or 'cuda'.")
+    return dev
