@@ -328,9 +328,14 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, l
     saved = [start]
     stop: list = []  # the signal that asked to stop
     handlers = {}
+    def on_signal(signum, frame):
+        if stop:  # a second signal while the step or the save runs: stop now, the last checkpoint stays
+            raise KeyboardInterrupt
+        stop.append(signum)
+
     if dd.world == 1 and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            handlers[sig] = signal.signal(sig, lambda signum, frame: stop.append(signum))
+            handlers[sig] = signal.signal(sig, on_signal)
     model.train()
     t0 = time.perf_counter()
     try:
