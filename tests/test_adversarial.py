@@ -389,3 +389,33 @@ def test_config_seed_and_device_lines():
         load_config("toy", ["train.seed=18446744073709551616"])
     with pytest.raises(ValueError, match="cannot train"):
         load_config("toy", ["train.device=meta"])
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(width=st.integers(1, 5), step=st.integers(1, 10**8), scale=st.floats(-1e30, 1e30, allow_nan=False))
+def test_property_checkpoint_round_trip(tmp_path_factory, width, step, scale):
+    """Any finite weights at any step come back bit for bit; the record passes its own checksum."""
+    d = tmp_path_factory.mktemp("rt")
+    g = torch.Generator().manual_seed(step)
+    model = torch.nn.Linear(width, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(2, width, generator=g) * np.float32(scale))
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, width)).sum().backward()
+    opt.step()
+    ckpt.save_checkpoint(d, model=model, ema=model, optimizer=opt,
+                         meta={"step": step, "config": {"k": [scale]}, "data_shape": [width]})
+    meta = ckpt.read_meta(d)
+    tensors = ckpt.load_tensors(d, meta)
+    assert meta["step"] == step and meta["config"] == {"k": [scale]}
+    for k, v in model.state_dict().items():
+        assert torch.equal(tensors[f"model.{k}"], v)
+    assert sorted(p.name for p in d.iterdir()) == [".scorelab-run.json", "checkpoint.json",
+                                                    f"weights-{step:09d}.safetensors"]
+
+
+def test_deeply_nested_yaml_is_one_line(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("train: " + "[" * 50000 + "]" * 50000 + "\n")
+    one_line(invoke("train", deep, "--out", tmp_path / "r"), "nested too deeply")
+    one_line(invoke("train", "toy", "--set", "train.steps=" + "[" * 50000, "--out", tmp_path / "r"))

@@ -213,6 +213,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             raise ValueError(f"override {_short(text)}: the value is {len(raw)} characters long; a config value is "
                              "short.")
         value = _yaml_load(raw) if raw.strip() else None
+    except RecursionError:
+        raise ValueError(f"override {_short(text)}: the value is nested too deeply.") from None
     except yaml.YAMLError as e:
         raise ValueError(f"override {_short(text)}: the value is not valid YAML ({e.__class__.__name__}).") from None
     return parts, value
@@ -261,6 +263,8 @@ def load_config(path_or_name: str | Path | dict, overrides: Iterable[str] = ()) 
             raise ValueError(f"config {str(path)!r} is not valid YAML: {' '.join(str(e).split())[:300]}") from None
         except UnicodeDecodeError:
             raise ValueError(f"config {str(path)!r} is not UTF-8 text; save it as UTF-8 YAML.") from None
+        except RecursionError:
+            raise ValueError(f"config {str(path)!r} is nested too deeply to be a config.") from None
         if raw is None:
             raw = {}
     if not isinstance(raw, dict):
