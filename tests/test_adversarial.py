@@ -419,3 +419,11 @@ def test_deeply_nested_yaml_is_one_line(tmp_path):
     deep.write_text("train: " + "[" * 50000 + "]" * 50000 + "\n")
     one_line(invoke("train", deep, "--out", tmp_path / "r"), "nested too deeply")
     one_line(invoke("train", "toy", "--set", "train.steps=" + "[" * 50000, "--out", tmp_path / "r"))
+
+
+def test_extreme_process_not_blamed_on_the_learning_rate(tmp_path, data_path):
+    cfg = tiny(data_path)
+    cfg["sde"] = {"type": "ve", "sigma_min": 0.01, "sigma_max": 1e30}
+    with pytest.raises(ValueError, match="initial weights.*sigma_max=1e\\+30") as err:
+        train(cfg, tmp_path / "r", progress=False)
+    assert "train.lr" not in str(err.value) and not (tmp_path / "r").exists()

@@ -124,6 +124,10 @@ def _setup_distributed(device_name: str) -> _Dist:
     return _Dist(dist.get_rank(), dist.get_world_size(), device, owned)
 
 
+def _short_section(section: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in section.items())[:200]
+
+
 def loss_seed(seed: int, rank: int) -> int:
     """The loss generator's seed on ``rank``: distinct per rank, a pure function of (seed, rank)."""
     return int(np.random.SeedSequence([seed, rank, 0x5C0E]).generate_state(1, dtype=np.uint64)[0] >> 1)
@@ -252,6 +256,10 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, l
     if probe.shape != (min(2, data.shape[0]),):
         raise ValueError(f"objective {cfg['objective']['name']!r} returned shape {list(probe.shape)}, expected one "
                          "loss per example [B]; check the objective options.")
+    if not bool(torch.isfinite(probe).all()):  # before any update: the learning rate cannot be the cause
+        raise ValueError(f"the objective is NaN/inf at the initial weights, before any training step: check the "
+                         f"process's parameters (sde: {_short_section(cfg['sde'])}), the objective's options and the "
+                         "data's scale (data.scale).")
     del probe
 
     net = model
@@ -302,9 +310,11 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, l
         k = diverged_at()
         if k:
             kept = (f"the checkpoint of step {saved[0]} is kept" if saved[0] else "no checkpoint was written")
+            fix = ("Check the process's parameters (sde.*) and the data's scale: the first step's loss comes from "
+                   "the initial weights, before the learning rate acts." if k == 1 else "Lower train.lr, keep "
+                   "train.grad_clip > 0, and check the data's scale and the process's parameters (sde.*).")
             raise ValueError(f"training diverged: the loss or gradient became NaN/inf at step {k} (checked at step "
-                             f"{done}); nothing from that step on was saved, {kept}. Lower train.lr, keep "
-                             "train.grad_clip > 0, and check the data scale and the process's parameters (sde.*).")
+                             f"{done}); nothing from that step on was saved, {kept}. {fix}")
 
     def save(step: int) -> None:
         stop_if_diverged(step)
