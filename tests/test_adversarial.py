@@ -252,6 +252,7 @@ def test_cli_out_paths(run_dir, tmp_path, data_path):
 
 def test_cli_sizes_and_numbers(run_dir, tmp_path, monkeypatch):
     one_line(invoke("sample", run_dir, "-n", 10**13, "--out", tmp_path / "s.npy"), "GiB")
+    one_line(invoke("sample", run_dir, "--nfe", 10**12, "-n", 2, "--out", tmp_path / "s.npy"), "--nfe")
     one_line(invoke("sample", run_dir, "-n", 2, "--seed", 10**30, "--out", tmp_path / "s.npy"), "--seed")
     np.save(tmp_path / "ints.npy", np.zeros((2, 2), np.float32))
     one_line(invoke("likelihood", run_dir, "--data", tmp_path / "ints.npy", "--bits-per-dim", "--bits", 5000),

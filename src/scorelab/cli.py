@@ -24,6 +24,7 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
 MAX_MESSAGE = 600  # characters of an error line
+MAX_NFE = 10**6
 
 
 def _out_of_memory(e: BaseException) -> bool:
@@ -203,6 +204,9 @@ def sample(run_dir, method, nfe, count, seed, out):
     _check_out_file(out, (".npy", ".png"))
     if count < 1:
         raise ValueError(f"-n must be a positive number of samples, got {count}.")
+    if nfe > MAX_NFE:  # the step grids are allocated up front: a typo like 10^12 must not exhaust memory
+        raise ValueError(f"--nfe {nfe} is beyond any useful budget (at most {MAX_NFE}; samplers converge within a "
+                         "few thousand evaluations).")
     _check_seed(seed)
     run = _load_run(run_dir)
     _check_memory(4.0 * count * math.prod(run.data_shape) * 4, f"-n {count}")  # x, score and a few buffers
