@@ -428,3 +428,29 @@ def test_extreme_process_not_blamed_on_the_learning_rate(tmp_path, data_path):
     with pytest.raises(ValueError, match="initial weights.*sigma_max=1e\\+30") as err:
         train(cfg, tmp_path / "r", progress=False)
     assert "train.lr" not in str(err.value) and not (tmp_path / "r").exists()
+
+
+@settings(max_examples=30, deadline=None)
+@given(t=st.one_of(st.floats(0.0, 1.0), st.just(0.0), st.just(1.0)), dt=st.sampled_from([torch.float32,
+                                                                                          torch.float64]))
+def test_property_run_score_finite_on_the_time_range(run_once, t, dt):
+    run = load(run_once)
+    x = torch.linspace(-3, 3, 8, dtype=dt).reshape(4, 2)
+    out = run.score(x, torch.full((4,), t, dtype=dt))
+    assert out.shape == x.shape and out.dtype == dt and bool(torch.isfinite(out).all())
+
+
+def test_load_while_a_trainer_replaces_the_checkpoint(run_dir, monkeypatch):
+    """The tensor file named in the record read first was deleted by a newer commit: load the newer one."""
+    stale = ckpt.read_meta(run_dir)
+    run = load(run_dir)
+    opt = torch.optim.Adam(run.model.parameters())
+    keep = {k: v for k, v in stale.items() if k in ("config", "data_shape", "generators", "scaler")}
+    ckpt.save_checkpoint(run_dir, model=run.model, ema=run.model, optimizer=opt, meta={**keep, "step": 7})
+    real, calls = ckpt.read_meta, [0]
+
+    def first_stale(d):
+        calls[0] += 1
+        return stale if calls[0] == 1 else real(d)
+    monkeypatch.setattr(ckpt, "read_meta", first_stale)
+    assert load(run_dir).step == 7

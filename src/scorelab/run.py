@@ -102,10 +102,21 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     try:
         sde = build_sde(cfg["sde"])
         model = build_model(cfg["model"], sde, tuple(meta["data_shape"]))
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{run_dir / ckpt.META_NAME} has an incomplete config ({e}); restore it or retrain.") from None
     dev = _device(device)
-    tensors = ckpt.load_tensors(run_dir, meta)
+    for _ in range(3):  # a trainer may commit a newer checkpoint (and delete this tensor file) while we read
+        try:
+            tensors = ckpt.load_tensors(run_dir, meta)
+            break
+        except ValueError:
+            newer = ckpt.read_meta(run_dir)
+            if newer["weights_file"] == meta["weights_file"]:
+                raise
+            meta = newer
+    else:
+        tensors = ckpt.load_tensors(run_dir, meta)
+    cfg = meta["config"]
     ckpt.load_module_state(model, ckpt.split_prefix(tensors, "ema"), "EMA")
     model.requires_grad_(False).eval()
     return Run(model.to(dev), cfg, int(meta["step"]), run_dir, scaler_from_state(meta.get("scaler")),
