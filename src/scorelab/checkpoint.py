@@ -28,7 +28,6 @@ what to do; a failed load never writes to the run directory.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -40,6 +39,11 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): run directories are not locked there
+    fcntl = None
 
 FORMAT = "scorelab-checkpoint"
 FORMAT_VERSION = 1
@@ -146,9 +150,11 @@ def check_can_start(run_dir: str | Path) -> None:
                          "deletes files in its run directory, so give a new or empty directory.")
 
 
-def lock_run_dir(run_dir: str | Path) -> int:
+def lock_run_dir(run_dir: str | Path) -> int | None:
     """An exclusive, non-blocking flock on the run directory; returns the fd to pass to ``unlock_run_dir``.
-    A ValueError when another process holds it."""
+    A ValueError when another process holds it. Without fcntl (Windows) there is no lock: returns None."""
+    if fcntl is None:
+        return None
     try:
         fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError as e:

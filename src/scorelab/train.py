@@ -338,6 +338,7 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, l
     saved = [start]
     stop: list = []  # the signal that asked to stop
     handlers = {}
+
     def on_signal(signum, frame):
         if stop:  # a second signal while the step or the save runs: stop now, the last checkpoint stays
             raise KeyboardInterrupt
