@@ -454,3 +454,13 @@ def test_load_while_a_trainer_replaces_the_checkpoint(run_dir, monkeypatch):
         return stale if calls[0] == 1 else real(d)
     monkeypatch.setattr(ckpt, "read_meta", first_stale)
     assert load(run_dir).step == 7
+
+
+def test_cli_mala_works_for_an_energy_run(tmp_path, data_path):
+    cfg = tiny(data_path)
+    cfg["model"] = {"type": "energy", "hidden": 16, "depth": 2, "embed_dim": 8}
+    train(cfg, tmp_path / "e", progress=False)
+    res = invoke("sample", tmp_path / "e", "--method", "mala", "--nfe", 5, "-n", 6, "--out", tmp_path / "m.npy")
+    assert res.exit_code == 0, res.output
+    x = np.load(tmp_path / "m.npy")
+    assert x.shape == (6, 2) and np.isfinite(x).all()
