@@ -137,7 +137,7 @@ TRAIN_FIELDS = {
     "log_every": _pos_int(100),
     "ckpt_every": _pos_int(1000),
     "device": _Field((str,), "auto"),                  # auto: CUDA when available, else CPU
-    "tensorboard": _Field((bool,), True),              # used only if tensorboard is installed
+    "tensorboard": _Field((bool,), False),             # event files too (pip install 'scorelab[tensorboard]')
     "threads": _pos_int(None, nullable=True),          # CPU threads (None: torch's default); tiny nets: 1
 }
 

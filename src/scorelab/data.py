@@ -208,9 +208,9 @@ class ImageData(NamedTuple):
 def digits() -> ImageData:
     """scikit-learn's 8x8 handwritten digits (bundled, no download): x [1797, 1, 8, 8] in {0, ..., 16}
     (levels = 17), y in {0, ..., 9}."""
-    from sklearn.datasets import load_digits
+    from ._extras import require
 
-    d = load_digits()
+    d = require("sklearn.datasets", "data", "the digits data set (scikit-learn)").load_digits()
     x = torch.from_numpy(d.images.astype(np.float32)).reshape(-1, 1, 8, 8)
     return ImageData(x, torch.from_numpy(d.target.astype(np.int64)), 17)
 
@@ -407,8 +407,9 @@ def load_image_folder(path, mode: str | None = None) -> torch.Tensor:
     ``mode`` is a Pillow mode to convert to ("L" gray, "RGB"); by default the first image's mode decides
     (gray stays 1 channel, anything else becomes RGB). All images must have the same size.
     """
-    from PIL import Image
+    from ._extras import require
 
+    Image = require("PIL.Image", "data", "reading image folders (Pillow)")
     folder = Path(path)
     if not folder.is_dir():
         raise ValueError(f"image folder {str(folder)!r} does not exist or is not a directory.")

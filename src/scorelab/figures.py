@@ -82,8 +82,9 @@ def _save(fig, out_dir, name: str) -> Path:
 def _compose(figs: list, path: Path, direction: str = "row") -> Path:
     """Renders matplotlib Figures (from scorelab.plots) side by side ("row") or stacked ("column") into one
     PNG, so each experiment stays one image."""
-    from PIL import Image
+    from ._extras import require
 
+    Image = require("PIL.Image", "plots", "scorelab figures (Pillow)")
     images = []
     for f in figs:
         buf = io.BytesIO()

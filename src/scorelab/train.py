@@ -31,6 +31,7 @@ import io
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,7 +240,10 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool) -
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 writer = SummaryWriter(str(out / "tensorboard"))
-            except Exception:  # tensorboard not installed: the CSV log is the record
+            except ImportError:  # the CSV log stays the record; say so rather than write nothing silently
+                warnings.warn("train.tensorboard is true but tensorboard is not installed: logging to "
+                              f"{log_path} only (pip install 'scorelab[tensorboard]', or set train.tensorboard="
+                              "false).", stacklevel=2)
                 writer = None
 
     def meta_now(step: int) -> dict:
