@@ -69,8 +69,22 @@ sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from . import (conditional, data, divergence, guidance, interop, ladders, latent, likelihood, metrics, models,
-                   objectives, oracle, sure, tweedie)
+    from . import (
+        conditional,
+        data,
+        divergence,
+        guidance,
+        interop,
+        ladders,
+        latent,
+        likelihood,
+        metrics,
+        models,
+        objectives,
+        oracle,
+        sure,
+        tweedie,
+    )
     from .conditional import colorize, inpaint
     from .config import load_config
     from .interop import save_run
