@@ -144,9 +144,11 @@ TRAIN_FIELDS = {
 
 # --------------------------------------------------------------------------- reading and overriding
 def config_dirs() -> list[Path]:
-    """Where bare config names are looked up: ./configs, the repository's configs/, the installed package's."""
+    """Where bare config names are looked up, in order: the bundled configs (the installed package's, the
+    repository's configs/), then ./configs for names the bundle lacks; a ./configs/toy.yaml never shadows the
+    bundled ``toy`` (give its path to use it)."""
     here = Path(__file__).resolve().parent
-    dirs = [Path.cwd() / "configs", here.parents[1] / "configs", here / "configs"]
+    dirs = [here / "configs", here.parents[1] / "configs", Path.cwd() / "configs"]
     out: list[Path] = []
     for d in dirs:
         if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
