@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 docs: $(STAMP)  # the API reference from the docstrings, into docs/api/
-	$(BIN)/python -m pdoc --docformat markdown -o docs/api scorelab
+	$(BIN)/python docs/build_api.py docs/api
 
 bench: $(STAMP)
 	$(PIP_INSTALL) -e '.[test,bench]'
