@@ -111,8 +111,7 @@ def test_sample_refuses_unknown_options_and_methods(run_dir, tmp_path):
     res = invoke("sample", run_dir, "--method", "pc", "--opt", "order=3", "--out", tmp_path / "x.npy")
     one_line_error(res, "order", "snr", "scorelab samplers")
     one_line_error(invoke("sample", run_dir, "--opt", "order", "--out", tmp_path / "x.npy"), "key=value")
-    res = invoke("sample", run_dir, "--method", "nope", "--out", tmp_path / "x.npy")
-    assert res.exit_code == 2 and "dpm_solver" in res.output  # click.Choice lists the methods
+    one_line_error(invoke("sample", run_dir, "--method", "nope", "--out", tmp_path / "x.npy"), "nope", "dpm_solver")
     assert not (tmp_path / "x.npy").exists()
 
 
@@ -130,10 +129,10 @@ def test_likelihood_in_batches_matches_one_batch(run_dir, tmp_path):
     outs = []
     for bs in (6, 2):
         res = invoke("likelihood", run_dir, "--data", tmp_path / "d.npy", "--batch-size", bs, "--device", "cpu",
-                     "--quiet")
+                     "--tol", 1e-3, "--quiet")
         assert res.exit_code == 0, res.output
         outs.append(float(res.output.split()[1]))
-    assert abs(outs[0] - outs[1]) < 1e-3, outs  # adaptive steps differ per batch, the integral does not
+    assert abs(outs[0] - outs[1]) < 2e-2, outs  # adaptive steps differ per batch, the integral does not
 
 
 def test_eval_progress_counts_every_score_evaluation():

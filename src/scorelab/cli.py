@@ -152,6 +152,11 @@ class _MethodChoice(click.Choice):
     def choices(self, value):  # click's __init__ assigns; the table is the truth
         pass
 
+    def convert(self, value, param, ctx):
+        # the choices show in --help and shell completion; a wrong name is refused by the command itself as one
+        # line ``error: unknown sampling method ...; choose one of [...]`` (exit 2), like every user error
+        return value
+
 
 # The arguments every method receives from ``sample``; the rest of its signature are its options.
 _COMMON_ARGS = ("score", "score_fn", "sde", "shape", "nfe", "generator", "callback", "dtype", "device")
@@ -172,6 +177,10 @@ def parse_method_options(method: str, pairs) -> dict:
     """``--opt key=value`` pairs (values parsed as YAML) checked against the method's signature."""
     import yaml
 
+    from .samplers import METHODS
+
+    if method not in METHODS:
+        raise ValueError(f"unknown sampling method {method!r}; choose one of {list(METHODS)}.")
     known = method_options(method)
     out = {}
     for text in pairs:
@@ -275,11 +284,12 @@ def list_samplers():
 @click.option("--bits", default=8, show_default=True, type=int, help="Bit depth of the data for --bits-per-dim.")
 @click.option("--divergence", default="exact", type=click.Choice(["exact", "hutchinson"]), show_default=True)
 @click.option("--batch-size", default=256, show_default=True, type=int, help="Examples per ODE solve.")
+@click.option("--tol", default=1e-5, show_default=True, type=float, help="rtol = atol of the adaptive ODE solver.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:k].")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @one_line_errors
-def likelihood(run_dir, data_path, bits_per_dim, bits, divergence, batch_size, device, seed, quiet):
+def likelihood(run_dir, data_path, bits_per_dim, bits, divergence, batch_size, tol, device, seed, quiet):
     """Negative log-likelihood (nats, or bits/dim) of data under a trained run, by the probability-flow ODE."""
     import torch
     from tqdm.auto import tqdm
@@ -300,10 +310,11 @@ def likelihood(run_dir, data_path, bits_per_dim, bits, divergence, batch_size, d
         if bits_per_dim:
             a, b = (1.0, 0.0) if run.scaler is None else _affine(run.scaler, xb)
             res = bpd_fn(run.score, run.sde, xb, bits=bits, scaler=(a * 2**bits, b), generator=g,
-                         divergence=divergence)
+                         divergence=divergence, rtol=tol, atol=tol)
             values.append(res.bpd.detach().cpu())
         else:
-            res = log_likelihood(run.score, run.sde, _Scaling(run).to_model(xb), generator=g, divergence=divergence)
+            res = log_likelihood(run.score, run.sde, _Scaling(run).to_model(xb), generator=g, divergence=divergence,
+                                 rtol=tol, atol=tol)
             values.append(res.nll.detach().cpu())
         nfe += res.nfe
     v = torch.cat(values)
