@@ -129,10 +129,10 @@ def test_likelihood_in_batches_matches_one_batch(run_dir, tmp_path):
     outs = []
     for bs in (6, 2):
         res = invoke("likelihood", run_dir, "--data", tmp_path / "d.npy", "--batch-size", bs, "--device", "cpu",
-                     "--tol", 1e-3, "--quiet")
+                     "--tol", 1e-4, "--quiet")
         assert res.exit_code == 0, res.output
         outs.append(float(res.output.split()[1]))
-    assert abs(outs[0] - outs[1]) < 2e-2, outs  # adaptive steps differ per batch, the integral does not
+    assert abs(outs[0] - outs[1]) < 2e-2, outs  # measured 0.005: adaptive steps differ per batch (untrained net)
 
 
 def test_eval_progress_counts_every_score_evaluation():
