@@ -128,8 +128,8 @@ def load_k_diffusion_sampling() -> types.ModuleType:
         mod = importlib.util.module_from_spec(s)
         s.loader.exec_module(mod)
     except ImportError as err:
-        raise MissingExtraError(f"k_diffusion.sampling could not be loaded ({err}); its own dependencies "
-                                "(scipy, torchdiffeq, tqdm) must be installed.") from None
+        raise MissingExtraError(f"k_diffusion.sampling could not be loaded ({err}); its samplers need torchsde and "
+                                "scipy: pip install 'scorelab[peers]'.") from None
     finally:
         for k, v in saved.items():
             if v is None:
