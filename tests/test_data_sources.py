@@ -75,3 +75,23 @@ def test_bundled_configs_come_before_local_ones(tmp_path, monkeypatch):
     assert load_config("toy")["train"]["steps"] != 7  # the bundled toy, not the local copy
     assert load_config("configs/toy.yaml")["train"]["steps"] == 7  # a path is taken as given
     assert load_config("mine")["train"]["steps"] == 9  # names the bundle lacks are found in ./configs
+
+
+def test_train_from_a_dataloader_equals_training_from_the_same_file(tmp_path):
+    from scorelab.run import load
+    from scorelab.train import train
+
+    x = torch.randn(40, 2, generator=torch.Generator().manual_seed(0))
+    np.save(tmp_path / "x.npy", x.numpy())
+    tiny = ["train.steps=4", "model.hidden=8", "model.depth=1", "model.embed_dim=4", "train.batch_size=8",
+            "train.device=cpu", "data.scale=[-1, 1]"]
+    train("toy", tmp_path / "file", overrides=[*tiny, f"data.path={tmp_path / 'x.npy'}"], progress=False)
+    res = train("toy", tmp_path / "loader", overrides=tiny, progress=False,
+                data=DataLoader(TensorDataset(x, torch.zeros(40)), batch_size=16))
+    a, b = load(tmp_path / "file"), load(tmp_path / "loader")
+    assert res.step == 4 and b.config["data"]["name"] == "external" and b.data_shape == (2,)
+    for (k, va), (_, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(va, vb), k  # the same data in memory: the same training, bit for bit
+    torch.testing.assert_close(b.scaler.inverse(b.scaler.forward(x)), x)
+    with pytest.raises(ValueError, match="NaN"):
+        train("toy", tmp_path / "bad", overrides=tiny, progress=False, data=torch.full((8, 2), float("nan")))

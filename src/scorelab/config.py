@@ -399,8 +399,9 @@ def bind_objective(objective, sde):
     return objective
 
 
-def build_data(section: dict) -> tuple[torch.Tensor, Any]:
+def build_data(section: dict, x: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
     """data section -> (float32 tensor [N, *dims], scaler or None). Data with NaN/inf is refused here.
+    ``x`` given (``train(data=...)``) replaces the section's source; the checks and data.scale still apply.
 
     ``scale: [lo, hi]`` maps the data's range affinely onto [lo, hi] (e.g. images to [-1, 1], DDPM); the
     returned scaler's ``inverse`` maps samples back.
@@ -409,7 +410,9 @@ def build_data(section: dict) -> tuple[torch.Tensor, Any]:
 
     g = torch.Generator().manual_seed(section["seed"])
     source = section["path"] if section["path"] is not None else section["name"]
-    x = get_dataset(source, n=section["n"], generator=g)
+    if x is None:
+        x = get_dataset(source, n=section["n"], generator=g)
+    source = source or "given to train(data=...)"
     if not isinstance(x, torch.Tensor):
         x = torch.as_tensor(x)
     x = x.float()

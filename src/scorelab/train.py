@@ -135,8 +135,12 @@ def _read_log_rows(path: Path, upto: int) -> list[list[str]]:
 
 
 def train(config: dict | str | Path, out: str | Path, *, resume: bool = False, overrides=(),
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, data=None) -> TrainResult:
     """Train the config's model on its data into the run directory ``out``; returns a TrainResult.
+
+    data: instead of the config's data section, a tensor [N, *dims], a torch Dataset or DataLoader (items x or
+    (x, y)); it is read once into memory (``scorelab.data.from_dataset``) and batches are drawn from it as from
+    any data set; the config's data.scale still applies. Pass the same data again to resume.
 
     config: a validated config dict, a YAML path or a bundled name (``overrides`` are ``key=value`` strings);
     resume: continue the checkpoint in ``out`` (the config may differ only in train.steps/log_every/
@@ -144,6 +148,8 @@ def train(config: dict | str | Path, out: str | Path, *, resume: bool = False, o
     Without resume, ``out`` must not already hold a checkpoint.
     Everything is checked before anything is written, so a refused start leaves ``out`` unchanged.
     """
+    if data is not None:  # the data section then only records where the data came from
+        overrides = ["data.name=external", *overrides]
     cfg = load_config(config, overrides)
     tc = cfg["train"]
     out = Path(out)
@@ -165,21 +171,29 @@ def train(config: dict | str | Path, out: str | Path, *, resume: bool = False, o
     if tc["threads"] is not None:  # small networks run fastest on one thread, especially on a busy machine
         torch.set_num_threads(tc["threads"])
     try:
-        return _train(cfg, out, meta if resume else None, dd, progress)
+        return _train(cfg, out, meta if resume else None, dd, progress, data)
     finally:
         torch.set_num_threads(threads)
         if dd.owned:
             dist.destroy_process_group()
 
 
-def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool) -> TrainResult:
+def _given_data(given, section: dict):
+    """train(data=...) -> (float32 tensor [N, *dims], scaler or None), checked like a configured data set."""
+    from .data import from_dataset
+
+    x = given if isinstance(given, torch.Tensor) else from_dataset(given)[0]
+    return build_data({**section, "name": None, "path": None}, x=x.float())
+
+
+def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, given=None) -> TrainResult:
     tc, resume = cfg["train"], meta is not None
     if tc["batch_size"] % dd.world:
         raise ValueError(f"train.batch_size={tc['batch_size']} must be divisible by the number of processes "
                          f"({dd.world}); each takes an equal shard of the global batch.")
     shard = tc["batch_size"] // dd.world
 
-    data, scaler = build_data(cfg["data"])
+    data, scaler = build_data(cfg["data"]) if given is None else _given_data(given, cfg["data"])
     data = data.to(dd.device)
     sde = build_sde(cfg["sde"])
     with torch.random.fork_rng(devices=[]):  # initial weights from train.seed, without touching the caller's RNG
