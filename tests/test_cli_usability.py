@@ -166,3 +166,12 @@ def test_tensorboard_asked_for_but_missing_warns(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the default (false) says nothing
         train("toy", tmp_path / "r2", overrides=over, progress=False)
+
+
+def test_figures_only_runs_just_that_figure(tmp_path):
+    res = invoke("figures", "--quick", "--only", "sigma_ladder", "--out", tmp_path, "--quiet")
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    assert lines[0].startswith("sigma_ladder: ") and lines[-1].startswith("report: ") and len(lines) == 2
+    pngs = [p.name for p in tmp_path.glob("*.png")]
+    assert len(pngs) == 1 and "sigma_ladder" in pngs[0], pngs
