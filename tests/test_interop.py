@@ -263,6 +263,10 @@ def test_save_run_then_load_and_cli(tmp_path):
                                     "--out", str(tmp_path / "s.npy")])
     assert res.exit_code == 0, res.output
     assert np.load(tmp_path / "s.npy").shape == (5, 2)
+    with pytest.raises(ValueError, match="overwrite=True"):
+        sl.save_run(model, out, (2,), model_config={"hidden": 16, "depth": 2, "embed_dim": 8})
+    sl.save_run(model, out, (2,), model_config={"hidden": 16, "depth": 2, "embed_dim": 8}, step=31, overwrite=True)
+    assert sl.load(out).step == 31
 
 
 def test_save_run_refuses_what_load_cannot_rebuild(tmp_path):

@@ -275,7 +275,8 @@ def _model_type(net: torch.nn.Module) -> str:
 
 
 def save_run(model: torch.nn.Module, run_dir: str | Path, data_shape, *, model_config: dict | None = None,
-             ema: torch.nn.Module | None = None, scaler=None, step: int = 0, config: dict | None = None) -> Path:
+             ema: torch.nn.Module | None = None, scaler=None, step: int = 0, config: dict | None = None,
+             overwrite: bool = False) -> Path:
     """Write a ScoreModel trained in Python as a run directory that ``scorelab.load`` and the CLI read.
 
     model         a ScoreModel(net, sde, parameterization) with net an MLPScoreNet, UNet or EnergyNet
@@ -285,12 +286,15 @@ def save_run(model: torch.nn.Module, run_dir: str | Path, data_shape, *, model_c
     ema           EMA weights to store as the run's weights (default: the model's own)
     scaler        a scorelab.data.AffineScaler if the model was trained on scaled data (samples map back)
     step, config  training steps and the other config sections (data, objective, train) for the record
+    overwrite     replace a run already in run_dir (refused by default)
 
     Written by scorelab.checkpoint (atomic safetensors + JSON, no pickle). Returns the run directory.
     """
     from . import checkpoint as ckpt
     from .config import build_model, build_sde, scaler_state, validate
 
+    if ckpt.has_checkpoint(run_dir) and not overwrite:
+        raise ValueError(f"{str(run_dir)!r} already holds a run; choose another directory or pass overwrite=True.")
     net, sde = getattr(model, "net", None), getattr(model, "sde", None)
     if net is None or sde is None or not hasattr(model, "parameterization"):
         raise TypeError(f"model must be a scorelab ScoreModel(net, sde), got {type(model).__name__}.")
