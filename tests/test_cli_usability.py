@@ -175,3 +175,11 @@ def test_figures_only_runs_just_that_figure(tmp_path):
     assert lines[0].startswith("sigma_ladder: ") and lines[-1].startswith("report: ") and len(lines) == 2
     pngs = [p.name for p in tmp_path.glob("*.png")]
     assert len(pngs) == 1 and "sigma_ladder" in pngs[0], pngs
+
+
+def test_a_missing_extra_is_one_line(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the [plots] extra were not installed
+    monkeypatch.delitem(sys.modules, "scorelab.plots", raising=False)
+    monkeypatch.delattr(sl, "plots", raising=False)  # re-import scorelab.plots, which now lacks matplotlib
+    res = invoke("sample", run_dir, "-n", 4, "--nfe", 2, "--device", "cpu", "--out", tmp_path / "s.png", "--quiet")
+    one_line_error(res, "pip install 'scorelab[plots]'")

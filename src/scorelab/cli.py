@@ -26,8 +26,10 @@ import sys
 
 import click
 
+from ._extras import MissingExtraError
+
 EXIT_USER_ERROR = 2
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, MissingExtraError)  # the last: "pip install 'scorelab[..]'"
 
 
 def one_line_errors(fn):
