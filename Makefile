@@ -1,15 +1,18 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Exact versions (torch's CPU build included) come from constraints.txt; pyproject.toml holds the ranges.
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PIP_INSTALL := $(BIN)/pip install --quiet -c constraints.txt
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench docs clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(PIP_INSTALL) -e '.[test]'
+	$(PIP_INSTALL) --no-deps k-diffusion  # its dependencies pull torchvision; scorelab.interop loads its sampler alone
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -19,10 +22,15 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -n 2 tests
 
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+docs: $(STAMP)  # the API reference from the docstrings, into docs/api/
+	$(BIN)/python docs/build_api.py docs/api
+
 bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[test,bench]'
-	$(BIN)/pip install --quiet --no-deps k-diffusion==0.1.1.post1
+	$(PIP_INSTALL) -e '.[test,bench]'
 	$(BIN)/python benchmarks/samplers.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) build src/*.egg-info docs/api

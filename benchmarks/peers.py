@@ -3,12 +3,13 @@
 Each adapter takes a score function score_fn(x, t) of a scorelab SDE and returns {name: (x, nfe_used)}. The score
 is counted by a wrapper, so every peer's evaluations are measured, not assumed.
 
-- k-diffusion (VE, sigma in [0.002, 80], Karras sigmas rho = 7): denoiser D(x, sigma) = x + sigma^2 score(x, t(sigma)).
-  The package __init__ imports torchvision, so ``k_diffusion/sampling.py`` is loaded alone, with a stub ``utils``
-  module that provides the one helper it uses (append_dims).
-- diffusers (VP, DDPM's 1000 linear betas 1e-4..0.02): epsilon(x, k) = -s(t_k) score(x, t_k), t_k the time at which
-  the process has the scheduler's alphas_cumprod[k]; ScoreSdeVeScheduler (predictor-corrector) on VE with
-  score(x, t(sigma)).
+The wrappers live in the package, ``scorelab.interop``:
+- k-diffusion (VE, sigma in [0.002, 80], Karras sigmas rho = 7): ``k_diffusion_denoiser``,
+  D(x, sigma) = x + sigma^2 score(x, t(sigma)); ``load_k_diffusion_sampling`` loads ``k_diffusion/sampling.py``
+  alone (the package __init__ imports torchvision).
+- diffusers (VP, DDPM's 1000 linear betas 1e-4..0.02): ``epsilon_model``, epsilon(x, k) = -s(t_k) score(x, t_k),
+  t_k the time at which the process has the scheduler's alphas_cumprod[k]; ScoreSdeVeScheduler
+  (predictor-corrector) on VE with score(x, t(sigma)).
 
 Peers use the global torch RNG; we seed it before each run. A peer that is not installed is skipped with a message.
 """
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import sys
-import types
 
 import torch
+
+from scorelab import interop
+from scorelab._extras import MissingExtraError
 
 
 class Counter:
@@ -34,35 +36,11 @@ class Counter:
 
 def load_k_sampling():
     """k_diffusion.sampling without the package __init__ (which needs torchvision), or None with a message."""
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        print("[peers] k-diffusion not installed: skipped (pip install --no-deps k-diffusion==0.1.1.post1)")
-        return None
-    root = list(spec.submodule_search_locations)[0]
-    pkg = types.ModuleType("k_diffusion")
-    pkg.__path__ = [root]
-    utils = types.ModuleType("k_diffusion.utils")
-
-    def append_dims(x, target_dims):
-        return x[(...,) + (None,) * (target_dims - x.ndim)]
-
-    utils.append_dims = append_dims
-    saved = {k: sys.modules.get(k) for k in ("k_diffusion", "k_diffusion.utils")}
-    sys.modules["k_diffusion"], sys.modules["k_diffusion.utils"] = pkg, utils
     try:
-        s = importlib.util.spec_from_file_location("k_diffusion.sampling", f"{root}/sampling.py")
-        mod = importlib.util.module_from_spec(s)
-        s.loader.exec_module(mod)
-    except ImportError as err:
-        print(f"[peers] k-diffusion sampling could not be loaded ({err}): skipped")
+        return interop.load_k_diffusion_sampling()
+    except MissingExtraError as err:
+        print(f"[peers] skipped: {err}")
         return None
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
-    return mod
 
 
 K_SAMPLERS = ("euler", "heun", "dpm_2", "lms", "dpmpp_2m", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde",
@@ -76,9 +54,7 @@ def k_diffusion_runs(K, score_fn, sde_ve, shape, nfe, seed, dtype=torch.float32,
     if K is None:
         return out
 
-    def denoiser(x, sigma):
-        t = sde_ve.t_from_std_ratio(sigma.to(torch.float64)).clamp(1e-6, sde_ve.T).to(x.dtype)
-        return x + (sigma.to(x.dtype) ** 2).reshape(-1, *([1] * (x.ndim - 1))) * score_fn(x, t)
+    denoiser = interop.k_diffusion_denoiser(score_fn, sde_ve)
 
     for name in names:
         model = Counter(denoiser)
@@ -120,14 +96,7 @@ def diffusers_vp_runs(score_fn, sde_vp, shape, nfe, seed, dtype=torch.float32, n
     }
     for name in names:
         sch = makers[name]()
-        ab = sch.alphas_cumprod.to(torch.float64)
-        t_of_k = sde_vp.t_from_log_snr(torch.log(ab) - torch.log1p(-ab)).clamp(1e-6, 1.0)
-        std_of_k = sde_vp.marginal_std(t_of_k)
-
-        def eps_model(x, k, t_of_k=t_of_k, std_of_k=std_of_k):
-            t = t_of_k[k].to(x.dtype).expand(x.shape[0])
-            return -std_of_k[k].to(x.dtype) * score_fn(x, t)
-
+        eps_model = interop.epsilon_model(score_fn, sde_vp, sch)
         model = Counter(eps_model)
         sch.set_timesteps(nfe)
         torch.manual_seed(seed)

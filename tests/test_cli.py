@@ -81,11 +81,6 @@ def test_missing_option_is_a_usage_error(tmp_path):
     assert res.exit_code == 2 and "--out" in res.output
 
 
-def test_demo_placeholder():
-    res = invoke("demo")
-    assert res.exit_code == 0 and "demo" in res.output
-
-
 def test_subprocess_error_has_no_traceback(tmp_path):
     """The real entry point (python -m scorelab.cli): stderr is one line, exit code 2."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}

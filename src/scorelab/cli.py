@@ -4,10 +4,16 @@ without a traceback (click's own usage errors exit 2 as well).
 
     scorelab train CONFIG.yaml [--set key=value ...] --out RUN_DIR [--resume]
     scorelab demo [--quick] [--out DIR]
-    scorelab sample RUN_DIR --method NAME --nfe N -n COUNT --out FILE(.npy|.png)
-    scorelab likelihood RUN_DIR --data FILE.npy [--bits-per-dim]
-    scorelab denoise RUN_DIR --data noisy.npy --sigma S --out clean.npy
-    scorelab figures [--out DIR] [--quick]
+    scorelab sample RUN_DIR --method NAME --nfe N -n COUNT --out FILE(.npy|.png) [--opt key=value ...]
+                    [--batch-size B] [--device auto|cpu|cuda] [--quiet]
+    scorelab samplers                    # every method with its options and defaults
+    scorelab likelihood RUN_DIR --data FILE.npy [--bits-per-dim] [--batch-size B] [--device D]
+    scorelab denoise RUN_DIR --data noisy.npy --sigma S --out clean.npy [--device D]
+    scorelab figures [--out DIR] [--quick] [--only NAME ...]
+    scorelab --version | -h
+
+Nothing heavy is imported at start-up (torch, matplotlib load inside the commands), so ``--help`` is instant.
+Long steps show a tqdm progress bar on a terminal (none when the output is not a terminal, or with --quiet).
 
 Multi-process data parallel: ``torchrun --nproc_per_node 2 -m scorelab.cli train CONFIG --out RUN_DIR``.
 """
@@ -20,9 +26,11 @@ import sys
 
 import click
 
+from ._extras import MissingExtraError
+
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, MissingExtraError)  # the last: "pip install 'scorelab[..]'"
 MAX_MESSAGE = 600  # characters of an error line
 MAX_NFE = 10**6
 
@@ -137,12 +145,56 @@ def _check_memory(nbytes: float, what: str) -> None:
                          f"{total / 2**30:.3g} GiB; ask for fewer.")
 
 
-@click.group()
+def _version() -> str:
+    from ._version import __version__
+
+    return __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(_version(), "--version", "-V", prog_name="scorelab")
 def main():
     """scorelab: score-based generative modelling."""
 
 
-@main.command()
+def _progress_disabled(quiet: bool):
+    """tqdm's ``disable``: True with --quiet, None (= off when stderr is not a terminal) otherwise."""
+    return True if quiet else None
+
+
+def _device(name: str):
+    """--device auto|cpu|cuda[:k] -> torch.device (auto: CUDA when present)."""
+    from .config import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError:
+        raise ValueError(f"--device {name!r} is not usable here; use auto, cpu or cuda (when CUDA is available)."
+                         ) from None
+
+
+class _Scaling:
+    """The run's data scaling both ways, for every verb: data units <-> model units (identity without a scaler)."""
+
+    def __init__(self, run):
+        self.scaler = run.scaler
+
+    def to_model(self, x):
+        return self.scaler.forward(x) if self.scaler is not None else x
+
+    def to_data(self, x):
+        return self.scaler.inverse(x) if self.scaler is not None else x
+
+
+def _batches(n: int, batch_size: int | None):
+    """[(start, stop)] chunks of ``batch_size`` (all at once when None)."""
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {batch_size}.")
+    size = n if batch_size is None else batch_size
+    return [(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+@main.command(short_help="Train a score model from a config (bundled name or .yaml).")
 @click.argument("config")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config entry, e.g. --set train.steps=500 --set data.path=x.npy (YAML values).")
@@ -160,7 +212,7 @@ def train(config, overrides, out, resume, quiet):
         click.echo(f"trained to step {result.step}; run directory {result.run_dir} (load with scorelab.load)")
 
 
-@main.command()
+@main.command(short_help="The embedded demo: train, sample, measure against the truth, report.")
 @click.option("--quick", is_flag=True, help="Under a minute.")
 @click.option("--out", default="demo_out", type=click.Path(file_okay=False), help="Output directory.")
 @one_line_errors
@@ -172,10 +224,10 @@ def demo(quick, out):
     run_demo(out, quick=quick, echo=click.echo)
 
 
-def _load_run(run_dir):
+def _load_run(run_dir, device="cpu"):
     from .run import load
 
-    return load(run_dir)
+    return load(run_dir, device=device)
 
 
 def _load_data(path):
@@ -184,20 +236,103 @@ def _load_data(path):
     return load_array(path)
 
 
-@main.command()
+class _MethodChoice(click.Choice):
+    """click.Choice over scorelab.samplers.METHODS, read only when a command needs it (keeps start-up light)."""
+
+    def __init__(self):
+        super().__init__((), case_sensitive=True)
+
+    @property
+    def choices(self):
+        from .samplers import METHODS
+
+        return tuple(METHODS)
+
+    @choices.setter
+    def choices(self, value):  # click's __init__ assigns; the table is the truth
+        pass
+
+    def convert(self, value, param, ctx):
+        # the choices show in --help and shell completion; a wrong name is refused by the command itself as one
+        # line ``error: unknown sampling method ...; choose one of [...]`` (exit 2), like every user error
+        return value
+
+
+# The arguments every method receives from ``sample``; the rest of its signature are its options.
+_COMMON_ARGS = ("score", "score_fn", "sde", "shape", "nfe", "generator", "callback", "dtype", "device")
+
+
+def method_options(method: str) -> dict:
+    """{option: default} of a sampling method, read from its function's signature (inspect), in order."""
+    import inspect
+
+    from .samplers import METHODS
+
+    params = inspect.signature(METHODS[method]).parameters.values()
+    return {p.name: p.default for p in params if p.name not in _COMMON_ARGS
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.default is not p.empty}
+
+
+def parse_method_options(method: str, pairs) -> dict:
+    """``--opt key=value`` pairs (values parsed as YAML) checked against the method's signature."""
+    import yaml
+
+    from .samplers import METHODS
+
+    if method not in METHODS:
+        raise ValueError(f"unknown sampling method {method!r}; choose one of {list(METHODS)}.")
+    known = method_options(method)
+    out = {}
+    for text in pairs:
+        key, sep, raw = str(text).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--opt {text!r} is not of the form key=value, e.g. --opt order=3.")
+        if key not in known:
+            valid = ", ".join(known) or "none"
+            raise ValueError(f"--opt {key}: method {method!r} has no option {key!r}; its options: {valid} "
+                             "(see `scorelab samplers`).")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise ValueError(f"--opt {text!r}: the value is not valid YAML.") from None
+    return out
+
+
+class _EvalProgress:
+    """A score function that advances a tqdm bar by one per evaluation (the sampler's unit of work)."""
+
+    def __init__(self, fn, bar):
+        self.fn, self.bar = fn, bar
+
+    def __call__(self, x, t):
+        self.bar.update(1)
+        return self.fn(x, t)
+
+
+@main.command(short_help="Sample a trained run with any method (--opt for its options).")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--method", default="dpm_solver", show_default=True, help="A name from scorelab.samplers().")
-@click.option("--nfe", default=20, show_default=True, type=int, help="Budget of score evaluations.")
+@click.option("--method", default="dpm_solver", show_default=True, type=_MethodChoice(),
+              help="Sampling method (`scorelab samplers` lists each with its options).")
+@click.option("--nfe", default=20, show_default=True, type=int, help="Budget of score evaluations per batch.")
 @click.option("-n", "count", default=1000, show_default=True, type=int, help="Number of samples.")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
+              help="A method option, e.g. --opt order=3 --opt grid=karras (checked against the method).")
+@click.option("--batch-size", type=int, default=None, help="Samples per batch (default: all in one batch).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:k].")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npy (or .png for images).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @one_line_errors
-def sample(run_dir, method, nfe, count, seed, out):
-    """Sample a trained run; writes the samples in data units (the run's scaling undone)."""
+def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, quiet):
+    """Sample a trained run; writes the samples in data units (the run's scaling undone).
+
+    Batches draw from one generator in turn, so the same --seed and --batch-size give the same samples."""
     import math
 
     import numpy as np
     import torch
+    from tqdm.auto import tqdm
 
     from .samplers import sample as draw
 
@@ -208,20 +343,29 @@ def sample(run_dir, method, nfe, count, seed, out):
         raise ValueError(f"--nfe {nfe} is beyond any useful budget (at most {MAX_NFE}; samplers converge within a "
                          "few thousand evaluations).")
     _check_seed(seed)
-    run = _load_run(run_dir)
-    _check_memory(4.0 * count * math.prod(run.data_shape) * 4, f"-n {count}")  # x, score and a few buffers
+    options = parse_method_options(method, opts)
+    chunks = _batches(count, batch_size)
+    dev = _device(device)
+    run = _load_run(run_dir, dev)
+    _check_memory(4.0 * (chunks[0][1] - chunks[0][0]) * math.prod(run.data_shape) * 4, f"-n {count}")
     shape = (count, *run.data_shape)
     if out.lower().endswith(".png") and not (len(shape) == 4 or (len(shape) == 2 and shape[1] == 2)):
         raise ValueError("--out .png needs images [n, C, H, W] or 2-D points; use .npy for other data.")
-    options = {}
     if method == "mala":  # MALA's accept/reject needs the energy, which only an energy model has
         if run.config["model"]["parameterization"] != "energy":
             raise ValueError("--method mala needs a run trained with model.type=energy (it uses the energy in its "
                              "accept/reject step); use --method langevin for this run.")
         options["energy_fn"] = run.model.energy
-    res = draw(run.score, run.sde, shape, method=method, nfe=nfe,
-               generator=torch.Generator().manual_seed(seed), **options)
-    x = run.scaler.inverse(res.x) if run.scaler is not None else res.x
+    g = torch.Generator(device=dev).manual_seed(seed)
+    parts, used = [], 0
+    with tqdm(total=nfe * len(chunks), desc=f"sample {method}", unit="eval", disable=_progress_disabled(quiet),
+              leave=False) as bar:
+        for lo, hi in chunks:
+            res = draw(_EvalProgress(run.score, bar), run.sde, (hi - lo, *run.data_shape), method=method, nfe=nfe,
+                       generator=g, **options)
+            parts.append(_Scaling(run).to_data(res.x).cpu())
+            used += res.nfe
+    x = torch.cat(parts)
     if out.endswith(".png"):
         from . import plots
 
@@ -234,20 +378,36 @@ def sample(run_dir, method, nfe, count, seed, out):
     else:
         with open(out, "wb") as f:  # exactly the named file (np.save on a name would append .npy)
             np.save(f, x.numpy())
-    click.echo(f"wrote {count} samples ({res.nfe} score evaluations) to {out}")
+    click.echo(f"wrote {count} samples ({used} score evaluations) to {out}")
 
 
-@main.command()
+@main.command("samplers", short_help="List the sampling methods with their options and defaults.")
+def list_samplers():
+    """Every sampling method with its options (name=default), read from the method functions."""
+    from .samplers import METHODS
+
+    for name in METHODS:
+        opts = method_options(name)
+        text = "  ".join(f"{k}={v!r}" if not isinstance(v, str) else f"{k}={v}" for k, v in opts.items())
+        click.echo(f"{name:<18} {text or '(no options)'}")
+
+
+@main.command(short_help="Negative log-likelihood (or bits/dim) of data under a run.")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False), help=".npy/.csv in data units.")
 @click.option("--bits-per-dim", is_flag=True, help="Integer image data: report bits/dim with dequantisation.")
 @click.option("--bits", default=8, show_default=True, type=int, help="Bit depth of the data for --bits-per-dim.")
 @click.option("--divergence", default="exact", type=click.Choice(["exact", "hutchinson"]), show_default=True)
+@click.option("--batch-size", default=256, show_default=True, type=int, help="Examples per ODE solve.")
+@click.option("--tol", default=1e-5, show_default=True, type=float, help="rtol = atol of the adaptive ODE solver.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:k].")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @one_line_errors
-def likelihood(run_dir, data_path, bits_per_dim, bits, divergence, seed):
+def likelihood(run_dir, data_path, bits_per_dim, bits, divergence, batch_size, tol, device, seed, quiet):
     """Negative log-likelihood (nats, or bits/dim) of data under a trained run, by the probability-flow ODE."""
     import torch
+    from tqdm.auto import tqdm
 
     from .likelihood import bits_per_dim as bpd_fn
     from .likelihood import log_likelihood
@@ -255,21 +415,33 @@ def likelihood(run_dir, data_path, bits_per_dim, bits, divergence, seed):
     if bits_per_dim and not 1 <= bits <= 32:
         raise ValueError(f"--bits must be a bit depth in [1, 32], got {bits}.")
     _check_seed(seed)
-    run = _load_run(run_dir)
-    x = _load_data(data_path)
+    dev = _device(device)
+    run = _load_run(run_dir, dev)
+    x = _load_data(data_path).to(dev)
     if tuple(x.shape[1:]) != run.data_shape:
         raise ValueError(f"--data has examples of shape {tuple(x.shape[1:])}, the run was trained on {run.data_shape}.")
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    values, nfe = [], 0
+    for lo, hi in tqdm(_batches(len(x), batch_size), desc="likelihood", unit="batch",
+                       disable=_progress_disabled(quiet), leave=False):
+        xb = x[lo:hi]
+        if bits_per_dim:
+            a, b = (1.0, 0.0) if run.scaler is None else _affine(run.scaler, xb)
+            res = bpd_fn(run.score, run.sde, xb, bits=bits, scaler=(a * 2**bits, b), generator=g,
+                         divergence=divergence, rtol=tol, atol=tol)
+            values.append(res.bpd.detach().cpu())
+        else:
+            res = log_likelihood(run.score, run.sde, _Scaling(run).to_model(xb), generator=g, divergence=divergence,
+                                 rtol=tol, atol=tol)
+            values.append(res.nll.detach().cpu())
+        nfe += res.nfe
+    v = torch.cat(values)
     if bits_per_dim:
-        a, b = (1.0, 0.0) if run.scaler is None else _affine(run.scaler, x)
-        res = bpd_fn(run.score, run.sde, x, bits=bits, scaler=(a * 2**bits, b), generator=g, divergence=divergence)
-        click.echo(f"bits/dim: {float(res.bpd.mean()):.4f} over {len(x)} examples ({res.nfe} score evaluations)")
+        click.echo(f"bits/dim: {float(v.mean()):.4f} over {len(x)} examples ({nfe} score evaluations)")
     else:
-        y = run.scaler.forward(x) if run.scaler is not None else x
-        res = log_likelihood(run.score, run.sde, y, generator=g, divergence=divergence)
         D = x[0].numel()
-        click.echo(f"nll: {float(res.nll.mean()):.4f} nats ({float(res.nll.mean()) / D:.4f} nats/dim, model units) "
-                   f"over {len(x)} examples ({res.nfe} score evaluations)")
+        click.echo(f"nll: {float(v.mean()):.4f} nats ({float(v.mean()) / D:.4f} nats/dim, model units) "
+                   f"over {len(x)} examples ({nfe} score evaluations)")
 
 
 def _affine(scaler, x):
@@ -281,41 +453,45 @@ def _affine(scaler, x):
     return scaler.forward(zero + 1) - b, b
 
 
-@main.command()
+@main.command(short_help="Tweedie denoising E[x_0 | y] of noisy data at a known noise level.")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False), help="Noisy .npy/.csv.")
 @click.option("--sigma", required=True, type=float, help="Noise level of the data in model units.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npy.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:k].")
 @one_line_errors
-def denoise(run_dir, data_path, sigma, out):
+def denoise(run_dir, data_path, sigma, out, device):
     """Tweedie denoising E[x_0 | y] of noisy data at a known noise level."""
     import numpy as np
 
     from .tweedie import denoise as tweedie_denoise
 
     _check_out_file(out, (".npy",))
-    run = _load_run(run_dir)
-    y = _load_data(data_path)
-    y = run.scaler.forward(y) if run.scaler is not None else y
-    x = tweedie_denoise(run.score, run.sde, y, sigma)
-    x = run.scaler.inverse(x) if run.scaler is not None else x
+    dev = _device(device)
+    run = _load_run(run_dir, dev)
+    scaling = _Scaling(run)
+    y = scaling.to_model(_load_data(data_path).to(dev))
+    x = scaling.to_data(tweedie_denoise(run.score, run.sde, y, sigma))
     with open(out, "wb") as f:  # exactly the named file
-        np.save(f, x.detach().numpy())
+        np.save(f, x.detach().cpu().numpy())
     click.echo(f"wrote {len(x)} denoised examples to {out}")
 
 
-@main.command()
+@main.command(short_help="The lecture notes' experiments as figures and a report.")
 @click.option("--out", default="figures_out", type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--quick", is_flag=True, help="Smaller experiments (seconds instead of about half a minute).")
+@click.option("--only", "only", multiple=True, metavar="NAME",
+              help="Run only this figure (repeatable), e.g. --only tweedie; an unknown name lists the valid ones.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random draw.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @one_line_errors
-def figures(out, quick, seed):
+def figures(out, quick, only, seed, quiet):
     """The lecture notes' experiments as figures and a report (report.md, report.html)."""
     from .figures import run_all
 
     _check_out_dir(out)
     _check_seed(seed)
-    res = run_all(out, quick=quick, seed=seed)
+    res = run_all(out, quick=quick, seed=seed, names=list(only) or None, progress=not quiet)
     for name, fig in res["figures"].items():
         click.echo(f"{name}: {fig.path}")
     click.echo(f"report: {res['report'][1]}")

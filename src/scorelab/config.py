@@ -166,16 +166,18 @@ TRAIN_FIELDS = {
     "log_every": _pos_int(100),
     "ckpt_every": _pos_int(1000),
     "device": _Field((str,), "auto"),                  # auto: CUDA when available, else CPU
-    "tensorboard": _Field((bool,), True),              # used only if tensorboard is installed
+    "tensorboard": _Field((bool,), False),             # event files too (pip install 'scorelab[tensorboard]')
     "threads": _pos_int(None, nullable=True),          # CPU threads (None: torch's default); tiny nets: 1
 }
 
 
 # --------------------------------------------------------------------------- reading and overriding
 def config_dirs() -> list[Path]:
-    """Where bare config names are looked up: ./configs, the repository's configs/, the installed package's."""
+    """Where bare config names are looked up, in order: the bundled configs (the installed package's, the
+    repository's configs/), then ./configs for names the bundle lacks; a ./configs/toy.yaml never shadows the
+    bundled ``toy`` (give its path to use it)."""
     here = Path(__file__).resolve().parent
-    dirs = [Path.cwd() / "configs", here.parents[1] / "configs", here / "configs"]
+    dirs = [here / "configs", here.parents[1] / "configs", Path.cwd() / "configs"]
     out: list[Path] = []
     for d in dirs:
         if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
@@ -468,8 +470,9 @@ def bind_objective(objective, sde):
     return objective
 
 
-def build_data(section: dict) -> tuple[torch.Tensor, Any]:
+def build_data(section: dict, x: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
     """data section -> (float32 tensor [N, *dims], scaler or None). Data with NaN/inf is refused here.
+    ``x`` given (``train(data=...)``) replaces the section's source; the checks and data.scale still apply.
 
     ``scale: [lo, hi]`` maps the data's range affinely onto [lo, hi] (e.g. images to [-1, 1], DDPM); the
     returned scaler's ``inverse`` maps samples back.
@@ -478,7 +481,9 @@ def build_data(section: dict) -> tuple[torch.Tensor, Any]:
 
     g = torch.Generator().manual_seed(section["seed"])
     source = section["path"] if section["path"] is not None else section["name"]
-    x = get_dataset(source, n=section["n"], generator=g)
+    if x is None:
+        x = get_dataset(source, n=section["n"], generator=g)
+    source = source or "given to train(data=...)"
     if not isinstance(x, torch.Tensor):
         x = torch.as_tensor(x)
     x = x.float()

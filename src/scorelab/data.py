@@ -243,9 +243,9 @@ class ImageData(NamedTuple):
 def digits() -> ImageData:
     """scikit-learn's 8x8 handwritten digits (bundled, no download): x [1797, 1, 8, 8] in {0, ..., 16}
     (levels = 17), y in {0, ..., 9}."""
-    from sklearn.datasets import load_digits
+    from ._extras import require
 
-    d = load_digits()
+    d = require("sklearn.datasets", "data", "the digits data set (scikit-learn)").load_digits()
     x = torch.from_numpy(d.images.astype(np.float32)).reshape(-1, 1, 8, 8)
     return ImageData(x, torch.from_numpy(d.target.astype(np.int64)), 17)
 
@@ -440,16 +440,34 @@ def load_image_folder(path, mode: str | None = None) -> torch.Tensor:
     """Every image file in a folder (sorted by name; Pillow) -> float32 tensor [N, C, H, W] of 0..255 values.
 
     ``mode`` is a Pillow mode to convert to ("L" gray, "RGB"); by default the first image's mode decides
-    (gray stays 1 channel, anything else becomes RGB). All images must have the same size.
+    (gray stays 1 channel, anything else becomes RGB). All images must have the same size. A folder with no
+    images but class subfolders (``root/cat/*.png``, ``root/dog/*.png``: torchvision's ImageFolder layout) gives
+    all their images; ``load_labeled_image_folder`` also returns the labels.
     """
-    from PIL import Image
-
     folder = Path(path)
     if not folder.is_dir():
         raise ValueError(f"image folder {str(folder)!r} does not exist or is not a directory.")
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    files = _image_files(folder)
+    if not files and _class_dirs(folder):
+        return load_labeled_image_folder(folder, mode).x
     if not files:
-        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {str(folder)!r}.")
+        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {str(folder)!r}, nor class subfolders "
+                         "holding them.")
+    return _read_images(files, mode)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".") and _image_files(d))
+
+
+def _read_images(files: list[Path], mode: str | None) -> torch.Tensor:
+    from ._extras import require
+
+    Image = require("PIL.Image", "data", "reading image folders (Pillow)")
     images = []
     for f in files:
         try:
@@ -464,6 +482,63 @@ def load_image_folder(path, mode: str | None = None) -> torch.Tensor:
         images.append(arr)
     x = torch.from_numpy(np.stack(images))
     return x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+
+
+class LabeledImages(NamedTuple):
+    """Images of a class-per-subfolder tree: x float32 [N, C, H, W] in 0..255, y int64 [N] indexing ``classes``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: list[str]
+
+
+def load_labeled_image_folder(path, mode: str | None = None) -> LabeledImages:
+    """``root/<class>/<image>`` -> LabeledImages(x, y, classes): classes are the subfolder names in sorted order
+    (label k is ``classes[k]``, as torchvision's ImageFolder), images sorted by name within each class. Every
+    subfolder holding images is a class; all images must share one size and (with ``mode=None``) the first
+    image's mode decides gray or RGB for all."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(f"image folder {str(folder)!r} does not exist or is not a directory.")
+    dirs = _class_dirs(folder)
+    if not dirs:
+        raise ValueError(f"{str(folder)!r} has no class subfolders with images; lay it out as "
+                         f"{folder.name}/<class>/<image>.png (or use load_image_folder for a flat folder).")
+    files = [(k, f) for k, d in enumerate(dirs) for f in _image_files(d)]
+    if mode is None:  # one mode for all classes, decided by the first image
+        mode = "L" if _read_images([files[0][1]], None).shape[1] == 1 else "RGB"
+    x = _read_images([f for _, f in files], mode)
+    y = torch.tensor([k for k, _ in files], dtype=torch.int64)
+    return LabeledImages(x, y, [d.name for d in dirs])
+
+
+def from_dataset(source, n: int | None = None, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A torch ``Dataset`` or ``DataLoader`` (or any iterable of examples / batches) materialised in memory:
+    (x float32 [N, *dims], y [N] or None). Items may be tensors/arrays or (x, y) pairs, as torchvision-style
+    data sets give; ``n`` stops after the first n examples. Save x with ``np.save`` and train on it with
+    ``scorelab train npy --set data.path=x.npy``, or train in Python and write the run with
+    ``scorelab.save_run``; training reads the in-memory tensor, the fast path for data that fits. Other
+    iterables are read as batches [b, *dims]."""
+    from torch.utils.data import DataLoader, Dataset
+
+    n = None if n is None else _check_n(n)
+    loader = DataLoader(source, batch_size=batch_size, shuffle=False) if isinstance(source, Dataset) else source
+    xs, ys, count = [], [], 0
+    for batch in loader:
+        pair = isinstance(batch, (tuple, list))  # (x,) or (x, y, ...) as TensorDataset / ImageFolder give
+        x, y = (batch[0], batch[1] if len(batch) > 1 else None) if pair else (batch, None)
+        x = torch.as_tensor(x)
+        xs.append(x.float())
+        if y is not None:
+            ys.append(torch.as_tensor(y).reshape(-1))
+        count += x.shape[0]
+        if n is not None and count >= n:
+            break
+    if not xs:
+        raise ValueError("the data set is empty; give a Dataset or DataLoader with at least one example.")
+    x = torch.cat(xs)[:n]
+    y = torch.cat(ys)[:n] if len(ys) == len(xs) else None
+    return x, y
 
 
 def get_dataset(name_or_path, n: int | None = None, generator: torch.Generator | None = None, **kw) -> torch.Tensor:
@@ -498,5 +573,6 @@ def get_dataset(name_or_path, n: int | None = None, generator: torch.Generator |
 __all__ = [
     "TOYS", "toy_mixture", "ring_mixture", "grid_mixture", "two_modes_mixture", "swiss_roll", "moons",
     "checkerboard", "circles", "load_array", "ImageData", "digits", "fashion_mnist", "read_idx",
-    "AffineScaler", "get_dataset", "dataset_names", "load_image_folder",
+    "AffineScaler", "get_dataset", "dataset_names", "load_image_folder", "load_labeled_image_folder",
+    "LabeledImages", "from_dataset",
 ]

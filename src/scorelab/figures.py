@@ -82,8 +82,9 @@ def _save(fig, out_dir, name: str) -> Path:
 def _compose(figs: list, path: Path, direction: str = "row") -> Path:
     """Renders matplotlib Figures (from scorelab.plots) side by side ("row") or stacked ("column") into one
     PNG, so each experiment stays one image."""
-    from PIL import Image
+    from ._extras import require
 
+    Image = require("PIL.Image", "plots", "scorelab figures (Pillow)")
     images = []
     for f in figs:
         buf = io.BytesIO()
@@ -549,8 +550,9 @@ def _write_report(out_dir: Path, title: str, intro: str, figures: list[Figure]) 
     return list(rep.write(out_dir))
 
 
-def run_all(out_dir, quick: bool = False, seed: int = 0, names=None) -> dict:
-    """Runs the experiments (all, or those in ``names``, keys of FIGURES) and writes the report.
+def run_all(out_dir, quick: bool = False, seed: int = 0, names=None, progress: bool = False) -> dict:
+    """Runs the experiments (all, or those in ``names``, keys of FIGURES) and writes the report; ``progress``
+    shows a tqdm bar over the experiments (on a terminal only).
 
     Returns {"figures": {name: Figure}, "report": [report.md, report.html]}."""
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -561,7 +563,13 @@ def run_all(out_dir, quick: bool = False, seed: int = 0, names=None) -> dict:
         raise ValueError(f"unknown figure(s) {unknown}; choose from {list(FIGURES)}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    figs = {k: FIGURES[k](out, quick=quick, seed=seed) for k in names}
+    from tqdm.auto import tqdm
+
+    figs = {}
+    with tqdm(names, desc="figures", unit="figure", disable=None if progress else True, leave=False) as bar:
+        for k in bar:
+            bar.set_postfix_str(k)
+            figs[k] = FIGURES[k](out, quick=quick, seed=seed)
     title = "scorelab: the lecture notes' experiments" + (" (quick mode)" if quick else "")
     intro = (f"Each figure is one small experiment run on the CPU for this report (seed {seed}"
              f"{', quick mode: fewer training steps and samples' if quick else ''}). Every number in a caption was "

@@ -29,7 +29,9 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+from ._extras import require
+
+matplotlib = require("matplotlib", "plots", "scorelab.plots (figures, the demo, .png output)")
 
 # Files only. Leave a backend alone that a user's session (e.g. a notebook) already chose through pyplot.
 if "matplotlib.pyplot" not in sys.modules:
@@ -467,7 +469,7 @@ def save_image_grid(images, path, nrow: int = 8, value_range: tuple[float, float
                     padding: int = 2, upscale: int = 1) -> Path:
     """Write ``grid_array(images, ...)`` to a PNG with Pillow at native pixel size (times ``upscale``, nearest
     neighbour), e.g. for ``scorelab sample --out x.png``. Returns the path."""
-    from PIL import Image
+    Image = require("PIL.Image", "plots", "writing image grids")
 
     if not isinstance(upscale, int) or upscale < 1:
         raise ValueError(f"upscale must be an integer >= 1, got {upscale!r}.")

@@ -41,6 +41,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,8 +157,12 @@ def _read_log_rows(path: Path, upto: int) -> list[list[str]]:
 
 
 def train(config: dict | str | Path, out: str | Path, *, resume: bool = False, overrides=(),
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, data=None) -> TrainResult:
     """Train the config's model on its data into the run directory ``out``; returns a TrainResult.
+
+    data: instead of the config's data section, a tensor [N, *dims], a torch Dataset or DataLoader (items x or
+    (x, y)); it is read once into memory (``scorelab.data.from_dataset``) and batches are drawn from it as from
+    any data set; the config's data.scale still applies. Pass the same data again to resume.
 
     config: a validated config dict, a YAML path or a bundled name (``overrides`` are ``key=value`` strings);
     resume: continue the checkpoint in ``out`` (the config may differ only in train.steps/log_every/
@@ -167,12 +172,14 @@ def train(config: dict | str | Path, out: str | Path, *, resume: bool = False, o
     """
     lock: list = [None]  # the run directory's lock fd (rank 0), held until training ends
     try:
-        return _train_locked(config, out, resume, overrides, progress, lock)
+        return _train_locked(config, out, resume, overrides, progress, lock, data)
     finally:
         ckpt.unlock_run_dir(lock[0])
 
 
-def _train_locked(config, out, resume: bool, overrides, progress: bool, lock: list) -> TrainResult:
+def _train_locked(config, out, resume: bool, overrides, progress: bool, lock: list, data) -> TrainResult:
+    if data is not None:  # the data section then only records where the data came from
+        overrides = ["data.name=external", *overrides]
     cfg = load_config(config, overrides)
     tc = cfg["train"]
     if not str(out).strip():
@@ -198,21 +205,30 @@ def _train_locked(config, out, resume: bool, overrides, progress: bool, lock: li
     if tc["threads"] is not None:  # small networks run fastest on one thread, especially on a busy machine
         torch.set_num_threads(tc["threads"])
     try:
-        return _train(cfg, out, meta if resume else None, dd, progress, lock)
+        return _train(cfg, out, meta if resume else None, dd, progress, lock, data)
     finally:
         torch.set_num_threads(threads)
         if dd.owned:
             dist.destroy_process_group()
 
 
-def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, lock: list) -> TrainResult:
+def _given_data(given, section: dict):
+    """train(data=...) -> (float32 tensor [N, *dims], scaler or None), checked like a configured data set."""
+    from .data import from_dataset
+
+    x = given if isinstance(given, torch.Tensor) else from_dataset(given)[0]
+    return build_data({**section, "name": None, "path": None}, x=x.float())
+
+
+def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, lock: list,
+           given=None) -> TrainResult:
     tc, resume = cfg["train"], meta is not None
     if tc["batch_size"] % dd.world:
         raise ValueError(f"train.batch_size={tc['batch_size']} must be divisible by the number of processes "
                          f"({dd.world}); each takes an equal shard of the global batch.")
     shard = tc["batch_size"] // dd.world
 
-    data, scaler = build_data(cfg["data"])
+    data, scaler = build_data(cfg["data"]) if given is None else _given_data(given, cfg["data"])
     data = data.to(dd.device)
     sde = build_sde(cfg["sde"])
     with torch.random.fork_rng(devices=[]):  # initial weights from train.seed, without touching the caller's RNG
@@ -288,7 +304,10 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, l
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 writer = SummaryWriter(str(out / "tensorboard"))
-            except Exception:  # tensorboard not installed: the CSV log is the record
+            except ImportError:  # the CSV log stays the record; say so rather than write nothing silently
+                warnings.warn("train.tensorboard is true but tensorboard is not installed: logging to "
+                              f"{log_path} only (pip install 'scorelab[tensorboard]', or set train.tensorboard="
+                              "false).", stacklevel=2)
                 writer = None
 
     def meta_now(step: int) -> dict:
