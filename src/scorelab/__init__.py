@@ -25,7 +25,8 @@ from .likelihood import bits_per_dim, log_likelihood
 from .models import EnergyNet, MLPScoreNet, ScoreModel, UNet
 from .objectives import OBJECTIVES, make_objective
 from .run import Run, load
-from .samplers import SampleResult, sample, samplers
+from . import samplers  # a callable module: sl.samplers() lists the methods
+from .samplers import SampleResult, sample
 from .sde import SDE, VESDE, VPSDE, SubVPSDE
 from .sure import sure_loss
 from .tweedie import denoise

@@ -32,7 +32,9 @@ import torch
 
 from ._checks import check_batch, check_finite
 from .divergence import PROBES, divergence_exact, divergence_hutchinson, sample_probes
-from .latent import CountingScore, check_solver_options, probability_flow_drift, solve_ode
+from .latent import check_solver_options, solve
+from .samplers._common import CountedScore
+from .samplers.ode import ProbabilityFlow
 from .sde import SDE
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -80,33 +82,49 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, generator: torc
         raise ValueError(f"Unknown probe {probe!r}; choose one of {PROBES}.")
     if not isinstance(n_probes, int) or isinstance(n_probes, bool) or n_probes < 1:
         raise ValueError(f"n_probes must be a positive integer (probes per example), got {n_probes!r}.")
-    method = check_solver_options(sde, solver, rtol, atol, steps, eps)
+    check_solver_options(sde, solver, rtol, atol, steps, eps)
     if prior is not None and not callable(prior):
         raise TypeError("prior must be a callable z -> log p_T(z) of shape [B], or None for sde.prior_logp.")
     if dtype is not None:
         x = x.to(dtype)
     prior = sde.prior_logp if prior is None else prior
 
-    counted = CountingScore(score_fn)
+    counted = CountedScore(score_fn)  # checks the score's output shape on every call
     B = x.shape[0]
     probes = (sample_probes(x, n_probes, probe, generator) if divergence == "hutchinson" else None)
+    field = _JointFlow(ProbabilityFlow(counted, sde), probes)
+    with torch.no_grad():
+        z, delta = solve(field, (x, x.new_zeros(B)), float(eps), sde.T, solver, rtol, atol, steps)
+        prior_logp = prior(z)
+    if not bool(torch.isfinite(z).all() & torch.isfinite(delta).all()):
+        raise ValueError("the ODE solve produced NaN or inf: the score returned non-finite values, or x is far "
+                         "outside the data range (rescale the data as in training).")
+    logp = prior_logp + delta
+    return LikelihoodResult(nll=-logp, nfe=counted.count, z=z, prior_logp=prior_logp, delta_logp=delta)
 
-    def func(t, state):
-        y, _ = state
-        tb = t.expand(B)
-        drift = lambda v: probability_flow_drift(counted, sde, v, tb)  # noqa: E731
-        if probes is None:
+
+class _JointFlow:
+    """d/dt [x, delta] = [f~(x, t), div f~(x, t)] for the solvers of ``samplers.ode`` (fixed-step and adaptive)."""
+
+    def __init__(self, flow: ProbabilityFlow, probes):
+        self.flow, self.probes = flow, probes
+
+    def prepare(self, stage_times):
+        self.flow.prepare(stage_times)
+
+    def _joint(self, drift, y):
+        if self.probes is None:
             div, f = divergence_exact(drift, y)
         else:
-            div, f = divergence_hutchinson(drift, y, probes=probes)
+            div, f = divergence_hutchinson(drift, y, probes=self.probes)
         # the graph built for the divergence is not needed past this evaluation
         return f.detach(), div.detach()
 
-    with torch.no_grad():
-        z, delta = solve_ode(func, (x, x.new_zeros(B)), float(eps), sde.T, method, rtol, atol, steps, like=x)
-        prior_logp = prior(z)
-    logp = prior_logp + delta
-    return LikelihoodResult(nll=-logp, nfe=counted.nfe, z=z, prior_logp=prior_logp, delta_logp=delta)
+    def __call__(self, i, j, state):
+        return self._joint(lambda v: self.flow.velocity(i, j, v), state[0])
+
+    def at(self, t, state):
+        return self._joint(lambda v: self.flow.at(t, v), state[0])
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -46,11 +46,17 @@ def _scales(sde, t, x):
     return batch_view(sde.marginal_scale(t), x), batch_view(sde.marginal_std(t), x)
 
 
+def posterior_mean(x: torch.Tensor, score: torch.Tensor, m, s) -> torch.Tensor:
+    """Tweedie's x0_hat = (x + s^2 score) / m = E[x_0 | x_t = x] (m, s broadcastable against x; unchecked).
+    Written s (s score) so that s^2 never overflows a low-precision dtype. The one place this formula lives."""
+    return (x + s * (s * score)) / m
+
+
 def tweedie_mean(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t) -> torch.Tensor:
     """E[x_0 | x_t = x] = (x + s(t)^2 score(x, t)) / m(t), shaped like x [B, *dims]; t a float or [B]."""
     t = _checked(score_fn, sde, x, t)
     m, s = _scales(sde, t, x)
-    return (x + s * s * score_fn(x, t)) / m
+    return posterior_mean(x, score_fn(x, t), m, s)
 
 
 def score_jacobian(score_fn: ScoreFn, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

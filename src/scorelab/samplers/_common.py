@@ -1,20 +1,29 @@
-"""Pieces every sampler shares: the result type, the counted score, the denoiser x0_hat and time tensors.
+"""What every sampler shares: the result, the counted score, the declaration of a method, option checks and the
+schedule of a time grid.
 
-A sampler receives a ``CountedScore``: it counts evaluations in a Python int (no host round trip), refuses to
-go past the budget and checks the score's output shape once, on the first call.
+A method is ``fn(score, sde, x, times, generator, callback, **options) -> x`` declared with ``@method(...)``:
+``cost`` score evaluations per step (a number, or a function of the options), ``reserve`` evaluations kept for
+a final step, the default ``grid`` and where it ends. ``sample`` reads the declaration to turn a budget into a
+number of steps and a grid; ``callback(i, t, x) -> x`` is called after every step (it applies a constraint,
+the user's callback and the progress bar).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from ..tweedie import posterior_mean
 
 
 @dataclass
 class SampleResult:
     x: torch.Tensor  # [B, *dims] final samples
     nfe: int  # score evaluations actually used (never above the budget)
+    steps: int = 0  # steps of the time grid taken
 
 
 class BudgetExceeded(RuntimeError):
@@ -22,20 +31,140 @@ class BudgetExceeded(RuntimeError):
 
 
 class CountedScore:
-    """score_fn(x, t) with a call counter, a hard budget and a one-time output-shape check."""
+    """score_fn(x, t) with a call counter (a Python int), a hard budget and an output-shape check on every call
+    (a comparison of sizes: no host round trip)."""
 
-    def __init__(self, score_fn, budget: int):
+    def __init__(self, score_fn, budget: float = math.inf):
         self.fn, self.budget, self.count = score_fn, budget, 0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.count >= self.budget:
             raise BudgetExceeded(f"the sampler needs more than nfe={self.budget} score evaluations")
         out = self.fn(x, t)
-        if self.count == 0 and (not isinstance(out, torch.Tensor) or out.shape != x.shape):
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"score_fn(x, t) must return a tensor shaped like x {tuple(x.shape)}, got {got}.")
         self.count += 1
         return out
+
+    @property
+    def left(self) -> float:
+        return self.budget - self.count
+
+
+def method(cost: int | Callable = 1, reserve: int | Callable = 0, grid: str | None = "uniform",
+           end: str | float = "eps", steps: Callable | None = None, start: Callable | None = None,
+           begin: str | None = None):
+    """Declare a sampling method: ``cost`` evaluations per step and ``reserve`` for a final step (numbers or
+    functions of the options dict), default ``grid`` (None: every step at the fixed time option ``t``),
+    ``end``: the option giving the last time ("eps") or noise level ("sigma_min"), ``begin`` the option giving
+    the first noise level (default: start at T), ``steps(nfe, options)``
+    overriding (nfe - reserve) // cost, ``start(sde, options)`` the std of x_T (default the prior's)."""
+    def by_cost(nfe, o):
+        c, r = _value(cost, o), _value(reserve, o)
+        n = (nfe - r) // c
+        if n < (0 if r else 1):
+            raise ValueError(f"nfe={nfe} is too small for this method with these options: one step costs {c} score "
+                             f"evaluations{f' and the final step {r}' if r else ''}; pass nfe >= {c + r}.")
+        return n
+
+    def wrap(fn):
+        fn.cost, fn.reserve, fn.grid, fn.end, fn.begin, fn.start = cost, reserve, grid, end, begin, start
+        fn.steps = steps or by_cost
+        return fn
+    return wrap
+
+
+def _value(v, options):
+    return v(options) if callable(v) else v
+
+
+# ---- option checks, by name, shared by every method -------------------------------------------------------
+
+def _number(name, v, low=0.0, high=math.inf, closed=False, integer=False):
+    ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok_type or not math.isfinite(v) or not (low <= v if closed else low < v) \
+            or not v < high:
+        kind = "an integer" if integer else "a finite number"
+        side = f">= {low}" if closed else f"> {low}"
+        upper = f" and < {high}" if high < math.inf else ""
+        raise ValueError(f"{name} must be {kind} {side}{upper}, got {v!r}.")
+    return v
+
+
+def _flag(name, v):
+    if not isinstance(v, bool):
+        raise TypeError(f"{name} must be True or False, got {v!r}.")
+    return v
+
+
+CHECKS = {
+    "eps": lambda v, sde, d: _number("eps (the final time)", v, 0.0, sde.T, closed=d == 0),
+    "t": lambda v, sde, d: _number("t (the fixed time)", v, 0.0, sde.T + 1e-12),
+    "sigma_min": lambda v, sde, d: _number("sigma_min (the final noise level s/m)", v, 0.0,
+                                           float(_sigma(sde, sde.T))),
+    "sigma_max": lambda v, sde, d: _number("sigma_max (the first noise level s/m)", v),
+    "snr": lambda v, sde, d: _number("snr (the corrector's signal-to-noise ratio)", v),
+    "step_size": lambda v, sde, d: v is None or _number("step_size", v),
+    "init_std": lambda v, sde, d: _number("init_std", v),
+    "rho": lambda v, sde, d: _number("rho (the Karras grid's exponent)", v),
+    "eta": lambda v, sde, d: _number("eta", v, closed=True),
+    "rtol": lambda v, sde, d: _number("rtol", v),
+    "atol": lambda v, sde, d: _number("atol", v),
+    "order": lambda v, sde, d: _number("order", v, 1, 4, closed=True, integer=True),
+    "corrector_steps": lambda v, sde, d: _number("corrector_steps", v, 0, closed=True, integer=True),
+    "resample": lambda v, sde, d: _number("resample (RePaint repeats per step)", v, 1, closed=True, integer=True),
+    "n_levels": lambda v, sde, d: v is None or _number("n_levels", v, 1, closed=True, integer=True),
+    "steps_per_level": lambda v, sde, d: v is None or _number("steps_per_level", v, 1, closed=True, integer=True),
+    **{k: (lambda v, sde, d, k=k: _flag(k, v))
+       for k in ("multistep", "lower_order_final", "denoise_to_zero", "denoise")},
+}
+
+
+def _sigma(sde, t):
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return sde.marginal_std(t) / sde.marginal_scale(t)
+
+
+# ---- the schedule of a grid: float64 coefficients, cast once ----------------------------------------------
+
+class Schedule:
+    """Everything a step needs on a grid t_0 > t_1 > ... > t_N, computed once in float64 and kept as Python
+    floats (passed to kernels as arguments: no per-step device copy or host sync). At the grid points: t, m, s;
+    for step i (t_i -> t_{i+1}, dt = t_i - t_{i+1}): the forward kernel's r = m_i / m_{i+1} and std G
+    (``SDE.transition``), the Euler-Maruyama coefficients em = -a(t_i) dt and gn = g(t_i) sqrt(dt).
+    ``t_d`` holds the times as a tensor of the sampling dtype for the score. ``coef(fn)`` caches further
+    per-step coefficients fn(schedule) -> tuple of float64 tensors."""
+
+    def __init__(self, sde, times: torch.Tensor, like: torch.Tensor):
+        t = times.to(torch.float64)
+        m, s = sde.marginal_scale(t), sde.marginal_std(t)
+        r, G = sde.transition(t[1:], t[:-1])
+        dt = t[:-1] - t[1:]
+        self.sde, self.n, self.t64, self.m64, self.s64, self.r64, self.G64 = sde, len(t) - 1, t, m, s, r, G
+        self.t, self.m, self.s, self.r, self.G = (v.tolist() for v in (t, m, s, r, G))
+        self.em, self.gn = (-sde.drift_coeff(t[:-1]) * dt).tolist(), (sde.diffusion(t[:-1]) * dt.sqrt()).tolist()
+        self.t_d = t.to(dtype=like.dtype, device=like.device)
+        self._cache: dict = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def tb(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Time t_i as the [B] tensor a score function takes (a view)."""
+        return self.t_d[i].expand(x.shape[0])
+
+    def coef(self, fn):
+        if fn not in self._cache:
+            self._cache[fn] = [v.tolist() for v in fn(self)]
+        return self._cache[fn]
+
+
+def check_representable(sde, dtype):
+    """Refuse a dtype that cannot hold x_T (six prior standard deviations), e.g. float16 with sigma_max = 1e5."""
+    if 6 * sde.prior_std > torch.finfo(dtype).max:
+        raise ValueError(f"{dtype} cannot represent this process: x_T has std {sde.prior_std:.3g}, near the dtype's "
+                         f"largest value {torch.finfo(dtype).max:.3g}; sample in float32 or float64.")
 
 
 def times_like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -43,16 +172,9 @@ def times_like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.expand(x.shape[0])
 
 
-def schedule(sde, times: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """m(t) and s(t) on a time grid, computed in float64 and cast once to the sampling dtype."""
-    t64 = times.to(torch.float64)
-    return sde.marginal_scale(t64).to(dtype), sde.marginal_std(t64).to(dtype)
+def gaussian(like: torch.Tensor, generator) -> torch.Tensor:
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
 
 
-def data_prediction(score: torch.Tensor, x: torch.Tensor, m, s) -> torch.Tensor:
-    """Tweedie's x0_hat = (x + s(t)^2 score(x, t)) / m(t) = E[x_0 | x_t = x]; m, s 0-d or broadcastable."""
-    return (x + s * s * score) / m
-
-
-def gaussian(shape, generator, dtype, device) -> torch.Tensor:
-    return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+__all__ = ["SampleResult", "BudgetExceeded", "CountedScore", "method", "CHECKS", "Schedule", "times_like",
+           "gaussian", "posterior_mean", "check_representable"]

@@ -1,41 +1,34 @@
 """EDM's deterministic second-order sampler (Karras et al. 2022, Algorithm 1 with S_churn = 0).
 
 In the scaled variable y = x / m(t) and noise level sigma = s(t) / m(t) the probability-flow ODE of every
-linear process is dy/dsigma = (y - D(y, sigma)) / sigma, D = x0_hat = (x + s^2 score) / m. Heun steps on the
-Karras grid (rho = 7) from sigma(T) to sigma_min, then one Euler step to sigma = 0 (which returns D):
-N levels cost 2N - 1 evaluations, so N = (nfe + 1) // 2.
+linear process (VE, VP, sub-VP alike) is dy/dsigma = (y - D) / sigma = eps_hat = -s(t) score(x, t), with
+D = x0_hat. Heun steps on the Karras grid in sigma (rho = 7) from min(sigma_max, the process's sigma(T)) down
+to sigma_min, with EDM's sigma_max = 80 and sigma_min = 0.002 for every process (Karras et al. 2022, Table 1:
+a steep VP schedule reaches sigma(T) ~ 1e11, and rho-spacing from there leaves the last steps far too long),
+then one Euler step to sigma = 0, which returns Tweedie's x0_hat: N Heun steps cost
+2N + 1 evaluations. The state is kept as x = m y, so a step is
+x' = (m'/m) x + m' (sigma' - sigma) eps_hat with float64 coefficients: nothing of size 1/m(T) is ever formed
+(y itself overflows float16 on VPSDE(beta_max=100), where sigma(T) ~ 1e11).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._common import data_prediction, schedule, times_like
-from .grids import end_time, karras
+from ._common import Schedule, method
 
 
-def edm_heun(score, sde, shape, nfe, generator, callback, dtype, device, sigma_min: float = 0.002,
+@method(cost=2, reserve=1, grid="karras", end="sigma_min", begin="sigma_max")
+def edm_heun(score, sde, x, times, generator, callback, sigma_min: float = 0.002, sigma_max: float = 80.0,
              rho: float = 7.0):
-    N = (nfe + 1) // 2
-    times = karras(sde, N - 1, end_time(sde, sigma_min), rho=rho) if N > 1 else torch.tensor([float(sde.T)],
-                                                                                               dtype=torch.float64)
-    m, s = schedule(sde, times, torch.float64)
-    sig = torch.cat([s / m, torch.zeros(1, dtype=torch.float64)])
-    m, s, sig = (v.to(dtype=dtype, device=device) for v in (m, s, sig))
-    t_d = times.to(dtype=dtype, device=device)
-    y = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype) / m[0]
-
-    def denoise(y, i):
-        x = m[i] * y
-        return data_prediction(score(x, times_like(t_d[i], x)), x, m[i], s[i])
-
+    S = Schedule(sde, torch.cat([times.to(torch.float64), times.new_zeros(1, dtype=torch.float64)]), x)
+    N, m, s = len(S), S.m, S.s
+    sig = (S.s64 / S.m64).tolist()
     for i in range(N):
-        d = (y - denoise(y, i)) / sig[i]
-        y_next = y + (sig[i + 1] - sig[i]) * d
-        if i < N - 1:
-            d2 = (y_next - denoise(y_next, i + 1)) / sig[i + 1]
-            y_next = y + (sig[i + 1] - sig[i]) * 0.5 * (d + d2)
-        y = y_next
-        if callback is not None:
-            callback(i, t_d[i + 1] if i < N - 1 else t_d[i].new_zeros(()), y)
-    return y
+        cx, ce = m[i + 1] / m[i], m[i + 1] * (sig[i + 1] - sig[i])
+        d = -(s[i] * score(x, S.tb(i, x)))
+        x_next = cx * x + ce * d
+        if i < N - 1:  # Heun's correction; the last step, to sigma = 0, is Euler
+            x_next = cx * x + (0.5 * ce) * (d - s[i + 1] * score(x_next, S.tb(i + 1, x_next)))
+        x = callback(i, S.t_d[i + 1], x_next)
+    return x

@@ -1,63 +1,139 @@
-"""The probability-flow ODE dx/dt = a(t) x - 1/2 g(t)^2 score(x, t) (Song et al. 2021), integrated from T to eps.
+"""The probability-flow ODE dx/dt = a(t) x - 1/2 g(t)^2 score(x, t) (Song et al. 2021, eq. 13) and the one set
+of ODE solvers: the ``ode`` sampler, ``latent.encode``/``decode`` and ``log_likelihood`` all use them.
 
-Fixed-step solvers (``solver=``): "euler" (order 1, 1 evaluation per step), "heun" (order 2, 2), "rk4"
-(classical Runge-Kutta, order 4, 4); steps = nfe // evaluations-per-step on the grid ``grid`` ("uniform",
-"log_snr", "karras"). "dopri5": adaptive Dormand-Prince through torchdiffeq with rtol/atol; if it would need
-more than nfe evaluations, ``sample`` raises a ValueError saying so (raise nfe or loosen the tolerances).
+Fixed-step explicit Runge-Kutta solvers are Butcher tableaux declaring their order and stages (SOLVERS):
+"euler" (order 1, 1 stage), "midpoint" (2, 2), "heun" (explicit trapezoid, 2, 2), "heun3" (3, 3), "rk4"
+(classical, 4, 4); ``integrate`` steps any of them over a grid of times, in either direction, on a tensor or
+a tuple of tensors. Adaptive solvers ("dopri5", ... ADAPTIVE) go through torchdiffeq with rtol/atol.
+
+The ``ode`` sampler takes steps = nfe // stages on the grid (default uniform in t from T to eps = 1e-3);
+"dopri5" raises a ValueError (via ``sample``) if it would need more than nfe evaluations.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .grids import make_grid
-
-STAGES = {"euler": 1, "heun": 2, "rk4": 4}
-SOLVERS = (*STAGES, "dopri5")
+from ..sde import reverse_drift
+from ._common import method
 
 
-def _velocity(score, sde, dtype, device):
-    def v(x, t):  # t 0-d tensor
-        tb = t.expand(x.shape[0])
-        return sde.drift_coeff(t) * x - 0.5 * sde.diffusion(t) ** 2 * score(x, tb)
-    return v
+@dataclass(frozen=True)
+class Tableau:
+    order: int  # global order of accuracy
+    a: tuple  # a[j]: weights of the earlier stages in stage j
+    b: tuple  # weights of the stages in the step
+    c: tuple  # stage times as fractions of the step
+
+    @property
+    def stages(self) -> int:
+        return len(self.b)
 
 
-def ode(score, sde, shape, nfe, generator, callback, dtype, device, solver: str = "heun", grid: str = "uniform",
-        eps: float = 1e-3, rtol: float = 1e-5, atol: float = 1e-5, x_init: torch.Tensor | None = None,
-        t_start: float | None = None):
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown ODE solver {solver!r}; choose one of {SOLVERS}.")
-    x = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype) if x_init is None else x_init
-    v = _velocity(score, sde, dtype, device)
-    if solver == "dopri5":
-        from torchdiffeq import odeint
-        # integrate in tau = t_start - t (increasing), so the solver never sees reversed time
-        t0 = float(sde.T if t_start is None else t_start)
-        taus = torch.tensor([0.0, t0 - eps], dtype=dtype, device=device)
-        # step_t lands the last step on eps: stepping past it would evaluate the score at t < 0
-        return odeint(lambda tau, y: -v(y, t0 - tau), x, taus, rtol=rtol, atol=atol, method="dopri5",
-                      options={"step_t": taus})[-1]
-    k = STAGES[solver]
-    steps = nfe // k
-    if steps < 1:
-        raise ValueError(f"solver {solver!r} needs nfe >= {k} (one step uses {k} evaluations), got nfe={nfe}.")
-    times = make_grid(grid, sde, steps, eps, t_max=t_start).to(dtype=dtype, device=device)
-    for i in range(steps):
-        t0, t1 = times[i], times[i + 1]
-        h = t1 - t0
-        d1 = v(x, t0)
-        if solver == "euler":
-            x = x + h * d1
-        elif solver == "heun":
-            d2 = v(x + h * d1, t1)
-            x = x + 0.5 * h * (d1 + d2)
-        else:
-            tm = t0 + 0.5 * h
-            d2 = v(x + 0.5 * h * d1, tm)
-            d3 = v(x + 0.5 * h * d2, tm)
-            d4 = v(x + h * d3, t1)
-            x = x + h / 6 * (d1 + 2 * d2 + 2 * d3 + d4)
-        if callback is not None:
-            callback(i, t1, x)
-    return x
+SOLVERS = {
+    "euler": Tableau(1, ((),), (1.0,), (0.0,)),
+    "midpoint": Tableau(2, ((), (0.5,)), (0.0, 1.0), (0.0, 0.5)),
+    "heun": Tableau(2, ((), (1.0,)), (0.5, 0.5), (0.0, 1.0)),
+    "heun3": Tableau(3, ((), (1 / 3,), (0.0, 2 / 3)), (0.25, 0.0, 0.75), (0.0, 1 / 3, 2 / 3)),
+    "rk4": Tableau(4, ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), (1 / 6, 1 / 3, 1 / 3, 1 / 6), (0.0, 0.5, 0.5, 1.0)),
+}
+ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+
+def _axpy(y: tuple, terms) -> tuple:
+    """y + sum_k w_k v_k for tuples of tensors; terms = [(w, v), ...] with Python-float weights."""
+    out = list(y)
+    for w, v in terms:
+        if w:
+            out = [o + w * u for o, u in zip(out, v)]
+    return tuple(out)
+
+
+def integrate(field, y, times: torch.Tensor, solver: str, after=None):
+    """Solve dy/dt = field over ``times`` (float64 [N + 1], any direction) with the tableau ``solver``.
+
+    ``field.prepare(stage_times)`` gets the float64 [N, stages] times of every stage once; then
+    ``field(i, j, y) -> dy/dt`` for stage j of step i (y a tuple of tensors). ``after(i, y) -> y`` runs after
+    each step. y may be a tensor or a tuple; the result has the same form."""
+    tab = SOLVERS[solver]
+    single = isinstance(y, torch.Tensor)
+    y = (y,) if single else tuple(y)
+    t = times.to(torch.float64)
+    h = t[1:] - t[:-1]
+    field.prepare(t[:-1, None] + h[:, None] * torch.tensor(tab.c, dtype=torch.float64))
+    for i, hi in enumerate(h.tolist()):
+        ks: list = []
+        for j, a in enumerate(tab.a):
+            ks.append(field(i, j, _axpy(y, [(hi * w, k) for w, k in zip(a, ks)])))
+        y = _axpy(y, [(hi * w, k) for w, k in zip(tab.b, ks)])
+        if after is not None:
+            y = after(i, y)
+    return y[0] if single else y
+
+
+def solve_adaptive(func, y0, t0: float, t1: float, solver: str, rtol: float, atol: float):
+    """y(t1) of dy/dt = func(t, y) (t a 0-d tensor; y a tensor or tuple) from y(t0) = y0, by torchdiffeq."""
+    from torchdiffeq import odeint
+    like = y0 if isinstance(y0, torch.Tensor) else y0[0]
+    ts = torch.tensor([t0, t1], dtype=like.dtype, device=like.device)
+    # step_t lands the last step on t1: stepping past it would evaluate the score outside [eps, T]
+    out = odeint(func, y0, ts, method=solver, rtol=rtol, atol=atol, options={"step_t": ts})
+    return tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]
+
+
+class ProbabilityFlow:
+    """The probability-flow field for ``integrate`` (coefficients a(t), g(t) computed in float64 once per stage
+    time and passed as Python floats) and, through ``at(t, x)``, for adaptive solves."""
+
+    def __init__(self, score, sde):
+        self.score, self.sde = score, sde
+
+    def prepare(self, stage_times: torch.Tensor):
+        self.t = stage_times.tolist()
+        self.a, self.g = self.sde.drift_coeff(stage_times).tolist(), self.sde.diffusion(stage_times).tolist()
+
+    def velocity(self, i: int, j: int, x: torch.Tensor) -> torch.Tensor:
+        tb = torch.full(x.shape[:1], self.t[i][j], dtype=x.dtype, device=x.device)
+        return reverse_drift(self.a[i][j], self.g[i][j], x, self.score(x, tb), 0.5)
+
+    def __call__(self, i, j, y):
+        return (self.velocity(i, j, y[0]),)
+
+    def at(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.sde._reverse_drift(x, t.expand(x.shape[0]), self.score(x, t.expand(x.shape[0])), 0.5)
+
+
+def check_solver(solver, rtol, atol, steps) -> None:
+    """Validate solver options shared by encode/decode/log_likelihood (fixed: steps; adaptive: rtol/atol)."""
+    if solver in ADAPTIVE:
+        for name, tol in (("rtol", rtol), ("atol", atol)):
+            if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+                raise ValueError(f"{name} must be a positive number, got {tol!r}.")
+        if steps is not None:
+            raise ValueError(f"solver={solver!r} is adaptive and takes rtol/atol, not steps; "
+                             f"for a fixed number of steps use one of {tuple(SOLVERS)}.")
+    elif solver in SOLVERS:
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"solver={solver!r} is a fixed-step method: pass steps= (a positive integer), "
+                             f"got steps={steps!r}.")
+    else:
+        raise ValueError(f"Unknown solver {solver!r}; choose one of {tuple(SOLVERS) + ADAPTIVE}.")
+
+
+def _stages(o):
+    return 1 if o["solver"] in ADAPTIVE else SOLVERS[o["solver"]].stages
+
+
+@method(cost=_stages)
+def ode(score, sde, x, times, generator, callback, solver: str = "heun", eps: float = 1e-3, rtol: float = 1e-5,
+        atol: float = 1e-5):
+    flow = ProbabilityFlow(score, sde)
+    if solver in ADAPTIVE:
+        t0, t1 = float(times[0]), float(times[-1])
+        # integrate in tau = t0 - t (increasing), so the solver never sees reversed time
+        x = solve_adaptive(lambda tau, y: -flow.at(t0 - tau, y), x, 0.0, t0 - t1, solver, rtol, atol)
+        return callback(len(times) - 2, times[-1].to(dtype=x.dtype, device=x.device), x)
+    t_d = times.to(dtype=x.dtype, device=x.device)
+    return integrate(flow, x, times, solver, after=lambda i, y: (callback(i, t_d[i + 1], y[0]),))
