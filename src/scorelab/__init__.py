@@ -15,6 +15,7 @@ from . import (
     models,
     objectives,
     oracle,
+    samplers,  # a callable module: sl.samplers() lists the methods
     sure,
     tweedie,
 )
@@ -25,7 +26,6 @@ from .likelihood import bits_per_dim, log_likelihood
 from .models import EnergyNet, MLPScoreNet, ScoreModel, UNet
 from .objectives import OBJECTIVES, make_objective
 from .run import Run, load
-from . import samplers  # a callable module: sl.samplers() lists the methods
 from .samplers import SampleResult, sample
 from .sde import SDE, VESDE, VPSDE, SubVPSDE
 from .sure import sure_loss

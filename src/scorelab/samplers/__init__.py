@@ -113,7 +113,8 @@ def _grid(fn, sde, steps, opts, grid):
     if fn.begin is not None and opts[fn.begin] < float(_sigma(sde, sde.T)):
         t_max = end_time(sde, opts[fn.begin])
     name = grid or fn.grid
-    return make_grid(name, sde, steps, t_min, t_max=t_max, **({"rho": opts.get("rho", 7.0)} if name == "karras" else {}))
+    rho = {"rho": opts.get("rho", 7.0)} if name == "karras" else {}
+    return make_grid(name, sde, steps, t_min, t_max=t_max, **rho)
 
 
 def _start_std(sde, fn, opts, times) -> float:

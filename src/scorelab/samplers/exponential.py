@@ -16,8 +16,9 @@ h/3, 2h/3 (order 3).
 Every D_j enters the update multiplied by m_t, as m_t D_j = (m_t / m_j) (x_j + s_j^2 score_j) with the ratio
 in float64: the step never divides by an m(t) that underflows float16 (VPSDE(beta_max=100) has m(T) ~ 1e-11).
 
-Options: order 1-3, multistep (True) or singlestep (False), sigma_min (end noise level s/m; default 0.03, see below), lower_order_final (use order <= 2 on the last steps
-when there are fewer than 15, as DPM-Solver does, for stability), denoise_to_zero (spend the last evaluation
+Options: order 1-3, multistep (True) or singlestep (False), sigma_min (end noise level s/m; default 0.03, see
+below), lower_order_final (use order <= 2 on the last steps when there are fewer than 15, as DPM-Solver does,
+for stability), denoise_to_zero (spend the last evaluation
 on x0_hat at the final time, i.e. a first-order step to sigma = 0), eta > 0 (stochastic SDE-DPM-Solver++,
 multistep order <= 2; eta = 1 follows the reverse SDE); the grid (``sample(grid=...)``) defaults to "log_snr".
 

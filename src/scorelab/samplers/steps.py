@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from ._common import gaussian
 
 
