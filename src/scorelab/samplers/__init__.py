@@ -114,6 +114,9 @@ def _grid(fn, sde, steps, opts, grid):
         t_max = end_time(sde, opts[fn.begin])
     name = grid or fn.grid
     rho = {"rho": opts.get("rho", 7.0)} if name == "karras" else {}
+    if t_min == 0 and name != "uniform" and steps > 1:  # a noise-level grid to sigma = 0.002 (EDM), then t = 0
+        times = make_grid(name, sde, steps - 1, end_time(sde, 0.002), t_max=t_max, **rho)
+        return torch.cat([times, times.new_zeros(1)])
     return make_grid(name, sde, steps, t_min, t_max=t_max, **rho)
 
 

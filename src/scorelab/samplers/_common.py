@@ -100,7 +100,7 @@ def _flag(name, v):
 
 CHECKS = {
     "eps": lambda v, sde, d: _number("eps (the final time)", v, 0.0, sde.T, closed=d == 0),
-    "t": lambda v, sde, d: _number("t (the fixed time)", v, 0.0, sde.T + 1e-12),
+    "t": lambda v, sde, d: _number("t (the fixed time)", v, 0.0, sde.T + 1e-12, closed=True),
     "sigma_min": lambda v, sde, d: _number("sigma_min (the final noise level s/m)", v, 0.0,
                                            float(_sigma(sde, sde.T))),
     "sigma_max": lambda v, sde, d: _number("sigma_max (the first noise level s/m)", v),
