@@ -265,7 +265,7 @@ class LinearBeta(_BetaSchedule):
         return 2 * B / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * self._d * B))
 
 
-class CosineBeta(_BetaSchedule):
+class TruncatedCosineBeta(_BetaSchedule):
     """alpha_bar(t) = f(t) / f(0), f(t) = cos(((t_max t + s) / (1 + s)) pi / 2)^2 (Nichol & Dhariwal 2021).
 
     t_max = 0.9946 keeps alpha_bar(1) > 0 (about 7e-5), so beta(t) stays finite on [0, 1] (the same
@@ -298,7 +298,7 @@ def _beta_schedule(name: str, beta_min: float, beta_max: float) -> _BetaSchedule
             raise ValueError(f"beta_min must not exceed beta_max, got beta_min={beta_min} > beta_max={beta_max}.")
         return LinearBeta(float(beta_min), float(beta_max))
     if name == "cosine":
-        return CosineBeta()
+        return TruncatedCosineBeta()
     raise ValueError(f"Unknown beta schedule {name!r}; choose 'linear' or 'cosine'.")
 
 
