@@ -22,7 +22,7 @@ import torch
 
 from ._checks import batch_view, check_batch, check_finite
 from .samplers._common import CountedScore
-from .samplers.ode import ADAPTIVE, ProbabilityFlow, check_solver, integrate, solve_adaptive
+from .samplers.ode import ADAPTIVE, ProbabilityFlow, solve
 from .samplers.ode import SOLVERS as FIXED
 from .sde import SDE
 
@@ -31,21 +31,24 @@ SOLVERS = (*ADAPTIVE, *FIXED)
 
 
 def check_solver_options(sde: SDE, solver: str, rtol: float, atol: float, steps: int | None, eps: float):
-    """Validate the ODE options shared by encode/decode/log_likelihood."""
+    """Validate the ODE options shared by encode/decode/log_likelihood (fixed: steps; adaptive: rtol/atol)."""
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scorelab SDE (VESDE/VPSDE/SubVPSDE), got {type(sde).__name__}.")
-    check_solver(solver, rtol, atol, steps)
+    if solver not in SOLVERS:
+        raise ValueError(f"Unknown solver {solver!r}; choose one of {SOLVERS}.")
+    if solver in ADAPTIVE:
+        if steps is not None:
+            raise ValueError(f"solver={solver!r} is adaptive and takes rtol/atol, not steps; "
+                             f"for a fixed number of steps use one of {FIXED}.")
+        for name, tol in (("rtol", rtol), ("atol", atol)):
+            if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+                raise ValueError(f"{name} must be a positive number, got {tol!r}.")
+    elif isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"solver={solver!r} is a fixed-step method: pass steps= (a positive integer), "
+                         f"got steps={steps!r}.")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
         raise ValueError(f"eps (the start time of the ODE) must lie in (0, T={sde.T}), got {eps!r}; "
                          "use a small positive value such as 1e-5 (the score is singular at t = 0).")
-
-
-def solve(field, y0, t0: float, t1: float, solver: str, rtol: float, atol: float, steps: int | None):
-    """y(t1) of the ODE from y(t0) = y0 (either direction): ``field`` as for ``samplers.ode.integrate``, with
-    ``field.at(t, y)`` for adaptive solvers."""
-    if solver in ADAPTIVE:
-        return solve_adaptive(field.at, y0, t0, t1, solver, rtol, atol)
-    return integrate(field, y0, torch.linspace(t0, t1, steps + 1, dtype=torch.float64), solver)
 
 
 def _flow(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t0: float, t1: float, solver: str, rtol: float,

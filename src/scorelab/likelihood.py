@@ -32,9 +32,9 @@ import torch
 
 from ._checks import check_batch, check_finite
 from .divergence import PROBES, divergence_exact, divergence_hutchinson, sample_probes
-from .latent import check_solver_options, solve
+from .latent import check_solver_options
 from .samplers._common import CountedScore
-from .samplers.ode import ProbabilityFlow
+from .samplers.ode import ProbabilityFlow, solve
 from .sde import SDE
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -109,8 +109,8 @@ class _JointFlow:
     def __init__(self, flow: ProbabilityFlow, probes):
         self.flow, self.probes = flow, probes
 
-    def prepare(self, stage_times):
-        self.flow.prepare(stage_times)
+    def prepare(self, stage_times, times):
+        self.flow.prepare(stage_times, times)
 
     def _joint(self, drift, y):
         if self.probes is None:

@@ -22,7 +22,7 @@ import types
 import torch
 
 from ..sde import SDE
-from ._common import CHECKS, BudgetExceeded, CountedScore, SampleResult, _sigma, check_representable
+from ._common import CHOICES, BudgetExceeded, CountedScore, SampleResult, check_option, check_representable, sigma_of
 from .exponential import dpm_solver
 from .grids import end_time, make_grid
 from .karras import edm_heun
@@ -31,18 +31,8 @@ from .ode import ADAPTIVE, SOLVERS, ode
 from .pc import ancestral, euler_maruyama, pc, reverse_diffusion
 from .steps import CORRECTORS, PREDICTORS
 
-METHODS = {
-    "langevin": langevin,
-    "annealed_langevin": annealed_langevin,
-    "mala": mala,
-    "ancestral": ancestral,
-    "euler_maruyama": euler_maruyama,
-    "reverse_diffusion": reverse_diffusion,
-    "pc": pc,
-    "ode": ode,
-    "dpm_solver": dpm_solver,
-    "edm_heun": edm_heun,
-}
+METHODS = {f.__name__: f for f in (langevin, annealed_langevin, mala, ancestral, euler_maruyama, reverse_diffusion,
+                                    pc, ode, dpm_solver, edm_heun)}
 DEFAULT_METHOD = "dpm_solver"  # the method of sample() when none is named
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _ARGS = 6  # score, sde, x, times, generator, callback
@@ -55,15 +45,7 @@ def samplers() -> list[str]:
     return list(METHODS)
 
 
-def _choice(name, table):
-    def check(v, sde, default):
-        if not isinstance(v, str) or v not in table:
-            raise ValueError(f"unknown {name} {v!r}; choose one of {list(table)}.")
-    return check
-
-
-_CHOICES = {"predictor": _choice("predictor", PREDICTORS), "corrector": _choice("corrector", CORRECTORS),
-            "solver": _choice("ODE solver", (*SOLVERS, *ADAPTIVE))}
+CHOICES.update(predictor=PREDICTORS, corrector=CORRECTORS, solver=(*SOLVERS, *ADAPTIVE))
 
 
 def options_of(name: str) -> dict:
@@ -81,9 +63,7 @@ def _bind(name: str, sde: SDE, options: dict) -> dict:
                         f"{', '.join(known) or 'none'} (see help({fn.__module__}.{fn.__name__})).")
     opts = {**known, **options}
     for key, value in opts.items():
-        check = _CHOICES.get(key) or CHECKS.get(key)
-        if check is not None:
-            check(value, sde, known[key])
+        check_option(key, value, sde, known[key])
     return opts
 
 
@@ -110,7 +90,7 @@ def _grid(fn, sde, steps, opts, grid):
         return torch.full((steps + 1,), float(opts["t"]), dtype=torch.float64)
     t_min = end_time(sde, opts["sigma_min"]) if fn.end == "sigma_min" else float(opts.get(fn.end, fn.end))
     t_max = None
-    if fn.begin is not None and opts[fn.begin] < float(_sigma(sde, sde.T)):
+    if fn.begin is not None and opts[fn.begin] < float(sigma_of(sde, sde.T)):
         t_max = end_time(sde, opts[fn.begin])
     name = grid or fn.grid
     rho = {"rho": opts.get("rho", 7.0)} if name == "karras" else {}

@@ -79,49 +79,42 @@ def _value(v, options):
     return v(options) if callable(v) else v
 
 
-# ---- option checks, by name, shared by every method -------------------------------------------------------
+# ---- option checks by name, shared by every method (choice tables are added by the package) -------------
 
-def _number(name, v, low=0.0, high=math.inf, closed=False, integer=False):
-    ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
-    if isinstance(v, bool) or not ok_type or not math.isfinite(v) or not (low <= v if closed else low < v) \
-            or not v < high:
-        kind = "an integer" if integer else "a finite number"
-        side = f">= {low}" if closed else f"> {low}"
-        upper = f" and < {high}" if high < math.inf else ""
-        raise ValueError(f"{name} must be {kind} {side}{upper}, got {v!r}.")
-    return v
+POSITIVE = ("snr", "step_size", "init_std", "rho", "rtol", "atol", "sigma_max")
+INTEGERS = {"order": (1, 3), "corrector_steps": (0, None), "resample": (1, None), "n_levels": (1, None),
+            "steps_per_level": (1, None)}
+FLAGS = ("multistep", "lower_order_final", "denoise_to_zero", "denoise")
+CHOICES: dict = {}  # option name -> table of allowed names
 
 
-def _flag(name, v):
-    if not isinstance(v, bool):
-        raise TypeError(f"{name} must be True or False, got {v!r}.")
-    return v
+def check_option(name, v, sde, default) -> None:
+    """One ``ValueError``/``TypeError`` line for an option out of range; options not listed pass unchecked."""
+    if v is None and default is None or name not in (*POSITIVE, *INTEGERS, *FLAGS, *CHOICES, "eps", "t",
+                                                     "sigma_min", "eta"):
+        return
+    if name in FLAGS:
+        if not isinstance(v, bool):
+            raise TypeError(f"{name} must be True or False, got {v!r}.")
+        return
+    if name in CHOICES:
+        if not isinstance(v, str) or v not in CHOICES[name]:
+            raise ValueError(f"unknown {name} {v!r}; choose one of {list(CHOICES[name])}.")
+        return
+    lo, hi = INTEGERS.get(name, (0, None))
+    closed = name in INTEGERS or name == "eta" or name == "t" or (name == "eps" and default == 0)
+    hi = {"eps": sde.T, "t": sde.T, "sigma_min": float(sigma_of(sde, sde.T))}.get(name, hi)
+    ok = (isinstance(v, int) if name in INTEGERS else isinstance(v, (int, float))) and not isinstance(v, bool)
+    if not ok or not math.isfinite(v) or v < lo or (v == lo and not closed) or (hi is not None and (
+            v > hi or (v == hi and name not in INTEGERS and name != "t"))):
+        kind = "an integer" if name in INTEGERS else "a finite number"
+        span = f"in [{lo}, {hi}]" if name in INTEGERS else f"{'>=' if closed else '>'} {lo}"
+        raise ValueError(f"{name} must be {kind} {span}{f' and below {hi:.4g}' if hi and name not in INTEGERS else ''}"
+                         f", got {v!r}.")
 
 
-CHECKS = {
-    "eps": lambda v, sde, d: _number("eps (the final time)", v, 0.0, sde.T, closed=d == 0),
-    "t": lambda v, sde, d: _number("t (the fixed time)", v, 0.0, sde.T + 1e-12, closed=True),
-    "sigma_min": lambda v, sde, d: _number("sigma_min (the final noise level s/m)", v, 0.0,
-                                           float(_sigma(sde, sde.T))),
-    "sigma_max": lambda v, sde, d: _number("sigma_max (the first noise level s/m)", v),
-    "snr": lambda v, sde, d: _number("snr (the corrector's signal-to-noise ratio)", v),
-    "step_size": lambda v, sde, d: v is None or _number("step_size", v),
-    "init_std": lambda v, sde, d: _number("init_std", v),
-    "rho": lambda v, sde, d: _number("rho (the Karras grid's exponent)", v),
-    "eta": lambda v, sde, d: _number("eta", v, closed=True),
-    "rtol": lambda v, sde, d: _number("rtol", v),
-    "atol": lambda v, sde, d: _number("atol", v),
-    "order": lambda v, sde, d: _number("order", v, 1, 4, closed=True, integer=True),
-    "corrector_steps": lambda v, sde, d: _number("corrector_steps", v, 0, closed=True, integer=True),
-    "resample": lambda v, sde, d: _number("resample (RePaint repeats per step)", v, 1, closed=True, integer=True),
-    "n_levels": lambda v, sde, d: v is None or _number("n_levels", v, 1, closed=True, integer=True),
-    "steps_per_level": lambda v, sde, d: v is None or _number("steps_per_level", v, 1, closed=True, integer=True),
-    **{k: (lambda v, sde, d, k=k: _flag(k, v))
-       for k in ("multistep", "lower_order_final", "denoise_to_zero", "denoise")},
-}
-
-
-def _sigma(sde, t):
+def sigma_of(sde, t):
+    """The noise level s(t) / m(t) at a time t (float64)."""
     t = torch.as_tensor(t, dtype=torch.float64)
     return sde.marginal_std(t) / sde.marginal_scale(t)
 
@@ -167,14 +160,9 @@ def check_representable(sde, dtype):
                          f"largest value {torch.finfo(dtype).max:.3g}; sample in float32 or float64.")
 
 
-def times_like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A 0-d time ``t`` as the [B] tensor a score function expects (a view, no copy, no host sync)."""
-    return t.expand(x.shape[0])
-
-
 def gaussian(like: torch.Tensor, generator) -> torch.Tensor:
     return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
 
 
-__all__ = ["SampleResult", "BudgetExceeded", "CountedScore", "method", "CHECKS", "Schedule", "times_like",
-           "gaussian", "posterior_mean", "check_representable"]
+__all__ = ["SampleResult", "BudgetExceeded", "CountedScore", "method", "check_option", "Schedule", "gaussian",
+           "posterior_mean", "check_representable"]
