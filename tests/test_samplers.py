@@ -12,8 +12,8 @@ from scorelab.metrics import mixture_error
 from scorelab.oracle import GaussianMixture
 from scorelab.samplers import SampleResult, sample, samplers
 from scorelab.samplers.grids import end_time, karras, log_snr_uniform, uniform_t
-from scorelab.samplers.ode import SOLVERS, integrate
 from scorelab.sde import VESDE, VPSDE, SubVPSDE
+from scorelab.solvers import SOLVERS, integrate
 
 F64 = torch.float64
 

@@ -35,6 +35,7 @@ import torch
 
 from ._checks import batch_view, check_batch, check_finite
 from .samplers import SampleResult, sample, samplers
+from .samplers._common import gaussian
 from .sde import SDE
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -43,10 +44,6 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ConditionalResult = SampleResult  # x [B, *dims] with the known entries equal to the data; nfe; steps
 
 _DETERMINISTIC = ("ode", "dpm_solver", "edm_heun")  # one smooth path for the known entries: z drawn once
-
-
-def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def methods() -> list[str]:
@@ -116,10 +113,10 @@ def inpaint(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, mask: torch.Tensor, me
     known = _check_mask(mask, x)
     unknown = 1 - known
     data = x.detach() * known
-    fixed_z = _noise(x, generator) if method in _DETERMINISTIC else None
+    fixed_z = gaussian(x, generator) if method in _DETERMINISTIC else None
 
     def replace(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        z = fixed_z if fixed_z is not None else _noise(xt, generator)
+        z = fixed_z if fixed_z is not None else gaussian(xt, generator)
         noisy = batch_view(sde.marginal_scale(t), xt) * data + batch_view(sde.marginal_std(t), xt) * z
         return unknown * xt + known * noisy
 

@@ -8,10 +8,8 @@ moves samples of p_t along a deterministic, invertible flow that keeps every mar
 small eps up to T maps data x to a latent z ("encode"); solving it back from T to eps maps z to data
 ("decode"). With an exact score and an accurate solver, decode(encode(x)) = x, and z ~ p_T ~ the prior.
 
-The solves use the one ODE path of ``scorelab.samplers.ode``: adaptive Dormand-Prince through torchdiffeq
-(Chen et al. 2018; "dopri5", the default, as in Song et al. 2021 with rtol = atol = 1e-5), or a fixed-step
-Runge-Kutta tableau ("euler", "midpoint", "heun", "heun3", "rk4") with ``steps=``. Shapes are [B, *dims]
-throughout; nothing leaves the device during a solve.
+Solved by ``scorelab.solvers``: adaptive "dopri5" (the default, rtol = atol = 1e-5 as Song et al. 2021) or a
+fixed-step tableau with ``steps=``. Shapes are [B, *dims]; nothing leaves the device during a solve.
 """
 
 from __future__ import annotations
@@ -22,9 +20,10 @@ import torch
 
 from ._checks import batch_view, check_batch, check_finite
 from .samplers._common import CountedScore
-from .samplers.ode import ADAPTIVE, ProbabilityFlow, solve
-from .samplers.ode import SOLVERS as FIXED
+from .samplers.ode import ProbabilityFlow
 from .sde import SDE
+from .solvers import ADAPTIVE, solve
+from .solvers import SOLVERS as FIXED
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SOLVERS = (*ADAPTIVE, *FIXED)

@@ -34,8 +34,9 @@ from ._checks import check_batch, check_finite
 from .divergence import PROBES, divergence_exact, divergence_hutchinson, sample_probes
 from .latent import check_solver_options
 from .samplers._common import CountedScore
-from .samplers.ode import ProbabilityFlow, solve
+from .samplers.ode import ProbabilityFlow
 from .sde import SDE
+from .solvers import solve
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DIVERGENCES = ("exact", "hutchinson")
@@ -104,7 +105,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, generator: torc
 
 
 class _JointFlow:
-    """d/dt [x, delta] = [f~(x, t), div f~(x, t)] for the solvers of ``samplers.ode`` (fixed-step and adaptive)."""
+    """d/dt [x, delta] = [f~(x, t), div f~(x, t)] for the solvers of ``scorelab.solvers`` (fixed-step and adaptive)."""
 
     def __init__(self, flow: ProbabilityFlow, probes):
         self.flow, self.probes = flow, probes

@@ -1,15 +1,8 @@
-"""Sampling from a score: ``sample(score_fn, sde, shape, method=..., nfe=...)``; ``samplers()`` lists the methods.
-
-``sample`` is the one loop's frame: it checks the options against the method's signature, draws x_T (or takes
-``x_init``), builds the time grid (``grid=``: any grid for any method), wraps the score in a counter with the
-budget, then calls ``METHODS[name](score, sde, x, times, generator, callback, **options)``. Each method is one
-function declared with its cost per step (``_common.method``), in the module named after its mathematics:
-``steps`` (predictors and correctors), ``pc`` (predictor-corrector; Euler-Maruyama, reverse diffusion and
-ancestral are PC without a corrector), ``ode`` (probability-flow ODE and the Runge-Kutta solvers),
-``exponential`` (DPM-Solver++), ``karras`` (EDM Heun), ``langevin`` (Langevin, annealed Langevin, MALA);
-``grids`` holds the time grids. A constraint ``project(x, t) -> x`` is applied after every step (inpainting).
-
-The package module is callable: ``scorelab.samplers()`` is ``samplers()``.
+"""Sampling from a score: ``sample`` checks the options against the method's signature, draws x_T (or takes
+``x_init``), builds the grid (any grid for any method) and the counted score, then calls
+``METHODS[name](score, sde, x, times, generator, callback, **options)``; each method lives in the module named
+after its mathematics (steps, pc, ode, exponential, karras, langevin). The package module is callable:
+``scorelab.samplers()`` lists the methods.
 """
 
 from __future__ import annotations
@@ -22,17 +15,15 @@ import types
 import torch
 
 from ..sde import SDE
+from . import exponential, karras, langevin, ode, pc
 from ._common import CHOICES, BudgetExceeded, CountedScore, SampleResult, check_option, check_representable, sigma_of
-from .exponential import dpm_solver
 from .grids import end_time, make_grid
-from .karras import edm_heun
-from .langevin import annealed_langevin, langevin, mala
-from .ode import ADAPTIVE, SOLVERS, ode
-from .pc import ancestral, euler_maruyama, pc, reverse_diffusion
 from .steps import CORRECTORS, PREDICTORS
 
-METHODS = {f.__name__: f for f in (langevin, annealed_langevin, mala, ancestral, euler_maruyama, reverse_diffusion,
-                                    pc, ode, dpm_solver, edm_heun)}
+# the modules keep their names (``scorelab.samplers.ode`` is the module); the table holds the functions
+METHODS = {f.__name__: f for f in (langevin.langevin, langevin.annealed_langevin, langevin.mala, pc.ancestral,
+                                    pc.euler_maruyama, pc.reverse_diffusion, pc.pc, ode.ode, exponential.dpm_solver,
+                                    karras.edm_heun)}
 DEFAULT_METHOD = "dpm_solver"  # the method of sample() when none is named
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _ARGS = 6  # score, sde, x, times, generator, callback
@@ -45,7 +36,7 @@ def samplers() -> list[str]:
     return list(METHODS)
 
 
-CHOICES.update(predictor=PREDICTORS, corrector=CORRECTORS, solver=(*SOLVERS, *ADAPTIVE))
+CHOICES.update(predictor=PREDICTORS, corrector=CORRECTORS, solver=(*ode.SOLVERS, *ode.ADAPTIVE))
 
 
 def options_of(name: str) -> dict:
@@ -68,8 +59,6 @@ def _bind(name: str, sde: SDE, options: dict) -> dict:
 
 
 def _shape(shape, x_init):
-    if shape is None and x_init is not None:
-        return tuple(x_init.shape)
     try:
         shape = tuple(operator.index(v) for v in shape)
     except TypeError:
@@ -120,12 +109,11 @@ class _Hook:
         return x if self.project_fn is None else self.project_fn(x, t.expand(x.shape[0]))
 
     def __call__(self, i, t, x):
-        x = self.project(x, t)
+        x, self.steps = self.project(x, t), self.steps + 1
         if self.callback is not None:
             self.callback(i, t, x)
         if self.bar is not None:
             self.bar.update(1)
-        self.steps += 1
         return x
 
 
@@ -163,7 +151,7 @@ def sample(score_fn, sde: SDE, shape, method: str = DEFAULT_METHOD, nfe: int = 2
             raise TypeError(f"{name} must be callable or None.")
     if x_init is not None and not isinstance(x_init, torch.Tensor):
         raise TypeError(f"x_init must be a tensor [B, *dims] or None, got {type(x_init).__name__}.")
-    shape = _shape(shape, x_init)
+    shape = tuple(x_init.shape) if shape is None and x_init is not None else _shape(shape, x_init)
     fn = METHODS[method]
     opts = _bind(method, sde, options)
     steps = fn.steps(nfe, opts)

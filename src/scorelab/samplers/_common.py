@@ -1,12 +1,5 @@
-"""What every sampler shares: the result, the counted score, the declaration of a method, option checks and the
-schedule of a time grid.
-
-A method is ``fn(score, sde, x, times, generator, callback, **options) -> x`` declared with ``@method(...)``:
-``cost`` score evaluations per step (a number, or a function of the options), ``reserve`` evaluations kept for
-a final step, the default ``grid`` and where it ends. ``sample`` reads the declaration to turn a budget into a
-number of steps and a grid; ``callback(i, t, x) -> x`` is called after every step (it applies a constraint,
-the user's callback and the progress bar).
-"""
+"""What every sampler shares: the result, the counted score, a method's declaration (``@method``: what a step
+costs, the default grid and its ends, read by ``sample``), the option checks and the float64 ``Schedule``."""
 
 from __future__ import annotations
 
@@ -46,10 +39,6 @@ class CountedScore:
             raise ValueError(f"score_fn(x, t) must return a tensor shaped like x {tuple(x.shape)}, got {got}.")
         self.count += 1
         return out
-
-    @property
-    def left(self) -> float:
-        return self.budget - self.count
 
 
 def method(cost: int | Callable = 1, reserve: int | Callable = 0, grid: str | None = "uniform",

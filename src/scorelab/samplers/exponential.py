@@ -67,7 +67,7 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
             if lower_order_final and N < 15:
                 orders = [min(o, N - i) for i, o in enumerate(orders)]
         else:
-            evals = int(min(score.left, 3 * N)) - denoise_to_zero
+            evals = int(min(score.budget - score.count, 3 * N)) - denoise_to_zero
             orders = ([order] * (evals // order) + ([evals % order] if evals % order else []))[:N]
             orders += [1] * (N - len(orders))
         phi1, phi2, phi3 = (p.tolist() for p in _phis(h))

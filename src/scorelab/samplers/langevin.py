@@ -54,7 +54,8 @@ def annealed_langevin(score, sde, x, times, generator, callback, n_levels: int |
                       denoise: bool = True):
     S = Schedule(sde, times, x)  # sigma_L = 0.01 (Song & Ermon 2019)
     L = len(S) + 1
-    T = _levels(int(score.left) - denoise, {"steps_per_level": steps_per_level, "n_levels": L, "denoise": denoise})[1]
+    budget = int(score.budget - score.count) - denoise
+    T = _levels(budget, {"steps_per_level": steps_per_level, "n_levels": L, "denoise": denoise})[1]
     if step_size is None:  # Technique 4 on the ladder sigma = s/m, in units of s(t_L)^2
         sig = S.s64 / S.m64
         step_size = langevin_step_size(sig, T) / float(sig[-1]) ** 2 * S.s[-1] ** 2 if L > 1 else 1e-2
