@@ -56,9 +56,7 @@ def sample_with_replacement(score_fn: ScoreFn, sde: SDE, shape, replace, *, meth
                             generator: torch.Generator | None = None, device=None,
                             dtype: torch.dtype = torch.float32, **options) -> ConditionalResult:
     """Reverse-time sampling from p_T with ``replace(x, t [B]) -> x`` applied after every update: ``sample``
-    with ``project=replace``. ``options`` go to the method, e.g. ``corrector_steps``, ``snr``, ``eps`` and
-    ``resample`` = r > 1 (PC family: each step repeated r times, re-noised back in between; RePaint with jump
-    length 1). Returns the final x (no noise added at the end), its nfe and the number of steps."""
+    with ``project=replace`` (``options`` go to the method). Returns the final x, its nfe and steps."""
     if not callable(replace):
         raise TypeError("replace must be a callable replace(x, t) -> x imposing the constraint at time t.")
     if method not in methods():
@@ -98,17 +96,14 @@ def inpaint(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, mask: torch.Tensor, me
     "edm_heun": the known entries then follow m(t) x + s(t) z with one z drawn once, so the whole run is
     deterministic given it).
     nfe: budget of score evaluations (never exceeded).
-    options: those of the method, e.g. for the PC family ``corrector_steps`` (int), ``snr`` (default 0.16,
-    Song et al.'s CIFAR-10 VE value), ``resample`` (RePaint repeats per step, default 1 = off; costs a factor
-    ``resample`` in nfe at fixed steps), ``eps`` (final time, default 1e-3).
+    options: the method's (``samplers.options_of``), e.g. for the PC family ``corrector_steps``, ``snr`` (0.16,
+    Song et al.'s CIFAR-10 VE value), ``resample`` (RePaint repeats per step, 1 = off), ``eps`` (1e-3).
 
     Returns ConditionalResult(x [B, *dims], nfe, steps) with res.x == x exactly where mask == 1.
     """
     if not callable(score_fn):
         raise TypeError("score_fn must be a callable score_fn(x, t) -> tensor shaped like x.")
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a forward process such as VPSDE() or VESDE(), got {type(sde).__name__}.")
-    check_batch(x)
+    check_batch(x)  # the sde and the options are checked by ``sample`` before anything runs
     check_finite(x, "x (set the unknown entries to 0: they are ignored)")
     known = _check_mask(mask, x)
     unknown = 1 - known

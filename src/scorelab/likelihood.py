@@ -122,7 +122,7 @@ class _JointFlow:
         return f.detach(), div.detach()
 
     def __call__(self, i, j, state):
-        return self._joint(lambda v: self.flow.velocity(i, j, v), state[0])
+        return self._joint(lambda v: self.flow(i, j, (v,))[0], state[0])
 
     def at(self, t, state):
         return self._joint(lambda v: self.flow.at(t, v), state[0])

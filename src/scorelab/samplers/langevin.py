@@ -23,11 +23,7 @@ from ._common import Schedule, gaussian, method, posterior_mean
 from .steps import langevin_move
 
 
-def _start(sde, o):
-    return o["init_std"]
-
-
-@method(grid=None, end="t", start=_start)
+@method(grid=None, end="t", start=lambda sde, o: o["init_std"])
 def langevin(score, sde, x, times, generator, callback, step_size: float = 1e-2, t: float = 1e-3,
              init_std: float = 5.0):
     tt = times[0].to(dtype=x.dtype, device=x.device)
@@ -70,7 +66,7 @@ def annealed_langevin(score, sde, x, times, generator, callback, n_levels: int |
     return x
 
 
-@method(reserve=1, grid=None, end="t", start=_start)
+@method(reserve=1, grid=None, end="t", start=lambda sde, o: o["init_std"])
 def mala(score, sde, x, times, generator, callback, energy_fn=None, step_size: float = 1e-2, t: float = 1e-3,
          init_std: float = 5.0):
     if energy_fn is None or not callable(energy_fn):

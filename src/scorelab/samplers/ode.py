@@ -1,10 +1,7 @@
 """The probability-flow ODE dx/dt = a(t) x - 1/2 g(t)^2 score(x, t) (Song et al. 2021, eq. 13) as fields for
-the solvers of ``scorelab.solvers``: in t (``ProbabilityFlow``; encode/decode, likelihood, adaptive solves)
-and in EDM's variables (``SigmaFlow``).
-
-The ``ode`` sampler takes steps = nfe // stages on the grid (default uniform in t from T to eps = 1e-3) and
-integrates in EDM's variables (``SigmaFlow``: the same ODE for every process, smooth on steep schedules);
-"dopri5" solves in t and raises a ValueError (via ``sample``) if it would need more than nfe evaluations.
+``scorelab.solvers``: in t (``ProbabilityFlow``: encode/decode, likelihood, adaptive solves) and in EDM's
+variables (``SigmaFlow``). The ``ode`` sampler takes nfe // stages steps on its grid (default uniform in t, T to
+eps = 1e-3) in EDM's variables; "dopri5" solves in t and stops with a ValueError past nfe evaluations.
 """
 
 from __future__ import annotations
@@ -27,12 +24,10 @@ class ProbabilityFlow:
         self.t = stage_times.tolist()
         self.a, self.g = self.sde.drift_coeff(stage_times).tolist(), self.sde.diffusion(stage_times).tolist()
 
-    def velocity(self, i: int, j: int, x: torch.Tensor) -> torch.Tensor:
-        tb = torch.full(x.shape[:1], self.t[i][j], dtype=x.dtype, device=x.device)
-        return reverse_drift(self.a[i][j], self.g[i][j], x, self.score(x, tb), 0.5)
-
     def __call__(self, i, j, y):
-        return (self.velocity(i, j, y[0]),)
+        x = y[0]
+        tb = torch.full(x.shape[:1], self.t[i][j], dtype=x.dtype, device=x.device)
+        return (reverse_drift(self.a[i][j], self.g[i][j], x, self.score(x, tb), 0.5),)
 
     def at(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.sde._reverse_drift(x, t.expand(x.shape[0]), self.score(x, t.expand(x.shape[0])), 0.5)
@@ -89,5 +84,3 @@ def ode(score, sde, x, times, generator, callback, solver: str = "heun", eps: fl
         return callback(len(times) - 2, times[-1].to(dtype=x.dtype, device=x.device), x)
     return flow_in_sigma(score, sde, x, times, solver, callback)
 
-
-__all__ = ["ProbabilityFlow", "SigmaFlow", "flow_in_sigma", "ode", "SOLVERS", "ADAPTIVE", "integrate", "solve"]

@@ -1,12 +1,8 @@
-"""Predictor-corrector sampling (Song et al. 2021, Algorithms 2-3), composed from the tables of ``steps``.
-
-At each grid time t_i: ``corrector_steps`` corrector moves at t_i, then one predictor step to t_{i+1}. With
-``resample`` = r > 1 each step is repeated r times, backing up from t_{i+1} to t_i with the forward kernel in
-between (RePaint, Lugmayr et al. 2022, jump length 1): with a constraint (inpainting) the two parts then
-harmonise. nfe counts every evaluation: steps = nfe // (r (1 + corrector_steps)).
-
-``euler_maruyama``, ``reverse_diffusion`` and ``ancestral`` are PC without a corrector (``predictor_only``);
-their grid is uniform in t from T to eps (1e-3; 0 for ancestral, whose last step then returns x0_hat).
+"""Predictor-corrector sampling (Song et al. 2021, Algorithms 2-3), composed from the tables of ``steps``: at
+each grid time t_i, ``corrector_steps`` corrector moves, then one predictor step to t_{i+1}. ``resample`` = r > 1
+repeats each step r times, backing up with the forward kernel in between (RePaint, Lugmayr et al. 2022, jump
+length 1), so that a constraint and the free part harmonise; steps = nfe // (r (1 + corrector_steps)).
+``euler_maruyama``, ``reverse_diffusion``, ``ancestral`` are PC without a corrector (ancestral's eps = 0).
 """
 
 from __future__ import annotations

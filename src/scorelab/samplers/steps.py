@@ -1,9 +1,8 @@
 """Reverse-time steps: predictors and correctors as pure functions of (score, x, i, S, generator).
 
-S is the grid's ``Schedule`` (float64 coefficients as Python floats), i the step from t_i to t_{i+1}. A
-predictor also takes ``last`` (True on the final step: no noise is added, as Song et al. 2021 return the mean
-of the last step). A new step is one function here plus one entry in PREDICTORS or CORRECTORS; it then works
-in ``pc``, as a method of its own (``predictor_only``) and in inpainting.
+S is the grid's ``Schedule`` (float64 coefficients as Python floats), i the step t_i -> t_{i+1}; ``last``: the
+final step adds no noise (Song et al. 2021 return its mean). A new step is one function here plus one entry in
+PREDICTORS or CORRECTORS: it then works in ``pc``, as a method (``predictor_only``) and in inpainting.
 
 Predictors of the reverse SDE dx = [a x - g^2 score] dt + g dw_bar (Anderson 1982):
 - ``euler_maruyama``: x <- x - a dt x + g^2 dt score + g sqrt(dt) z.
