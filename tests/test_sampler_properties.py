@@ -217,3 +217,21 @@ def test_a_new_step_works_in_pc_as_a_method_and_in_inpainting(monkeypatch):
         assert torch.equal(out[:, 0], data[:, 0]) and abs(float(out[:, 1].std()) - 1) < 0.06, kw
     # the original is left alone
     assert "pf_euler" not in samplers() or METHODS["pf_euler"].__name__ == "pf_euler"
+
+
+def test_log_likelihood_checks_the_score_shape_and_finiteness():
+    from scorelab.likelihood import log_likelihood
+    sde = VPSDE()
+    x = torch.randn(3, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="shaped like x"):  # was a finite NLL
+        log_likelihood(lambda y, t: y[:, :1], sde, x, solver="euler", steps=10)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        log_likelihood(lambda y, t: torch.full_like(y, float("nan")), sde, x, solver="euler", steps=10)
+
+
+def test_samplers_subpackage_and_listing_coexist():
+    import scorelab as sl
+    import scorelab.samplers.grids
+    import scorelab.samplers.ode
+    assert sl.samplers() == samplers() and callable(sl.samplers.grids.karras)
+    assert hasattr(scorelab.samplers.ode, "SigmaFlow"), "the module, not the method of the same name"
