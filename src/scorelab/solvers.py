@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ._checks import axpy
+
 
 @dataclass(frozen=True)
 class Tableau:
@@ -41,7 +43,7 @@ def _axpy(y: tuple, terms, c: float = 1.0) -> tuple:
     out = list(y) if c == 1.0 else [c * u for u in y]
     for w, v in terms:
         if w:
-            out = [o + w * u for o, u in zip(out, v)]
+            out = [axpy(o, u, w) for o, u in zip(out, v)]
     return tuple(out)
 
 

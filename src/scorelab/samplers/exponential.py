@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import axpy
 from ._common import Schedule, gaussian, method, posterior_mean
 
 
@@ -72,24 +73,27 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
             orders += [1] * (N - len(orders))
         phi1, phi2, phi3 = (p.tolist() for p in _phis(h))
         hl = h.tolist()
-        hist: list = []  # (j, m_j D_j) of the last two steps
+        hist: list = []  # (j, m_j D_j) of the last two steps, newest first
         for i, k in enumerate(orders):
             mD0 = posterior_mean(x, score(x, S.tb(i, x)), 1.0, s[i])
-            E = lambda j, v, i=i: (m[i + 1] / m[j]) * v  # noqa: E731  m_{i+1} D_j
-            E0 = E(i, mD0)
-            x_next = (s[i + 1] / s[i]) * x - phi1[i] * E0
+            # x_next = (s'/s) x + sum_j c_j m' D_j: the update above as weights on D_i, D_{i-1}, D_{i-2}
+            c = [-phi1[i]]
             if multistep and k >= 2:
-                r0 = hl[i - 1] / hl[i]
-                d10 = (E0 - E(*hist[-1])) / r0  # ~ h dD/dlambda
+                r0 = hl[i - 1] / hl[i]  # d10 = (D_i - D_{i-1}) / r0 ~ h dD/dlambda
                 if k == 3:  # divided differences over lambda_{i-2}, lambda_{i-1}, lambda_i (DPM-Solver++(3M))
-                    rb = hl[i - 2] / hl[i]
-                    d11 = (E(*hist[-1]) - E(*hist[-2])) / rb
-                    x_next = x_next + phi2[i] * (d10 + r0 / (r0 + rb) * (d10 - d11)) - phi3[i] * (d10 - d11) / (r0 + rb)
+                    rb = hl[i - 2] / hl[i]  # d11 = (D_{i-1} - D_{i-2}) / rb
+                    a = phi2[i] * (1 + r0 / (r0 + rb)) - phi3[i] / (r0 + rb)  # weight of d10
+                    b = phi2[i] * r0 / (r0 + rb) - phi3[i] / (r0 + rb)  # minus the weight of d11
+                    c = [-phi1[i] + a / r0, -a / r0 - b / rb, b / rb]
                 else:
-                    x_next = x_next + phi2[i] * d10
-            elif k >= 2:
-                x_next = _singlestep(score, sde, x, mD0, E0, i, k, lam, S, x_next, phi1[i], phi2[i])
-            hist = (hist + [(i, mD0)])[-2:]
+                    c = [-phi1[i] + phi2[i] / r0, -phi2[i] / r0]
+            x_next = (s[i + 1] / s[i]) * x
+            for cj, (j, v) in zip(c, [(i, mD0)] + hist):
+                x_next = axpy(x_next, v, cj * m[i + 1] / m[j], inplace=True)
+            if not multistep and k >= 2:
+                x_next = _singlestep(score, sde, x, mD0, (m[i + 1] / m[i]) * mD0, i, k, lam, S, x_next, phi1[i],
+                                     phi2[i])
+            hist = [(i, mD0)] + hist[:1]
             x = callback(i, S.t_d[i + 1], x_next)
     if denoise_to_zero:
         x = posterior_mean(x, score(x, S.tb(N, x)), m[N], s[N])
@@ -136,7 +140,7 @@ def _sde_dpm_solver(score, x, S, h, generator, callback, order, eta):
         E0 = (m[i + 1] / m[i]) * mD0
         if prev is not None and order > 1:
             E0 = E0 + (0.5 * hl[i] / hl[i - 1]) * (E0 - (m[i + 1] / m[i - 1]) * prev)
-        x = carry[i] * x + gain[i] * E0 + noise[i] * gaussian(x, generator)
+        x = axpy(axpy(carry[i] * x, E0, gain[i]), gaussian(x, generator), noise[i], inplace=True)
         prev = mD0
         x = callback(i, S.t_d[i + 1], x)
     return x

@@ -59,7 +59,7 @@ class SigmaFlow:
     def __call__(self, i, j, y):
         x = y[0]
         tb = torch.full(x.shape[:1], self.t[i][j], dtype=x.dtype, device=x.device)
-        return (-(self.s[i][j] * self.score(x, tb)),)
+        return (self.score(x, tb).mul(-self.s[i][j]),)
 
 
 def flow_in_sigma(score, sde, x, times: torch.Tensor, solver: str, callback, first: int = 0):

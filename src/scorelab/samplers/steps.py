@@ -14,26 +14,28 @@ Correctors (Langevin moves at t_i, x <- x + e score + sqrt(2 e) z):
 - ``langevin``: e = 2 alpha (snr |z| / |score|)^2 with batch-mean norms and alpha = r^2 (1 for VE, 1 - beta_i
   for DDPM), snr = 0.16 (Song et al. 2021, Algorithms 4-5; CIFAR-10 configs).
 - ``ald``: annealed-Langevin steps e = step_size s(t_i)^2 / s(t_N)^2 (Song & Ermon 2019).
-Every step writes e score as u (u score) / 2 with u = sqrt(2 e), so no squared scale overflows float16.
+Scales multiply in fused kernels (``_checks.axpy``), split in square roots where a scale would overflow the
+dtype (float16 with G^2 = 1e8).
 """
 
 from __future__ import annotations
 
 import math
 
+from .._checks import axpy
 from ._common import gaussian
 
 
 def euler_maruyama(score, x, i, S, generator, last):
     gn = S.gn[i]
-    x = x + S.em[i] * x + gn * (gn * score(x, S.tb(i, x)))
-    return x if last else x + gn * gaussian(x, generator)
+    x = axpy((1 + S.em[i]) * x, score(x, S.tb(i, x)), gn * gn)
+    return x if last else axpy(x, gaussian(x, generator), gn, inplace=True)
 
 
 def reverse_diffusion(score, x, i, S, generator, last):
     G = S.G[i]
-    x = (2 - S.r[i]) * x + G * (G * score(x, S.tb(i, x)))
-    return x if last else x + G * gaussian(x, generator)
+    x = axpy((2 - S.r[i]) * x, score(x, S.tb(i, x)), G * G)
+    return x if last else axpy(x, gaussian(x, generator), G, inplace=True)
 
 
 def _ancestral(S):
@@ -47,8 +49,8 @@ def _ancestral(S):
 
 def ancestral(score, x, i, S, generator, last):
     cx, ce, cz = (c[i] for c in S.coef(_ancestral))
-    x = cx * x + ce * (S.s[i] * score(x, S.tb(i, x)))
-    return x if last or cz == 0 else x + cz * gaussian(x, generator)
+    x = axpy(cx * x, score(x, S.tb(i, x)), ce * S.s[i])
+    return x if last or cz == 0 else axpy(x, gaussian(x, generator), cz, inplace=True)
 
 
 def langevin_move(x, sc, u, z):
