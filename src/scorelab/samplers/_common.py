@@ -44,11 +44,9 @@ class CountedScore:
 def method(cost: int | Callable = 1, reserve: int | Callable = 0, grid: str | None = "uniform",
            end: str | float = "eps", steps: Callable | None = None, start: Callable | None = None,
            begin: str | None = None):
-    """Declare a sampling method: ``cost`` evaluations per step and ``reserve`` for a final step (numbers or
-    functions of the options dict), default ``grid`` (None: every step at the fixed time option ``t``),
-    ``end``: the option giving the last time ("eps") or noise level ("sigma_min"), ``begin`` the option giving
-    the first noise level (default: start at T), ``steps(nfe, options)``
-    overriding (nfe - reserve) // cost, ``start(sde, options)`` the std of x_T (default the prior's)."""
+    """Declare a method: ``cost`` evaluations per step, ``reserve`` for a final step (numbers or functions of the
+    options), default ``grid`` (None: all at the option ``t``), the options giving its ``end`` (time "eps" or
+    level "sigma_min") and ``begin`` (a level; default T), ``steps(nfe, options)``, ``start(sde, options)``."""
     def by_cost(nfe, o):
         c, r = _value(cost, o), _value(reserve, o)
         n = (nfe - r) // c
@@ -111,12 +109,10 @@ def sigma_of(sde, t):
 # ---- the schedule of a grid: float64 coefficients, cast once ----------------------------------------------
 
 class Schedule:
-    """Everything a step needs on a grid t_0 > t_1 > ... > t_N, computed once in float64 and kept as Python
-    floats (passed to kernels as arguments: no per-step device copy or host sync). At the grid points: t, m, s;
-    for step i (t_i -> t_{i+1}, dt = t_i - t_{i+1}): the forward kernel's r = m_i / m_{i+1} and std G
-    (``SDE.transition``), the Euler-Maruyama coefficients em = -a(t_i) dt and gn = g(t_i) sqrt(dt).
-    ``t_d`` holds the times as a tensor of the sampling dtype for the score. ``coef(fn)`` caches further
-    per-step coefficients fn(schedule) -> tuple of float64 tensors."""
+    """What a step needs on a grid t_0 > ... > t_N, computed once in float64 and kept as Python floats (kernel
+    arguments: no per-step device copy or host sync): t, m, s; for step i (t_i -> t_{i+1}, dt) the forward
+    kernel's r = m_i / m_{i+1} and std G (``SDE.transition``), em = -a(t_i) dt, gn = g(t_i) sqrt(dt); ``t_d``
+    the times as a tensor for the score; ``coef(fn)`` caches more, fn(schedule) -> float64 tensors."""
 
     def __init__(self, sde, times: torch.Tensor, like: torch.Tensor):
         t = times.to(torch.float64)

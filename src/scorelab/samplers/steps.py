@@ -76,5 +76,3 @@ def renoise(x, i, S, generator):
 
 PREDICTORS = {"reverse_diffusion": reverse_diffusion, "euler_maruyama": euler_maruyama, "ancestral": ancestral}
 CORRECTORS = {"langevin": langevin, "ald": ald, "none": None}
-
-__all__ = ["PREDICTORS", "CORRECTORS", "renoise", *PREDICTORS, "langevin", "ald"]
