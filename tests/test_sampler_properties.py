@@ -40,7 +40,7 @@ def make_sde(kind, a, b):
 
 
 # the processes item 5 of issue 15 found NaN on, plus random ones around them
-EXTREME = [("ve", 1e-5, 1e4), ("vp", 0.1, 100.0), ("vp", 1e-4, 1e3)]
+EXTREME = [("ve", 1e-5, 1e4), ("vp", 0.1, 100.0), ("vp", 1e-4, 300.0)]
 processes = st.one_of(
     st.sampled_from(EXTREME),
     st.tuples(st.just("ve"), st.floats(1e-5, 0.1), st.floats(1.0, 1e4)),
@@ -53,8 +53,8 @@ processes = st.one_of(
        method=st.sampled_from(samplers()), nfe=st.integers(2, 40))
 def test_finite_input_gives_finite_samples_or_one_clear_refusal(proc, dtype, method, nfe):
     """No NaN/inf is ever returned: either finite samples in the requested dtype, or one ValueError line where the
-    dtype cannot hold the run (float16 with an unstable few-step Euler-Maruyama on sigma_max = 1e4; float32 on
-    VPSDE(1e-4, 1e3), whose m(T) ~ 1e-109 loses every digit). float64 always samples."""
+    dtype cannot hold the run (float16 with an unstable few-step Euler-Maruyama on sigma_max = 1e4). float64
+    always samples. (VPSDE(1e-4, 1e3), m(T) ~ 1e-109, is refused at construction.)"""
     sde = make_sde(*proc)
     opts = {"energy_fn": energy} if method == "mala" else {}
     try:

@@ -194,6 +194,7 @@ def test_prior_sampling_is_reproducible():
     (lambda: VESDE(sigma_min=2.0, sigma_max=1.0), "sigma_min < sigma_max"),
     (lambda: VESDE(sigma_min=-1.0), "positive"),
     (lambda: VPSDE(beta_min=5.0, beta_max=1.0), "beta_min"),
+    (lambda: VPSDE(beta_min=1e-4, beta_max=1e3), "no sampler resolves it"),
     (lambda: VPSDE(schedule="quadratic"), "linear"),
     (lambda: VPSDE(N=0), "N"),
 ])

@@ -296,6 +296,10 @@ def _beta_schedule(name: str, beta_min: float, beta_max: float) -> _BetaSchedule
             raise ValueError(f"beta_min must be >= 0 and beta_max > 0, got {beta_min}, {beta_max}.")
         if beta_min > beta_max:
             raise ValueError(f"beta_min must not exceed beta_max, got beta_min={beta_min} > beta_max={beta_max}.")
+        if 0.5 * (beta_min + beta_max) > 200:  # int_0^1 beta: alpha_bar(1) = exp(-it) underflows what steps resolve
+            raise ValueError(f"int_0^1 beta = {0.5 * (beta_min + beta_max):.4g} > 200 leaves alpha_bar(1) = exp(-that) "
+                             "(the data's scale m(T) below 1e-43): no sampler resolves it, even in float64; keep "
+                             "beta_min + beta_max <= 400 (Song et al. 2021 use 0.1 and 20).")
         return LinearBeta(float(beta_min), float(beta_max))
     if name == "cosine":
         return TruncatedCosineBeta()
