@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from scorelab.ladders import (
-    cosine_betas,
+    clipped_cosine_betas,
     geometric_sigmas,
     ladder_of,
     ladder_ratio,
@@ -158,7 +158,7 @@ def test_cosine_betas_are_the_cosine_vp_sde_chain_up_to_its_time_truncation():
     # of Nichol & Dhariwal (alpha_bar_i = f(i/N) / f(0)) is the SDE's marginal at t = i / (N t_max), for every
     # i <= N t_max. Beyond that (the last 5 steps) the discrete betas run to 1 and are clipped at 0.999.
     N, t_max = 1000, 0.9946
-    b = cosine_betas(N)
+    b = clipped_cosine_betas(N)
     sde = VPSDE(schedule="cosine")
     abar = torch.cumprod(1 - b, 0)
     i = torch.arange(1, N + 1, dtype=torch.float64)
@@ -172,8 +172,8 @@ def test_cosine_betas_are_the_cosine_vp_sde_chain_up_to_its_time_truncation():
 
 
 def test_beta_schedules_reject_bad_input():
-    for call in (lambda: linear_betas(0), lambda: linear_betas(10, 0.1, 0.01), lambda: cosine_betas(10, s=-1),
-                 lambda: cosine_betas(10, max_beta=0.0), lambda: vpsde_for_betas(cosine_betas(100))):
+    for call in (lambda: linear_betas(0), lambda: linear_betas(10, 0.1, 0.01), lambda: clipped_cosine_betas(10, s=-1),
+                 lambda: clipped_cosine_betas(10, max_beta=0.0), lambda: vpsde_for_betas(clipped_cosine_betas(100))):
         with pytest.raises(ValueError):
             call()
 

@@ -13,6 +13,7 @@ from scorelab.oracle import GaussianMixture
 from scorelab.samplers import SampleResult, sample, samplers
 from scorelab.samplers.grids import end_time, karras, log_snr_uniform, uniform_t
 from scorelab.sde import VESDE, VPSDE, SubVPSDE
+from scorelab.solvers import SOLVERS, integrate
 
 F64 = torch.float64
 
@@ -208,20 +209,30 @@ def _slope(nfes, errs):
     return float(-((lx - lx.mean()) * (ly - ly.mean())).sum() / ((lx - lx.mean()) ** 2).sum())
 
 
-@pytest.mark.parametrize("method,opts,order,nfes", [
-    ("ode", {"solver": "euler"}, 1, (40, 80, 160)),
-    ("ode", {"solver": "heun"}, 2, (40, 80, 160)),
-    ("ode", {"solver": "rk4"}, 4, (40, 80, 160)),
-    ("dpm_solver", {"order": 1, "multistep": False}, 1, (10, 20, 40)),
-    ("dpm_solver", {"order": 2, "multistep": False}, 2, (20, 40, 80)),
-    ("dpm_solver", {"order": 3, "multistep": False}, 3, (120, 240, 480)),
+@pytest.mark.parametrize("method,opts,nfes", [
+    ("ode", {"solver": "euler"}, (40, 80, 160)),
+    ("ode", {"solver": "midpoint"}, (40, 80, 160)),
+    ("ode", {"solver": "heun"}, (40, 80, 160)),
+    ("ode", {"solver": "heun3"}, (60, 120, 240)),
+    ("ode", {"solver": "rk4"}, (40, 80, 160)),
+    ("dpm_solver", {"order": 1, "multistep": False}, (10, 20, 40)),
+    ("dpm_solver", {"order": 2, "multistep": False}, (20, 40, 80)),
+    ("dpm_solver", {"order": 3, "multistep": False}, (120, 240, 480)),
     # multistep: the first-order warm-up step caps the global order of 2M and 3M at 2
-    ("dpm_solver", {"order": 2, "lower_order_final": False}, 2, (10, 20, 40)),
-    ("dpm_solver", {"order": 3, "lower_order_final": False}, 2, (60, 120, 240)),
-    ("edm_heun", {}, 2, (21, 41, 81)),
+    ("dpm_solver", {"order": 2, "lower_order_final": False}, (10, 20, 40)),
+    ("dpm_solver", {"order": 3, "lower_order_final": False}, (60, 120, 240)),
+    ("edm_heun", {"sigma_max": 1e6}, (21, 41, 81)),  # start at T, where the exact flow starts
 ])
-@pytest.mark.parametrize("sde", [VESDE(0.01, 10.0), VPSDE()], ids=["ve", "vp"])
-def test_order_of_convergence(sde, method, opts, order, nfes):
+@pytest.mark.parametrize("sde", [VESDE(0.01, 10.0), VPSDE(), SubVPSDE()], ids=["ve", "vp", "subvp"])
+def test_order_of_convergence(sde, method, opts, nfes):
+    """The measured order equals the declared one: a solver's tableau (SOLVERS[name].order), DPM-Solver's
+    ``order`` (capped at 2 for multistep), EDM's Heun (the "heun" tableau)."""
+    if method == "ode":
+        order = SOLVERS[opts["solver"]].order
+    elif method == "dpm_solver":
+        order = opts["order"] if opts.get("multistep") is False else min(opts["order"], 2)
+    else:
+        order = SOLVERS["heun"].order
     mu, Q, lam, gmm = _gaussian_problem()
     shape = (64, 2)
     x_T = sde.prior_sampling(shape, generator=gen(3), dtype=F64)
@@ -229,12 +240,36 @@ def test_order_of_convergence(sde, method, opts, order, nfes):
     exact = _exact_flow(sde, mu, Q, lam, x_T, 0.0 if method == "edm_heun" else t_end)
     if method == "dpm_solver":
         opts = {**opts, "sigma_min": 0.002}
+    if method == "ode":  # rho-spacing keeps the steps in sigma smooth near eps (uniform t has s ~ sqrt(t))
+        opts = {**opts, "grid": "karras"}
     errs = []
     for nfe in nfes:
         x = sample(gmm.score_fn(sde), sde, shape, method=method, nfe=nfe, generator=gen(3), dtype=F64, **opts).x
         errs.append(float((x - exact).abs().max()))
     slope = _slope(nfes, errs)
-    assert abs(slope - order) < 0.35 or (slope > order and errs[-1] < 1e-9), (slope, errs)
+    # at least the declared order (midpoint is third order on this Gaussian flow in EDM's variables)
+    assert order - 0.35 < slope < order + 1.1 or (slope > order and errs[-1] < 1e-9), (slope, errs)
+
+
+def test_fixed_step_solvers_declare_their_order_on_a_closed_form_ode():
+    """dy/dt = -2 t y^2 (y = 1 / (1 + t^2)), non-autonomous and nonlinear: integrate() reaches each tableau's
+    declared order, on a tensor and on a tuple state alike."""
+    class Field:
+        def prepare(self, stage_times, times):
+            self.t = stage_times.tolist()
+
+        def __call__(self, i, j, y):
+            return tuple(-2 * self.t[i][j] * v * v for v in y)
+
+    y0 = torch.ones(3, dtype=F64)
+    for name, tab in SOLVERS.items():
+        errs = []
+        steps = (20, 40, 80)
+        for n in steps:
+            y, y2 = integrate(Field(), (y0, 2 * y0), torch.linspace(0.0, 2.0, n + 1, dtype=F64), name)
+            errs.append(float((y - 0.2).abs().max()))
+            assert torch.equal(integrate(Field(), y0, torch.linspace(0.0, 2.0, n + 1, dtype=F64), name), y)
+        assert abs(_slope(steps, errs) - tab.order) < 0.3, (name, errs)
 
 
 # ---- property test: any [B, *dims], any budget --------------------------------------------------------------

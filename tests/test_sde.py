@@ -131,13 +131,17 @@ def test_vp_discretize_is_the_ddpm_kernel_and_composes_to_the_marginal():
     assert float((torch.cumsum(torch.log1p(-cosine), 0) - log_ab).abs().max()) > 1.0
 
 
-def test_subvp_discretize_is_euler_maruyama():
-    sde = SubVPSDE(N=100)
+def test_subvp_discretize_is_the_exact_kernel_and_euler_maruyama_to_first_order():
     x = torch.randn(4, 2, dtype=F64)
     t = torch.full((4,), 0.3, dtype=F64)
-    f, G = sde.discretize(x, t)
-    drift, g = sde.sde(x, t)
-    assert torch.allclose(f, drift * 0.01) and torch.allclose(G, g * 0.1)
+    drift, g = SubVPSDE().sde(x, t)
+    for N in (100, 1000):
+        sde = SubVPSDE(N=N)
+        f, G = sde.discretize(x, t)
+        r, std = sde.transition(t - 1 / N, t)
+        assert torch.allclose(f, (r - 1)[:, None] * x) and torch.allclose(G, std)
+        # the kernel's mean and variance agree with Euler-Maruyama's up to O(dt^2)
+        assert torch.allclose(f, drift / N, rtol=5 / N) and torch.allclose(G**2, g**2 / N, rtol=20 / N)
 
 
 def test_reverse_probability_flow_of_a_gaussian(sde):
@@ -190,6 +194,7 @@ def test_prior_sampling_is_reproducible():
     (lambda: VESDE(sigma_min=2.0, sigma_max=1.0), "sigma_min < sigma_max"),
     (lambda: VESDE(sigma_min=-1.0), "positive"),
     (lambda: VPSDE(beta_min=5.0, beta_max=1.0), "beta_min"),
+    (lambda: VPSDE(beta_min=1e-4, beta_max=1e3), "no sampler resolves it"),
     (lambda: VPSDE(schedule="quadratic"), "linear"),
     (lambda: VPSDE(N=0), "N"),
 ])

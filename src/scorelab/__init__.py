@@ -8,8 +8,6 @@ for torch until something needs it. ``sl.VPSDE``, ``sl.sample``, ``sl.oracle`` .
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
@@ -21,7 +19,7 @@ _NAMES = {
     "SDE": "sde", "VESDE": "sde", "VPSDE": "sde", "SubVPSDE": "sde",
     "ScoreModel": "models", "MLPScoreNet": "models", "UNet": "models", "EnergyNet": "models",
     "OBJECTIVES": "objectives", "make_objective": "objectives",
-    "sample": "samplers", "samplers": "samplers", "SampleResult": "samplers",
+    "sample": "samplers", "SampleResult": "samplers",
     "inpaint": "conditional", "colorize": "conditional",
     "log_likelihood": "likelihood", "bits_per_dim": "likelihood",
     "encode": "latent", "decode": "latent", "interpolate": "latent",
@@ -55,19 +53,6 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-class _Package(types.ModuleType):
-    """``sl.samplers`` is the function listing the methods (as it always was), although ``scorelab.samplers`` is
-    also a subpackage: importing the subpackage must not rebind the public name to the module."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "samplers" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from . import (
         conditional,
@@ -82,6 +67,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         models,
         objectives,
         oracle,
+        samplers,  # a callable module: sl.samplers() lists the methods
         sure,
         tweedie,
     )
@@ -93,7 +79,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .models import EnergyNet, MLPScoreNet, ScoreModel, UNet
     from .objectives import OBJECTIVES, make_objective
     from .run import Run, load
-    from .samplers import SampleResult, sample, samplers
+    from .samplers import SampleResult, sample
     from .sde import SDE, VESDE, VPSDE, SubVPSDE
     from .sure import sure_loss
     from .tweedie import denoise

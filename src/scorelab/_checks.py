@@ -17,6 +17,15 @@ def batch_view(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 
+def axpy(x: torch.Tensor, v: torch.Tensor, a: float, inplace: bool = False) -> torch.Tensor:
+    """x + a v for a Python float a: one fused kernel (``alpha=``) when a fits x's dtype, else applied as two
+    square-root factors so that a low-precision dtype never holds a itself (float16 with a = s^2 = 1e8)."""
+    if abs(a) <= torch.finfo(x.dtype).max:
+        return x.add_(v, alpha=a) if inplace else torch.add(x, v, alpha=a)
+    k = math.sqrt(abs(a))
+    return x.add_(math.copysign(k, a) * (k * v)) if inplace else x + math.copysign(k, a) * (k * v)
+
+
 def check_batch(x: torch.Tensor, name: str = "x") -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape [B, *dims], got {type(x).__name__}.")

@@ -22,159 +22,47 @@ Colorization is the same thing in a rotated space. An orthogonal 3x3 matrix A wh
 Since A is orthogonal and the forward noise is isotropic, u follows the same SDE as x with score
 A score(A^T u, t); so colorization = inpainting of u with the first channel known, mapped back by A^T.
 
-The predictor and corrector steps below are small stateless functions built on ``sde.reverse(score_fn)``;
-they return (x, x_mean) where x_mean is the step without its final noise.
+All of it runs in the one sampling loop: ``sample(..., project=replace)`` applies the constraint after every
+step of any method (and RePaint's repeats are ``resample`` of the PC family).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
-from ._checks import batch_view, check_batch, check_finite, check_positive
+from ._checks import batch_view, check_batch, check_finite
+from .samplers import SampleResult, sample, samplers
+from .samplers._common import gaussian
 from .sde import SDE
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@dataclass
-class ConditionalResult:
-    """x: [B, *dims] samples with the known entries equal to the data; nfe: score evaluations used;
-    steps: number of time steps taken from T to eps."""
+ConditionalResult = SampleResult  # x [B, *dims] with the known entries equal to the data; nfe; steps
 
-    x: torch.Tensor
-    nfe: int
-    steps: int
-
-
-# ---- steps (pure functions of their inputs and a generator) ----
-
-def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-
-
-def reverse_diffusion_step(rsde, x, t, dt: float, generator=None):
-    """Reverse-diffusion predictor (Song et al. 2021, eq. 47): x_{t-dt} = x_t - rev_f + rev_G z, with
-    rev_f = f - G^2 score from the forward discretisation (SMLD for VE, DDPM for VP). x [B, *dims], t [B]."""
-    rev_f, rev_G = rsde._discretize(x, t, dt)
-    x_mean = x - rev_f
-    return x_mean + batch_view(rev_G, x) * _noise(x, generator), x_mean
-
-
-def euler_maruyama_step(rsde, x, t, dt: float, generator=None):
-    """Euler-Maruyama on the reverse SDE: x_{t-dt} = x_t - [f - g^2 score] dt + g sqrt(dt) z."""
-    drift, g = rsde._sde(x, t)
-    x_mean = x - drift * dt
-    return x_mean + batch_view(g, x) * math.sqrt(dt) * _noise(x, generator), x_mean
-
-
-def probability_flow_step(rsde, x, t, dt: float, generator=None):
-    """Euler on the probability-flow ODE dx/dt = f - 1/2 g^2 score (``rsde`` built with probability_flow)."""
-    drift, _ = rsde._sde(x, t)
-    x_mean = x - drift * dt
-    return x_mean, x_mean
-
-
-def langevin_step(score_fn: ScoreFn, sde: SDE, x, t, dt: float, snr: float, generator=None):
-    """Langevin corrector with the signal-to-noise rule (Song et al. 2021, Alg. 4/5):
-
-        eps = 2 alpha (snr ||z|| / ||score||)^2,   x <- x + eps score + sqrt(2 eps) z,
-
-    with the norms averaged over the batch and alpha = (m(t) / m(t - dt))^2 (1 - beta_i for DDPM's chain,
-    1 for VE), so no process needs special-casing.
-    """
-    grad = score_fn(x, t)
-    z = _noise(x, generator)
-    grad_norm = grad.reshape(x.shape[0], -1).norm(dim=1).mean()  # reshape: x may be [B] alone
-    noise_norm = z.reshape(x.shape[0], -1).norm(dim=1).mean()
-    alpha = (sde.marginal_scale(t) / sde.marginal_scale((t - dt).clamp_min(0.0))) ** 2
-    step = batch_view(2 * alpha * (snr * noise_norm / grad_norm.clamp_min(1e-30)) ** 2, x)
-    x_mean = x + step * grad
-    return x_mean + torch.sqrt(2 * step) * z, x_mean
-
-
-def forward_renoise(sde: SDE, x, t_from, t_to, generator=None):
-    """Draw x_{t_to} ~ p(x_{t_to} | x_{t_from}) for t_from < t_to: the forward kernel of a linear SDE,
-    N((m(t_to)/m(t_from)) x, s(t_to)^2 - (m(t_to)/m(t_from))^2 s(t_from)^2). Used by RePaint's jumps."""
-    ratio = sde.marginal_scale(t_to) / sde.marginal_scale(t_from)
-    var = sde.marginal_std(t_to) ** 2 - (ratio * sde.marginal_std(t_from)) ** 2
-    return batch_view(ratio, x) * x + batch_view(var.clamp_min(0.0).sqrt(), x) * _noise(x, generator)
-
-
-# method name -> (predictor, default number of corrector steps, predictor runs the probability-flow ODE)
-_METHODS = {
-    "pc": (reverse_diffusion_step, 1, False),
-    "reverse_diffusion": (reverse_diffusion_step, 0, False),
-    "euler_maruyama": (euler_maruyama_step, 0, False),
-    "ode": (probability_flow_step, 0, True),
-}
+_DETERMINISTIC = ("ode", "dpm_solver", "edm_heun")  # one smooth path for the known entries: z drawn once
 
 
 def methods() -> list[str]:
-    """Names accepted by ``inpaint(method=...)`` and ``colorize(method=...)``."""
-    return list(_METHODS)
+    """Names accepted by ``inpaint(method=...)`` and ``colorize(method=...)``: every method of ``sample``
+    that steps in time from T (the fixed-time Langevin samplers have no time to impose the constraint at)."""
+    return [m for m in samplers() if m not in ("langevin", "mala")]
 
-
-# ---- the shared loop ----
 
 def sample_with_replacement(score_fn: ScoreFn, sde: SDE, shape, replace, *, method: str = "pc", nfe: int = 400,
-                            generator: torch.Generator | None = None, corrector_steps: int | None = None,
-                            snr: float = 0.16, resample: int = 1, eps: float = 1e-3, device=None,
-                            dtype: torch.dtype = torch.float32) -> ConditionalResult:
-    """Reverse-time sampling from p_T with ``replace(x, t) -> x`` applied after every update.
-
-    ``replace`` imposes the constraint at time t [B] (for inpainting: overwrite the known entries with a
-    noisy copy of the data). Steps: N = nfe // (resample * (1 + corrector_steps)) uniform steps from T to eps;
-    each step does ``corrector_steps`` Langevin moves at t and one predictor move to t - dt, and, when
-    ``resample`` = r > 1, re-noises back to t and repeats, r times in all (RePaint with jump length 1).
-    Returns the last predictor mean (no noise added at the end), its nfe and N.
-    """
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a forward process such as VPSDE() or VESDE(), got {type(sde).__name__}.")
+                            generator: torch.Generator | None = None, device=None,
+                            dtype: torch.dtype = torch.float32, **options) -> ConditionalResult:
+    """Reverse-time sampling from p_T with ``replace(x, t [B]) -> x`` applied after every update: ``sample``
+    with ``project=replace`` (``options`` go to the method). Returns the final x, its nfe and steps."""
     if not callable(replace):
         raise TypeError("replace must be a callable replace(x, t) -> x imposing the constraint at time t.")
-    if method not in _METHODS:
+    if method not in methods():
         raise ValueError(f"Unknown method {method!r}; choose one of {methods()}.")
-    shape = tuple(int(n) for n in shape)
-    predictor, default_corr, pf = _METHODS[method]
-    corrector_steps = default_corr if corrector_steps is None else corrector_steps
-    if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, int) or corrector_steps < 0:
-        raise ValueError(f"corrector_steps must be an integer >= 0, got {corrector_steps!r}.")
-    if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
-        raise ValueError(f"resample must be an integer >= 1 (1 = no RePaint jumps), got {resample!r}.")
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-        raise ValueError(f"nfe must be a positive integer (the budget of score evaluations), got {nfe!r}.")
-    snr = check_positive(snr, "snr")
-    eps = check_positive(eps, "eps")
-    if eps >= sde.T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps}; 1e-3 is the usual choice.")
-    cost = resample * (1 + corrector_steps)
-    steps = nfe // cost
-    if steps < 1:
-        raise ValueError(f"nfe={nfe} is too small: with method={method!r}, corrector_steps={corrector_steps} "
-                         f"and resample={resample} one step costs {cost} score evaluations; pass nfe >= {cost}.")
-    rsde = sde.reverse(score_fn, probability_flow=pf)
-    if generator is not None and device is None:
-        device = generator.device
-    ts = torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64).tolist()
-    x = replace(sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype),
-                torch.full(shape[:1], ts[0], dtype=dtype, device=device))
-    x_mean = x
-    for i in range(steps):
-        t = torch.full(shape[:1], ts[i], dtype=dtype, device=device)
-        t_next = torch.full(shape[:1], ts[i + 1], dtype=dtype, device=device)
-        dt = ts[i] - ts[i + 1]
-        for r in range(resample):
-            for _ in range(corrector_steps):
-                x = replace(langevin_step(score_fn, sde, x, t, dt, snr, generator)[0], t)
-            x, x_mean = predictor(rsde, x, t, dt, generator)
-            x = replace(x, t_next)
-            if r < resample - 1:  # RePaint jump: back to t, so the next pass sees the constraint again
-                x = replace(forward_renoise(sde, x, t_next, t, generator), t)
-    return ConditionalResult(x_mean, steps * cost, steps)
+    return sample(score_fn, sde, shape, method=method, nfe=nfe, generator=generator, dtype=dtype, device=device,
+                  project=replace, **options)
 
 
 # ---- inpainting ----
@@ -203,31 +91,27 @@ def inpaint(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, mask: torch.Tensor, me
     x: [B, *dims] data; its unknown entries are ignored (set them to 0) but must be finite.
     mask: same shape as x, or broadcastable to it (e.g. one [*dims] mask for the whole batch);
     1 / True = known.
-    method: "pc" (reverse diffusion + one Langevin corrector, Song et al.'s default), "reverse_diffusion",
-    "euler_maruyama" or "ode" (probability flow; the known entries then follow m(t) x + s(t) z with one z
-    drawn once, so the whole run is deterministic given it).
+    method: any of ``methods()``: "pc" (reverse diffusion + one Langevin corrector, Song et al.'s default),
+    "reverse_diffusion", "euler_maruyama", "ancestral", ..., or a deterministic one ("ode", "dpm_solver",
+    "edm_heun": the known entries then follow m(t) x + s(t) z with one z drawn once, so the whole run is
+    deterministic given it).
     nfe: budget of score evaluations (never exceeded).
-    options: ``corrector_steps`` (int), ``snr`` (default 0.16, Song et al.'s CIFAR-10 VE value),
-    ``resample`` (RePaint repeats per step, default 1 = off; costs a factor ``resample`` in nfe at fixed
-    steps), ``eps`` (final time, default 1e-3).
+    options: the method's (``samplers.options_of``), e.g. for the PC family ``corrector_steps``, ``snr`` (0.16,
+    Song et al.'s CIFAR-10 VE value), ``resample`` (RePaint repeats per step, 1 = off), ``eps`` (1e-3).
 
     Returns ConditionalResult(x [B, *dims], nfe, steps) with res.x == x exactly where mask == 1.
     """
     if not callable(score_fn):
         raise TypeError("score_fn must be a callable score_fn(x, t) -> tensor shaped like x.")
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a forward process such as VPSDE() or VESDE(), got {type(sde).__name__}.")
-    check_batch(x)
+    check_batch(x)  # the sde and the options are checked by ``sample`` before anything runs
     check_finite(x, "x (set the unknown entries to 0: they are ignored)")
     known = _check_mask(mask, x)
     unknown = 1 - known
     data = x.detach() * known
-    fixed_z = None
-    if method == "ode":  # a deterministic sampler wants one smooth path for the known entries
-        fixed_z = _noise(x, generator)
+    fixed_z = gaussian(x, generator) if method in _DETERMINISTIC else None
 
     def replace(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        z = fixed_z if fixed_z is not None else _noise(xt, generator)
+        z = fixed_z if fixed_z is not None else gaussian(xt, generator)
         noisy = batch_view(sde.marginal_scale(t), xt) * data + batch_view(sde.marginal_std(t), xt) * z
         return unknown * xt + known * noisy
 

@@ -224,9 +224,11 @@ def linear_betas(N: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
     return torch.linspace(beta_start, beta_end, N, dtype=torch.float64)
 
 
-def cosine_betas(N: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+def clipped_cosine_betas(N: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """beta_i = min(1 - abar(i/N) / abar((i-1)/N), max_beta), abar(t) = f(t)/f(0),
-    f(t) = cos(((t + s) / (1 + s)) pi / 2)^2: [N] float64 (Nichol & Dhariwal 2021; s = 0.008, clip 0.999)."""
+    f(t) = cos(((t + s) / (1 + s)) pi / 2)^2: [N] float64 (Nichol & Dhariwal 2021; s = 0.008, clip 0.999).
+    A different schedule from VPSDE(schedule="cosine") (``sde.TruncatedCosineBeta``), which truncates time at
+    0.9946 instead of clipping beta, hence the distinct names."""
     N = _check_int(N, "N (number of diffusion steps)", 1)
     if not (s >= 0 and math.isfinite(s)):
         raise ValueError(f"s must be a finite offset >= 0, got {s!r}.")
@@ -283,6 +285,6 @@ def vpsde_for_betas(betas: torch.Tensor) -> VPSDE:
 
 __all__ = [
     "geometric_sigmas", "ladder_ratio", "sigma_max_from_data", "noise_ratio", "num_noise_levels", "ncsn_ladder",
-    "langevin_step_size", "linear_betas", "cosine_betas", "vesde_for_ladder", "ladder_times", "ladder_of",
+    "langevin_step_size", "linear_betas", "clipped_cosine_betas", "vesde_for_ladder", "ladder_times", "ladder_of",
     "vpsde_for_betas",
 ]

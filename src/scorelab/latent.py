@@ -8,9 +8,8 @@ moves samples of p_t along a deterministic, invertible flow that keeps every mar
 small eps up to T maps data x to a latent z ("encode"); solving it back from T to eps maps z to data
 ("decode"). With an exact score and an accurate solver, decode(encode(x)) = x, and z ~ p_T ~ the prior.
 
-The ODE solves are done by torchdiffeq (Chen et al. 2018): adaptive Dormand-Prince ("dopri5", the default,
-as in Song et al. 2021 with rtol = atol = 1e-5) or any fixed-step method with ``steps=``. Shapes are
-[B, *dims] throughout; nothing leaves the device during a solve.
+Solved by ``scorelab.solvers``: adaptive "dopri5" (the default, rtol = atol = 1e-5 as Song et al. 2021) or a
+fixed-step tableau with ``steps=``. Shapes are [B, *dims]; nothing leaves the device during a solve.
 """
 
 from __future__ import annotations
@@ -18,75 +17,37 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torchdiffeq import odeint
 
 from ._checks import batch_view, check_batch, check_finite
+from .samplers._common import CountedScore
+from .samplers.ode import ProbabilityFlow
 from .sde import SDE
+from .solvers import ADAPTIVE, solve
+from .solvers import SOLVERS as FIXED
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-# Our names -> torchdiffeq's. Adaptive methods use rtol/atol; fixed-step ones need ``steps``.
-ADAPTIVE_SOLVERS = {"dopri5": "dopri5", "dopri8": "dopri8", "bosh3": "bosh3", "fehlberg2": "fehlberg2",
-                    "adaptive_heun": "adaptive_heun"}
-FIXED_SOLVERS = {"euler": "euler", "midpoint": "midpoint", "heun": "heun2", "heun2": "heun2", "heun3": "heun3",
-                 "rk4": "rk4"}
-SOLVERS = tuple(ADAPTIVE_SOLVERS) + tuple(FIXED_SOLVERS)
-
-
-class CountingScore:
-    """Wraps a score function and counts its (batched) calls: the number of function evaluations, nfe."""
-
-    def __init__(self, score_fn: ScoreFn):
-        self.score_fn = score_fn
-        self.nfe = 0
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.nfe += 1
-        return self.score_fn(x, t)
-
-
-def probability_flow_drift(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """f~(x, t) = f(x, t) - 1/2 g(t)^2 score(x, t), [B, *dims]; t is [B]. Unchecked (inner loops)."""
-    f, g = sde._sde(x, t)
-    return f - 0.5 * batch_view(g * g, x) * score_fn(x, t)
+SOLVERS = (*ADAPTIVE, *FIXED)
 
 
 def check_solver_options(sde: SDE, solver: str, rtol: float, atol: float, steps: int | None, eps: float):
-    """Validate the ODE options shared by encode/decode/log_likelihood; returns torchdiffeq's method name."""
+    """Validate the ODE options shared by encode/decode/log_likelihood (fixed: steps; adaptive: rtol/atol)."""
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scorelab SDE (VESDE/VPSDE/SubVPSDE), got {type(sde).__name__}.")
-    if solver in ADAPTIVE_SOLVERS:
-        for name, tol in (("rtol", rtol), ("atol", atol)):
-            if not isinstance(tol, (int, float)) or not tol > 0:
-                raise ValueError(f"{name} must be a positive number, got {tol!r}.")
+    if solver not in SOLVERS:
+        raise ValueError(f"Unknown solver {solver!r}; choose one of {SOLVERS}.")
+    if solver in ADAPTIVE:
         if steps is not None:
             raise ValueError(f"solver={solver!r} is adaptive and takes rtol/atol, not steps; "
-                             f"for a fixed number of steps use one of {tuple(FIXED_SOLVERS)}.")
-    elif solver in FIXED_SOLVERS:
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"solver={solver!r} is a fixed-step method: pass steps= (a positive integer), "
-                             f"got steps={steps!r}.")
-    else:
-        raise ValueError(f"Unknown solver {solver!r}; choose one of {SOLVERS}.")
-    if not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
+                             f"for a fixed number of steps use one of {FIXED}.")
+        for name, tol in (("rtol", rtol), ("atol", atol)):
+            if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+                raise ValueError(f"{name} must be a positive number, got {tol!r}.")
+    elif isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"solver={solver!r} is a fixed-step method: pass steps= (a positive integer), "
+                         f"got steps={steps!r}.")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
         raise ValueError(f"eps (the start time of the ODE) must lie in (0, T={sde.T}), got {eps!r}; "
                          "use a small positive value such as 1e-5 (the score is singular at t = 0).")
-    return ADAPTIVE_SOLVERS.get(solver) or FIXED_SOLVERS[solver]
-
-
-def solve_ode(func, y0, t0: float, t1: float, method: str, rtol: float, atol: float, steps: int | None,
-              like: torch.Tensor):
-    """Integrate dy/dt = func(t, y) from t0 to t1 (either direction) with torchdiffeq; returns y(t1).
-
-    ``func`` takes a scalar time tensor and the state (a tensor or a tuple of tensors)."""
-    ts = torch.tensor([t0, t1], dtype=like.dtype, device=like.device)
-    if steps is None:
-        # step_t makes the last step land on t1: torchdiffeq would otherwise step past it and interpolate back,
-        # evaluating the score outside [eps, T] (VE's s(t) is NaN for t < 0)
-        out = odeint(func, y0, ts, method=method, rtol=rtol, atol=atol, options={"step_t": ts})
-    else:
-        out = odeint(func, y0, ts, method=method, options={"step_size": abs(t1 - t0) / steps})
-    return tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]
 
 
 def _flow(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t0: float, t1: float, solver: str, rtol: float,
@@ -95,16 +56,11 @@ def _flow(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t0: float, t1: float, so
         raise TypeError("score_fn must be a callable score_fn(x, t) -> tensor shaped like x.")
     check_batch(x, name)
     check_finite(x, name)
-    method = check_solver_options(sde, solver, rtol, atol, steps, eps)
-    counted = CountingScore(score_fn)
-    B = x.shape[0]
-
-    def func(t, y):
-        return probability_flow_drift(counted, sde, y, t.expand(B))
-
+    check_solver_options(sde, solver, rtol, atol, steps, eps)
+    counted = CountedScore(score_fn)
     with torch.no_grad():
-        out = solve_ode(func, x, t0, t1, method, rtol, atol, steps, like=x)
-    return out, counted.nfe
+        out = solve(ProbabilityFlow(counted, sde), x, t0, t1, solver, rtol, atol, steps)
+    return out, counted.count
 
 
 def encode(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, solver: str = "dopri5", rtol: float = 1e-5,

@@ -32,8 +32,11 @@ import torch
 
 from ._checks import check_batch, check_finite
 from .divergence import PROBES, divergence_exact, divergence_hutchinson, sample_probes
-from .latent import CountingScore, check_solver_options, probability_flow_drift, solve_ode
+from .latent import check_solver_options
+from .samplers._common import CountedScore
+from .samplers.ode import ProbabilityFlow
 from .sde import SDE
+from .solvers import solve
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DIVERGENCES = ("exact", "hutchinson")
@@ -90,38 +93,20 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, generator: torc
         raise ValueError(f"Unknown probe {probe!r}; choose one of {PROBES}.")
     if not isinstance(n_probes, int) or isinstance(n_probes, bool) or n_probes < 1:
         raise ValueError(f"n_probes must be a positive integer (probes per example), got {n_probes!r}.")
-    method = check_solver_options(sde, solver, rtol, atol, steps, eps)
+    check_solver_options(sde, solver, rtol, atol, steps, eps)
     if prior is not None and not callable(prior):
         raise TypeError("prior must be a callable z -> log p_T(z) of shape [B], or None for sde.prior_logp.")
     if dtype is not None:
         x = x.to(dtype)
     prior = sde.prior_logp if prior is None else prior
 
-    def checked_score(y, t):  # a shape check costs no host sync, so every evaluation gets one
-        out = score_fn(y, t)
-        if not isinstance(out, torch.Tensor) or out.shape != y.shape:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"score_fn returned {got} for x of shape {tuple(y.shape)}; a score is shaped like x.")
-        return out
-
-    counted = CountingScore(checked_score)
+    counted = CountedScore(score_fn)  # checks the score's output shape on every call
     B = x.shape[0]
     probes = (sample_probes(x, n_probes, probe, generator) if divergence == "hutchinson" else None)
-
-    def func(t, state):
-        y, _ = state
-        tb = t.expand(B)
-        drift = lambda v: probability_flow_drift(counted, sde, v, tb)  # noqa: E731
-        if probes is None:
-            div, f = divergence_exact(drift, y)
-        else:
-            div, f = divergence_hutchinson(drift, y, probes=probes)
-        # the graph built for the divergence is not needed past this evaluation
-        return f.detach(), div.detach()
-
+    field = _JointFlow(ProbabilityFlow(counted, sde), probes)
     with torch.no_grad():
         try:
-            z, delta = solve_ode(func, (x, x.new_zeros(B)), float(eps), sde.T, method, rtol, atol, steps, like=x)
+            z, delta = solve(field, (x, x.new_zeros(B)), float(eps), sde.T, solver, rtol, atol, steps)
         except AssertionError as err:  # torchdiffeq asserts on a step-size underflow or a non-finite state
             raise ValueError(f"the probability-flow ODE could not be solved ({' '.join(str(err).split())[:120]}): the "
                              "score is NaN/inf somewhere on the path, or x lies far outside the data the score "
@@ -133,7 +118,31 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, generator: torc
         raise ValueError(f"the log-likelihood of {bad} of {B} example(s) is not finite: the score returned NaN/inf "
                          "on the path, or x lies far outside the data the score describes (check the data's units "
                          "and scaling).")
-    return LikelihoodResult(nll=-logp, nfe=counted.nfe, z=z, prior_logp=prior_logp, delta_logp=delta)
+    return LikelihoodResult(nll=-logp, nfe=counted.count, z=z, prior_logp=prior_logp, delta_logp=delta)
+
+
+class _JointFlow:
+    """d/dt [x, delta] = [f~(x, t), div f~(x, t)] for the solvers of ``scorelab.solvers`` (fixed-step and adaptive)."""
+
+    def __init__(self, flow: ProbabilityFlow, probes):
+        self.flow, self.probes = flow, probes
+
+    def prepare(self, stage_times, times):
+        self.flow.prepare(stage_times, times)
+
+    def _joint(self, drift, y):
+        if self.probes is None:
+            div, f = divergence_exact(drift, y)
+        else:
+            div, f = divergence_hutchinson(drift, y, probes=self.probes)
+        # the graph built for the divergence is not needed past this evaluation
+        return f.detach(), div.detach()
+
+    def __call__(self, i, j, state):
+        return self._joint(lambda v: self.flow(i, j, (v,))[0], state[0])
+
+    def at(self, t, state):
+        return self._joint(lambda v: self.flow.at(t, v), state[0])
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ import torch
 
 from ._checks import batch_view, check_batch
 from .divergence import divergence_exact, divergence_hutchinson, sample_probes
+from .ladders import geometric_sigmas
 from .models.parameterization import score_to_eps
 
 REDUCTIONS = ("sum", "mean")
@@ -221,7 +222,9 @@ def noise_ladder(sde, L: int = 10, sigma_min: float = 0.01, sigma_max: float | N
         sigma_max = float(sde.marginal_std(one) / sde.marginal_scale(one))
     if not 0 < sigma_min <= sigma_max:
         raise ValueError(f"need 0 < sigma_min <= sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}.")
-    return torch.logspace(math.log10(sigma_max), math.log10(sigma_min), L, dtype=torch.float64)
+    if L == 1 or sigma_min == sigma_max:
+        return torch.full((L,), float(sigma_max), dtype=torch.float64)
+    return geometric_sigmas(float(sigma_max), float(sigma_min), L)  # the one geometric ladder (ladders.py)
 
 
 def ncsn_loss(model, x: torch.Tensor, generator: torch.Generator | None = None, *, sigmas=None, L: int = 10,

@@ -30,6 +30,13 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
+def reverse_drift(a, g, x: torch.Tensor, score: torch.Tensor, c: float) -> torch.Tensor:
+    """a x - c g^2 score: the drift of the reverse-time SDE (c = 1, Anderson 1982) or of the probability-flow
+    ODE (c = 1/2, Song et al. 2021, eq. 13) of dx = a x dt + g dw. a, g broadcastable against x (or floats);
+    written g (g score) so that g^2 never overflows a low-precision dtype. The one place this formula lives."""
+    return a * x - c * g * (g * score)
+
+
 class SDE:
     """A linear forward SDE dx = a(t) x dt + g(t) dw with Gaussian transition kernel N(m(t) x_0, s(t)^2 I).
 
@@ -107,16 +114,28 @@ class SDE:
         sq = z.flatten(1).pow(2).sum(1) if z.ndim > 1 else z.pow(2)
         return -0.5 * sq / self.prior_std**2 - D * (_HALF_LOG_2PI + math.log(self.prior_std))
 
+    def transition(self, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward kernel p(x_t | x_s) = N(r x_s, v I) for s <= t: r = m(t) / m(s), v = s(t)^2 - r^2 s(s)^2.
+
+        Returns (r, sqrt(v)), shaped like s and t. Every discretisation, ancestral step and re-noising step is
+        built from it; call it in float64 and cast the result (the schedule's own precision)."""
+        r = self.marginal_scale(t) / self.marginal_scale(s)
+        v = self.marginal_std(t) ** 2 - (r * self.marginal_std(s)) ** 2
+        return r, v.clamp_min(0.0).sqrt()
+
     def _discretize(self, x: torch.Tensor, t: torch.Tensor, dt) -> tuple[torch.Tensor, torch.Tensor]:
-        # Euler-Maruyama: x_t = x_{t-dt} + f dt + g sqrt(dt) z.
-        drift, g = self._sde(x, t)
-        return drift * dt, g * math.sqrt(dt) if isinstance(dt, float) else g * dt.sqrt()
+        # the exact kernel from t - dt to t: SMLD's for VE, DDPM's for VP
+        r, G = self.transition((t - dt).clamp_min(0.0), t)
+        return batch_view(r - 1, x) * x, G
+
+    def _reverse_drift(self, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor, c: float) -> torch.Tensor:
+        return reverse_drift(batch_view(self.drift_coeff(t), x), batch_view(self.diffusion(t), x), x, score, c)
 
     def discretize(self, x: torch.Tensor, t, dt: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of the discretised forward process from t - dt to t: x_t = x_{t-dt} + f + G z.
 
-        Returns f [B, *dims] (evaluated at x = x_{t-dt}) and G [B]. VE uses the SMLD kernel, VP the DDPM
-        kernel, other processes Euler-Maruyama. ``dt`` defaults to T / N.
+        Returns f [B, *dims] (evaluated at x = x_{t-dt}) and G [B], from the exact kernel ``transition``: the
+        SMLD kernel for VE, the DDPM kernel for VP. ``dt`` defaults to T / N.
         """
         check_batch(x)
         t = check_time(t, x, self.T)
@@ -153,8 +172,8 @@ class ReverseSDE:
         return self._sde(x, check_time(t, x, self.T))
 
     def _sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        drift, g = self.forward._sde(x, t)
-        drift = drift - self._c * batch_view(g * g, x) * self.score_fn(x, t)
+        g = self.forward.diffusion(t)
+        drift = self.forward._reverse_drift(x, t, self.score_fn(x, t), self._c)
         return drift, (torch.zeros_like(g) if self.probability_flow else g)
 
     def discretize(self, x: torch.Tensor, t, dt: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,12 +233,6 @@ class VESDE(SDE):
     def t_from_log_snr(self, lam):
         return torch.log1p(torch.exp(-lam) / self.sigma_min**2) / (2 * self._log_ratio)
 
-    def _discretize(self, x, t, dt):
-        # SMLD: x_t = x_{t-dt} + sqrt(sigma(t)^2 - sigma(t-dt)^2) z.
-        s_prev = self.marginal_std((t - dt).clamp_min(0.0))
-        s_now = self.marginal_std(t)
-        return torch.zeros_like(x), torch.sqrt((s_now**2 - s_prev**2).clamp_min(0.0))
-
 
 class _BetaSchedule:
     """beta(t) together with its integral B(t) = int_0^t beta and the inverse of B."""
@@ -252,7 +265,7 @@ class LinearBeta(_BetaSchedule):
         return 2 * B / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * self._d * B))
 
 
-class CosineBeta(_BetaSchedule):
+class TruncatedCosineBeta(_BetaSchedule):
     """alpha_bar(t) = f(t) / f(0), f(t) = cos(((t_max t + s) / (1 + s)) pi / 2)^2 (Nichol & Dhariwal 2021).
 
     t_max = 0.9946 keeps alpha_bar(1) > 0 (about 7e-5), so beta(t) stays finite on [0, 1] (the same
@@ -283,9 +296,13 @@ def _beta_schedule(name: str, beta_min: float, beta_max: float) -> _BetaSchedule
             raise ValueError(f"beta_min must be >= 0 and beta_max > 0, got {beta_min}, {beta_max}.")
         if beta_min > beta_max:
             raise ValueError(f"beta_min must not exceed beta_max, got beta_min={beta_min} > beta_max={beta_max}.")
+        if 0.5 * (beta_min + beta_max) > 200:  # int_0^1 beta: alpha_bar(1) = exp(-it) underflows what steps resolve
+            raise ValueError(f"int_0^1 beta = {0.5 * (beta_min + beta_max):.4g} > 200 leaves alpha_bar(1) = exp(-that) "
+                             "(the data's scale m(T) below 1e-43): no sampler resolves it, even in float64; keep "
+                             "beta_min + beta_max <= 400 (Song et al. 2021 use 0.1 and 20).")
         return LinearBeta(float(beta_min), float(beta_max))
     if name == "cosine":
-        return CosineBeta()
+        return TruncatedCosineBeta()
     raise ValueError(f"Unknown beta schedule {name!r}; choose 'linear' or 'cosine'.")
 
 
@@ -338,18 +355,11 @@ class VPSDE(SDE):
         t = torch.arange(N + 1, dtype=dtype) / N
         return -torch.expm1(-torch.diff(self._sched.integral(t)))
 
-    def _discretize(self, x, t, dt):
-        # DDPM: x_t = sqrt(1 - beta) x_{t-dt} + sqrt(beta) z with beta = 1 - alpha_bar(t)/alpha_bar(t-dt).
-        B_prev = self._sched.integral((t - dt).clamp_min(0.0))
-        beta = -torch.expm1(B_prev - self._sched.integral(t))
-        return batch_view(torch.sqrt(1 - beta) - 1, x) * x, torch.sqrt(beta)
-
 
 class SubVPSDE(VPSDE):
     """sub-VP: dx = -1/2 beta(t) x dt + sqrt(beta(t) (1 - exp(-2 int_0^t beta))) dw (Song et al. 2021).
 
     Same mean as VP, variance s(t)^2 = (1 - exp(-int_0^t beta))^2, below VP's at every t > 0.
-    Discretised by Euler-Maruyama.
     """
 
     def diffusion(self, t):
@@ -366,5 +376,3 @@ class SubVPSDE(VPSDE):
     def t_from_log_snr(self, lam):
         return self._sched.t_from_integral(2 * torch.asinh(0.5 * torch.exp(-0.5 * lam)))
 
-    def _discretize(self, x, t, dt):
-        return SDE._discretize(self, x, t, dt)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import batch_view, check_batch, check_finite, check_time
+from ._checks import axpy, batch_view, check_batch, check_finite, check_time
 from .divergence import PROBES, divergence_exact, divergence_hutchinson, sample_probes, vjp
 from .sde import SDE
 
@@ -46,11 +46,20 @@ def _scales(sde, t, x):
     return batch_view(sde.marginal_scale(t), x), batch_view(sde.marginal_std(t), x)
 
 
+def posterior_mean(x: torch.Tensor, score: torch.Tensor, m, s) -> torch.Tensor:
+    """Tweedie's x0_hat = (x + s^2 score) / m = E[x_0 | x_t = x] (m, s floats or broadcastable against x;
+    unchecked); m = 1.0 gives m x0_hat. The one place this formula lives. With a float s it is one fused kernel
+    (s^2 in the kernel's float32-or-wider arithmetic); a tensor s is applied as s (s score), so s^2 never
+    overflows a low-precision dtype."""
+    xs = axpy(x, score, s * s) if isinstance(s, float) else x + s * (s * score)
+    return xs if isinstance(m, float) and m == 1.0 else xs / m
+
+
 def tweedie_mean(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t) -> torch.Tensor:
     """E[x_0 | x_t = x] = (x + s(t)^2 score(x, t)) / m(t), shaped like x [B, *dims]; t a float or [B]."""
     t = _checked(score_fn, sde, x, t)
     m, s = _scales(sde, t, x)
-    return (x + s * s * score_fn(x, t)) / m
+    return posterior_mean(x, score_fn(x, t), m, s)
 
 
 def score_jacobian(score_fn: ScoreFn, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

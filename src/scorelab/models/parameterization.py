@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import batch_view
+from ..tweedie import posterior_mean
 
 
 def _m_s(x: torch.Tensor, t: torch.Tensor, sde):
@@ -33,8 +34,7 @@ def eps_to_score(eps: torch.Tensor, x: torch.Tensor, t: torch.Tensor, sde) -> to
 
 def score_to_x0(score: torch.Tensor, x: torch.Tensor, t: torch.Tensor, sde) -> torch.Tensor:
     """x0_hat = (x + s(t)^2 score) / m(t): Tweedie's posterior mean E[x_0 | x_t = x]."""
-    m, s = _m_s(x, t, sde)
-    return (x + s * s * score) / m
+    return posterior_mean(x, score, *_m_s(x, t, sde))
 
 
 def x0_to_score(x0: torch.Tensor, x: torch.Tensor, t: torch.Tensor, sde) -> torch.Tensor:

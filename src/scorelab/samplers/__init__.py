@@ -1,38 +1,34 @@
-"""Sampling from a score: ``sample(score_fn, sde, shape, method=..., nfe=...)`` and ``samplers()``.
-
-Every method is one function in the table ``METHODS`` (name -> function), each in the module named after its
-mathematics: ``langevin`` (Langevin MCMC, annealed Langevin, MALA), ``reverse_sde`` (Euler-Maruyama, reverse
-diffusion, ancestral), ``pc`` (predictor-corrector), ``ode`` (probability-flow ODE), ``exponential``
-(DPM-Solver++), ``karras`` (EDM Heun); ``grids`` holds the time-step grids.
+"""Sampling from a score: ``sample`` checks the options against the method's signature, draws x_T (or takes
+``x_init``), builds the grid (any grid for any method) and the counted score, then calls
+``METHODS[name](score, sde, x, times, generator, callback, **options)``; each method lives in the module named
+after its mathematics (steps, pc, ode, exponential, karras, langevin). The package module is callable:
+``scorelab.samplers()`` lists the methods.
 """
 
 from __future__ import annotations
 
+import inspect
+import operator
+import sys
+import types
+
 import torch
 
 from ..sde import SDE
-from ._common import BudgetExceeded, CountedScore, SampleResult
-from .exponential import dpm_solver
-from .karras import edm_heun
-from .langevin import annealed_langevin, langevin, mala
-from .ode import ode
-from .pc import pc
-from .reverse_sde import ancestral, euler_maruyama, reverse_diffusion
+from . import exponential, karras, langevin, ode, pc
+from ._common import CHOICES, BudgetExceeded, CountedScore, SampleResult, check_option, check_representable, sigma_of
+from .grids import end_time, make_grid
+from .steps import CORRECTORS, PREDICTORS
 
-METHODS = {
-    "langevin": langevin,
-    "annealed_langevin": annealed_langevin,
-    "mala": mala,
-    "ancestral": ancestral,
-    "euler_maruyama": euler_maruyama,
-    "reverse_diffusion": reverse_diffusion,
-    "pc": pc,
-    "ode": ode,
-    "dpm_solver": dpm_solver,
-    "edm_heun": edm_heun,
-}
+# the modules keep their names (``scorelab.samplers.ode`` is the module); the table holds the functions
+METHODS = {f.__name__: f for f in (langevin.langevin, langevin.annealed_langevin, langevin.mala, pc.ancestral,
+                                    pc.euler_maruyama, pc.reverse_diffusion, pc.pc, ode.ode, exponential.dpm_solver,
+                                    karras.edm_heun)}
+DEFAULT_METHOD = "dpm_solver"  # the method of sample() when none is named
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_ARGS = 6  # score, sde, x, times, generator, callback
 
-__all__ = ["sample", "samplers", "SampleResult", "METHODS"]
+__all__ = ["sample", "samplers", "SampleResult", "METHODS", "DEFAULT_METHOD"]
 
 
 def samplers() -> list[str]:
@@ -40,15 +36,103 @@ def samplers() -> list[str]:
     return list(METHODS)
 
 
-def sample(score_fn, sde: SDE, shape, method: str = "dpm_solver", nfe: int = 20,
+CHOICES.update(predictor=PREDICTORS, corrector=CORRECTORS, solver=(*ode.SOLVERS, *ode.ADAPTIVE))
+
+
+def options_of(name: str) -> dict:
+    """The options of method ``name`` with their defaults."""
+    params = list(inspect.signature(METHODS[name]).parameters.values())[_ARGS:]
+    return {p.name: p.default for p in params}
+
+
+def _bind(name: str, sde: SDE, options: dict) -> dict:
+    """Options checked against the method's signature and, by name, for range; returns them with defaults."""
+    fn, known = METHODS[name], options_of(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"method {name!r} has no option {', '.join(map(repr, unknown))}; its options are "
+                        f"{', '.join(known) or 'none'} (see help({fn.__module__}.{fn.__name__})).")
+    opts = {**known, **options}
+    for key, value in opts.items():
+        check_option(key, value, sde, known[key])
+    return opts
+
+
+def _shape(shape, x_init):
+    try:
+        shape = tuple(operator.index(v) for v in shape)
+    except TypeError:
+        raise ValueError(f"shape must be a tuple of integers (B, *dims), got {shape!r}.") from None
+    if len(shape) < 1 or any(v < 1 for v in shape):
+        raise ValueError(f"shape must be (B, *dims) with positive sizes, got {shape}.")
+    return shape
+
+
+def _grid(fn, sde, steps, opts, grid):
+    if isinstance(grid, torch.Tensor):
+        times = grid.detach().to("cpu", torch.float64).reshape(-1)
+        if times.numel() < 1 or not bool(torch.isfinite(times).all()) or bool((times[1:] >= times[:-1]).any()) \
+                or float(times[0]) > sde.T or float(times[-1]) < 0:
+            raise ValueError(f"grid must be a strictly decreasing 1-D tensor of times in [0, T = {sde.T}].")
+        return times
+    if fn.grid is None and grid is None:
+        return torch.full((steps + 1,), float(opts["t"]), dtype=torch.float64)
+    t_min = end_time(sde, opts["sigma_min"]) if fn.end == "sigma_min" else float(opts.get(fn.end, fn.end))
+    t_max = None
+    if fn.begin is not None and opts[fn.begin] < float(sigma_of(sde, sde.T)):
+        t_max = end_time(sde, opts[fn.begin])
+    name = grid or fn.grid
+    rho = {"rho": opts.get("rho", 7.0)} if name == "karras" else {}
+    if t_min == 0 and name != "uniform" and steps > 1:  # a noise-level grid to sigma = 0.002 (EDM), then t = 0
+        times = make_grid(name, sde, steps - 1, end_time(sde, 0.002), t_max=t_max, **rho)
+        return torch.cat([times, times.new_zeros(1)])
+    return make_grid(name, sde, steps, t_min, t_max=t_max, **rho)
+
+
+def _start_std(sde, fn, opts, times) -> float:
+    """The std of x_T: the prior's at T; on a grid that starts at t0 < T the prior scaled by the ratio of the
+    marginal stds of unit-variance data, sqrt((m^2 + s^2)(t0) / (m^2 + s^2)(T)) (1 for VP); or the method's own."""
+    if fn.start is not None:
+        return fn.start(sde, opts)
+    ends = torch.tensor([float(times[0]), sde.T], dtype=torch.float64)
+    v = sde.marginal_scale(ends) ** 2 + sde.marginal_std(ends) ** 2
+    return sde.prior_std * float((v[0] / v[1]).sqrt())
+
+
+class _Hook:
+    """After each step: the constraint ``project(x, t)``, the user's ``callback(i, t, x)``, the progress bar."""
+
+    def __init__(self, project, callback, bar):
+        self.project_fn, self.callback, self.bar, self.steps = project, callback, bar, 0
+
+    def project(self, x, t):
+        return x if self.project_fn is None else self.project_fn(x, t.expand(x.shape[0]))
+
+    def __call__(self, i, t, x):
+        x, self.steps = self.project(x, t), self.steps + 1
+        if self.callback is not None:
+            self.callback(i, t, x)
+        if self.bar is not None:
+            self.bar.update(1)
+        return x
+
+
+def sample(score_fn, sde: SDE, shape, method: str = DEFAULT_METHOD, nfe: int = 20,
            generator: torch.Generator | None = None, callback=None, dtype: torch.dtype = torch.float32,
-           device=None, **options) -> SampleResult:
+           device=None, x_init: torch.Tensor | None = None, grid: str | torch.Tensor | None = None,
+           project=None, progress: bool = False, **options) -> SampleResult:
     """Draw ``shape`` = (B, *dims) samples with ``method`` using at most ``nfe`` score evaluations.
 
-    score_fn(x [B, *dims], t [B]) -> [B, *dims] is any score (trained or exact); ``callback(i, t, x)`` is
-    called after every step with the step index, the (0-d) time reached and the current x. ``options`` go to
-    the method (see its module). Returns SampleResult(x [B, *dims], nfe = evaluations used).
+    score_fn(x [B, *dims], t [B]) -> [B, *dims] is any score (trained or exact); ``callback(i, t, x)`` is called
+    after every step with the step index, the (0-d) time reached and the current x. ``x_init`` replaces the
+    draw of x_T (shape may then be None); ``grid`` overrides the method's time grid ("uniform", "log_snr",
+    "karras", or a decreasing tensor of times); ``project(x, t [B]) -> x`` imposes a constraint after every
+    step (see ``scorelab.conditional``); ``progress`` shows a progress bar on a terminal. ``options`` go to
+    the method (``options_of(method)`` lists them). Returns SampleResult(x [B, *dims], nfe = evaluations used,
+    steps).
     """
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, one of {samplers()}; got {type(method).__name__}.")
     if method not in METHODS:
         raise ValueError(f"unknown sampling method {method!r}; choose one of {samplers()}.")
     if not callable(score_fn):
@@ -57,27 +141,57 @@ def sample(score_fn, sde: SDE, shape, method: str = "dpm_solver", nfe: int = 20,
         raise TypeError(f"sde must be a scorelab SDE (VESDE, VPSDE, SubVPSDE), got {type(sde).__name__}.")
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"nfe (the budget of score evaluations) must be an integer >= 1, got {nfe!r}.")
-    try:
-        shape = tuple(int(v) for v in shape)
-    except TypeError:
-        raise ValueError(f"shape must be a tuple (B, *dims), got {shape!r}.") from None
-    if len(shape) < 1 or any(v < 1 for v in shape):
-        raise ValueError(f"shape must be (B, *dims) with positive sizes, got {shape}.")
-    if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
+                        "for a seed use torch.Generator().manual_seed(seed).")
+    if dtype not in _DTYPES:
         raise TypeError(f"dtype must be a floating-point torch dtype, got {dtype}.")
-    if callback is not None and not callable(callback):
-        raise TypeError("callback must be callable(i, t, x) or None.")
+    for name, f in (("callback", callback), ("project", project)):
+        if f is not None and not callable(f):
+            raise TypeError(f"{name} must be callable or None.")
+    if x_init is not None and not isinstance(x_init, torch.Tensor):
+        raise TypeError(f"x_init must be a tensor [B, *dims] or None, got {type(x_init).__name__}.")
+    shape = tuple(x_init.shape) if shape is None and x_init is not None else _shape(shape, x_init)
+    fn = METHODS[method]
+    opts = _bind(method, sde, options)
+    steps = fn.steps(nfe, opts)
+    times = _grid(fn, sde, steps, opts, grid)
+    check_representable(sde, dtype)
     if generator is not None and device is None:
         device = generator.device
+    if x_init is not None:
+        if tuple(x_init.shape) != shape:
+            raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {shape}.")
+        x = x_init.to(dtype=dtype, device=device)
+    else:
+        x = _start_std(sde, fn, opts, times) * torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(times) - 1, desc=method, disable=not sys.stderr.isatty(), leave=False)
+    hook = _Hook(project, callback, bar)
     counted = CountedScore(score_fn, nfe)
     try:
         with torch.no_grad():
-            x = METHODS[method](counted, sde, shape, nfe, generator, callback, dtype, device, **options)
+            x = fn(counted, sde, hook.project(x, times[0].to(dtype=dtype, device=x.device)), times, generator, hook,
+                   **opts)
     except BudgetExceeded:
         raise ValueError(f"method {method!r} with options {options} needs more than nfe={nfe} score evaluations"
                          " (an adaptive solver: raise nfe or loosen rtol/atol).") from None
-    except TypeError as err:
-        if "unexpected keyword" in str(err):
-            raise TypeError(f"{err}; see the docstring of scorelab.samplers.{METHODS[method].__module__}") from None
-        raise
-    return SampleResult(x=x, nfe=counted.count)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not bool(torch.isfinite(x).all()):  # one check at the end, never inside the loop
+        raise ValueError(f"sampling with {method!r} in {dtype} produced non-finite values: the score returned NaN "
+                         "or inf, or a step size or the process is too large for this dtype (try float32/64).")
+    return SampleResult(x=x, nfe=counted.count, steps=hook.steps)
+
+
+class _CallableModule(types.ModuleType):
+    """``scorelab.samplers()`` lists the methods while ``scorelab.samplers.grids`` stays importable."""
+
+    def __call__(self) -> list[str]:
+        return samplers()
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,20 +1,22 @@
-"""Pieces every sampler shares: the result type, the counted score, the denoiser x0_hat and time tensors.
-
-A sampler receives a ``CountedScore``: it counts evaluations in a Python int (no host round trip), refuses to
-go past the budget and checks the score's output shape once, on the first call.
-"""
+"""What every sampler shares: the result, the counted score, a method's declaration (``@method``: what a step
+costs, the default grid and its ends, read by ``sample``), the option checks and the float64 ``Schedule``."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from ..tweedie import posterior_mean
 
 
 @dataclass
 class SampleResult:
     x: torch.Tensor  # [B, *dims] final samples
     nfe: int  # score evaluations actually used (never above the budget)
+    steps: int = 0  # steps of the time grid taken
 
 
 class BudgetExceeded(RuntimeError):
@@ -22,37 +24,130 @@ class BudgetExceeded(RuntimeError):
 
 
 class CountedScore:
-    """score_fn(x, t) with a call counter, a hard budget and a one-time output-shape check."""
+    """score_fn(x, t) with a call counter (a Python int), a hard budget and an output-shape check on every call
+    (a comparison of sizes: no host round trip)."""
 
-    def __init__(self, score_fn, budget: int):
+    def __init__(self, score_fn, budget: float = math.inf):
         self.fn, self.budget, self.count = score_fn, budget, 0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.count >= self.budget:
             raise BudgetExceeded(f"the sampler needs more than nfe={self.budget} score evaluations")
         out = self.fn(x, t)
-        if self.count == 0 and (not isinstance(out, torch.Tensor) or out.shape != x.shape):
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"score_fn(x, t) must return a tensor shaped like x {tuple(x.shape)}, got {got}.")
         self.count += 1
         return out
 
 
-def times_like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A 0-d time ``t`` as the [B] tensor a score function expects (a view, no copy, no host sync)."""
-    return t.expand(x.shape[0])
+def method(cost: int | Callable = 1, reserve: int | Callable = 0, grid: str | None = "uniform",
+           end: str | float = "eps", steps: Callable | None = None, start: Callable | None = None,
+           begin: str | None = None):
+    """Declare a method: ``cost`` evaluations per step, ``reserve`` for a final step (numbers or functions of the
+    options), default ``grid`` (None: all at the option ``t``), the options giving its ``end`` (time "eps" or
+    level "sigma_min") and ``begin`` (a level; default T), ``steps(nfe, options)``, ``start(sde, options)``."""
+    def by_cost(nfe, o):
+        c, r = _value(cost, o), _value(reserve, o)
+        n = (nfe - r) // c
+        if n < (0 if r else 1):
+            raise ValueError(f"nfe={nfe} is too small for this method with these options: one step costs {c} score "
+                             f"evaluations{f' and the final step {r}' if r else ''}; pass nfe >= {c + r}.")
+        return n
+
+    def wrap(fn):
+        fn.cost, fn.reserve, fn.grid, fn.end, fn.begin, fn.start = cost, reserve, grid, end, begin, start
+        fn.steps = steps or by_cost
+        return fn
+    return wrap
 
 
-def schedule(sde, times: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """m(t) and s(t) on a time grid, computed in float64 and cast once to the sampling dtype."""
-    t64 = times.to(torch.float64)
-    return sde.marginal_scale(t64).to(dtype), sde.marginal_std(t64).to(dtype)
+def _value(v, options):
+    return v(options) if callable(v) else v
 
 
-def data_prediction(score: torch.Tensor, x: torch.Tensor, m, s) -> torch.Tensor:
-    """Tweedie's x0_hat = (x + s(t)^2 score(x, t)) / m(t) = E[x_0 | x_t = x]; m, s 0-d or broadcastable."""
-    return (x + s * s * score) / m
+# ---- option checks by name, shared by every method (choice tables are added by the package) -------------
+
+POSITIVE = ("snr", "step_size", "init_std", "rho", "rtol", "atol", "sigma_max")
+INTEGERS = {"order": (1, 3), "corrector_steps": (0, None), "resample": (1, None), "n_levels": (1, None),
+            "steps_per_level": (1, None)}
+FLAGS = ("multistep", "lower_order_final", "denoise_to_zero", "denoise")
+CHOICES: dict = {}  # option name -> table of allowed names
 
 
-def gaussian(shape, generator, dtype, device) -> torch.Tensor:
-    return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+def check_option(name, v, sde, default) -> None:
+    """One ``ValueError``/``TypeError`` line for an option out of range; options not listed pass unchecked."""
+    if v is None and default is None or name not in (*POSITIVE, *INTEGERS, *FLAGS, *CHOICES, "eps", "t",
+                                                     "sigma_min", "eta"):
+        return
+    if name in FLAGS:
+        if not isinstance(v, bool):
+            raise TypeError(f"{name} must be True or False, got {v!r}.")
+        return
+    if name in CHOICES:
+        if not isinstance(v, str) or v not in CHOICES[name]:
+            raise ValueError(f"unknown {name} {v!r}; choose one of {list(CHOICES[name])}.")
+        return
+    lo, hi = INTEGERS.get(name, (0, None))
+    closed = name in INTEGERS or name == "eta" or name == "t" or (name == "eps" and default == 0)
+    hi = {"eps": sde.T, "t": sde.T, "sigma_min": float(sigma_of(sde, sde.T))}.get(name, hi)
+    ok = (isinstance(v, int) if name in INTEGERS else isinstance(v, (int, float))) and not isinstance(v, bool)
+    if not ok or not math.isfinite(v) or v < lo or (v == lo and not closed) or (hi is not None and (
+            v > hi or (v == hi and name not in INTEGERS and name != "t"))):
+        kind = "an integer" if name in INTEGERS else "a finite number"
+        span = f"in [{lo}, {hi}]" if name in INTEGERS else f"{'>=' if closed else '>'} {lo}"
+        raise ValueError(f"{name} must be {kind} {span}{f' and below {hi:.4g}' if hi and name not in INTEGERS else ''}"
+                         f", got {v!r}.")
+
+
+def sigma_of(sde, t):
+    """The noise level s(t) / m(t) at a time t (float64)."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return sde.marginal_std(t) / sde.marginal_scale(t)
+
+
+# ---- the schedule of a grid: float64 coefficients, cast once ----------------------------------------------
+
+class Schedule:
+    """What a step needs on a grid t_0 > ... > t_N, computed once in float64 and kept as Python floats (kernel
+    arguments: no per-step device copy or host sync): t, m, s; for step i (t_i -> t_{i+1}, dt) the forward
+    kernel's r = m_i / m_{i+1} and std G (``SDE.transition``), em = -a(t_i) dt, gn = g(t_i) sqrt(dt); ``t_d``
+    the times as a tensor for the score; ``coef(fn)`` caches more, fn(schedule) -> float64 tensors."""
+
+    def __init__(self, sde, times: torch.Tensor, like: torch.Tensor):
+        t = times.to(torch.float64)
+        m, s = sde.marginal_scale(t), sde.marginal_std(t)
+        r, G = sde.transition(t[1:], t[:-1])
+        dt = t[:-1] - t[1:]
+        self.sde, self.n, self.t64, self.m64, self.s64, self.r64, self.G64 = sde, len(t) - 1, t, m, s, r, G
+        self.t, self.m, self.s, self.r, self.G = (v.tolist() for v in (t, m, s, r, G))
+        self.em, self.gn = (-sde.drift_coeff(t[:-1]) * dt).tolist(), (sde.diffusion(t[:-1]) * dt.sqrt()).tolist()
+        self.t_d = t.to(dtype=like.dtype, device=like.device)
+        self._cache: dict = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def tb(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Time t_i as the [B] tensor a score function takes (a view)."""
+        return self.t_d[i].expand(x.shape[0])
+
+    def coef(self, fn):
+        if fn not in self._cache:
+            self._cache[fn] = [v.tolist() for v in fn(self)]
+        return self._cache[fn]
+
+
+def check_representable(sde, dtype):
+    """Refuse a dtype that cannot hold x_T (six prior standard deviations), e.g. float16 with sigma_max = 1e5."""
+    if 6 * sde.prior_std > torch.finfo(dtype).max:
+        raise ValueError(f"{dtype} cannot represent this process: x_T has std {sde.prior_std:.3g}, near the dtype's "
+                         f"largest value {torch.finfo(dtype).max:.3g}; sample in float32 or float64.")
+
+
+def gaussian(like: torch.Tensor, generator) -> torch.Tensor:
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+
+
+__all__ = ["SampleResult", "BudgetExceeded", "CountedScore", "method", "check_option", "Schedule", "gaussian",
+           "posterior_mean", "check_representable"]

@@ -1,7 +1,8 @@
 """Time-step grids for samplers: plain float64 tensors [steps + 1], decreasing from t_max to t_min.
 
 - ``uniform_t``: equal steps in t.
-- ``log_snr_uniform``: equal steps in lambda(t) = log(m^2 / s^2), the variable of DPM-Solver (Lu et al. 2022).
+- ``log_snr_uniform``: equal steps in lambda(t) = log(m^2 / s^2), the variable of DPM-Solver (Lu et al. 2022):
+  the geometric noise ladder sigma = s / m of SMLD (``scorelab.ladders.geometric_sigmas``) mapped to t.
 - ``karras``: sigma_i = (sigma_max^(1/rho) + i/N (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho with
   sigma = s(t) / m(t), rho = 7 (Karras et al. 2022, EDM eq. 5), mapped back to t with ``t_from_std_ratio``.
 """
@@ -10,11 +11,14 @@ from __future__ import annotations
 
 import torch
 
+from ..ladders import geometric_sigmas
 
-def _ends(sde, t_min: float, t_max: float | None):
+
+def _ends(sde, t_min: float, t_max: float | None, zero: bool = False):
     t_max = sde.T if t_max is None else t_max
-    if not (0.0 < t_min < t_max <= sde.T):
-        raise ValueError(f"need 0 < t_min < t_max <= T = {sde.T}, got t_min={t_min}, t_max={t_max}.")
+    if not ((0.0 <= t_min if zero else 0.0 < t_min) and t_min < t_max <= sde.T):
+        raise ValueError(f"need {'0 <=' if zero else '0 <'} t_min < t_max <= T = {sde.T}, got t_min={t_min}, "
+                         f"t_max={t_max} (a grid in noise level needs a positive end: pass eps > 0).")
     return torch.tensor([t_max, t_min], dtype=torch.float64)
 
 
@@ -27,16 +31,15 @@ def _pin(t: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
 
 def uniform_t(sde, steps: int, t_min: float, t_max: float | None = None) -> torch.Tensor:
     """t_i = t_max + i/N (t_min - t_max), i = 0..N."""
-    ends = _ends(sde, t_min, t_max)
+    ends = _ends(sde, t_min, t_max, zero=True)
     return torch.linspace(float(ends[0]), float(ends[1]), steps + 1, dtype=torch.float64)
 
 
 def log_snr_uniform(sde, steps: int, t_min: float, t_max: float | None = None) -> torch.Tensor:
     """Equal steps in log-SNR lambda(t) between lambda(t_max) and lambda(t_min)."""
     ends = _ends(sde, t_min, t_max)
-    lam = sde.log_snr(ends)
-    grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
-    return _pin(sde.t_from_log_snr(lam[0] + grid * (lam[1] - lam[0])), ends)
+    sig = (sde.marginal_std(ends) / sde.marginal_scale(ends)).tolist()
+    return _pin(sde.t_from_std_ratio(geometric_sigmas(sig[0], sig[1], steps + 1)), ends)
 
 
 def karras(sde, steps: int, t_min: float, t_max: float | None = None, rho: float = 7.0) -> torch.Tensor:
@@ -51,9 +54,12 @@ GRIDS = {"uniform": uniform_t, "log_snr": log_snr_uniform, "karras": karras}
 
 
 def make_grid(name: str, sde, steps: int, t_min: float, **kw) -> torch.Tensor:
-    """The grid called ``name`` ("uniform", "log_snr" or "karras")."""
-    if name not in GRIDS:
-        raise ValueError(f"unknown grid {name!r}; choose one of {sorted(GRIDS)}.")
+    """The grid called ``name`` ("uniform", "log_snr" or "karras"), ``steps`` + 1 times from t_max to t_min."""
+    if not isinstance(name, str) or name not in GRIDS:
+        raise ValueError(f"unknown grid {name!r}; choose one of {sorted(GRIDS)}, or pass a decreasing 1-D tensor "
+                         "of times.")
+    if steps == 0:
+        return _ends(sde, t_min, kw.get("t_max"), zero=name == "uniform")[:1]
     return GRIDS[name](sde, steps, t_min, **kw)
 
 

@@ -1,41 +1,26 @@
 """EDM's deterministic second-order sampler (Karras et al. 2022, Algorithm 1 with S_churn = 0).
 
 In the scaled variable y = x / m(t) and noise level sigma = s(t) / m(t) the probability-flow ODE of every
-linear process is dy/dsigma = (y - D(y, sigma)) / sigma, D = x0_hat = (x + s^2 score) / m. Heun steps on the
-Karras grid (rho = 7) from sigma(T) to sigma_min, then one Euler step to sigma = 0 (which returns D):
-N levels cost 2N - 1 evaluations, so N = (nfe + 1) // 2.
+linear process (VE, VP, sub-VP alike) is dy/dsigma = (y - D) / sigma = eps_hat = -s(t) score(x, t), with
+D = x0_hat. Heun steps on the Karras grid in sigma (rho = 7) from min(sigma_max, the process's sigma(T)) down
+to sigma_min, with EDM's sigma_max = 80 and sigma_min = 0.002 for every process (Karras et al. 2022, Table 1:
+a steep VP schedule reaches sigma(T) ~ 1e11, and rho-spacing from there leaves the last steps far too long),
+then one Euler step to sigma = 0, which returns Tweedie's x0_hat: N Heun steps cost
+2N + 1 evaluations. It is ``ode.flow_in_sigma`` with the "heun" tableau (x carried in its own units, float64
+coefficients) followed by one "euler" step.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._common import data_prediction, schedule, times_like
-from .grids import end_time, karras
+from ._common import method
+from .ode import flow_in_sigma
 
 
-def edm_heun(score, sde, shape, nfe, generator, callback, dtype, device, sigma_min: float = 0.002,
+@method(cost=2, reserve=1, grid="karras", end="sigma_min", begin="sigma_max")
+def edm_heun(score, sde, x, times, generator, callback, sigma_min: float = 0.002, sigma_max: float = 80.0,
              rho: float = 7.0):
-    N = (nfe + 1) // 2
-    times = karras(sde, N - 1, end_time(sde, sigma_min), rho=rho) if N > 1 else torch.tensor([float(sde.T)],
-                                                                                               dtype=torch.float64)
-    m, s = schedule(sde, times, torch.float64)
-    sig = torch.cat([s / m, torch.zeros(1, dtype=torch.float64)])
-    m, s, sig = (v.to(dtype=dtype, device=device) for v in (m, s, sig))
-    t_d = times.to(dtype=dtype, device=device)
-    y = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype) / m[0]
-
-    def denoise(y, i):
-        x = m[i] * y
-        return data_prediction(score(x, times_like(t_d[i], x)), x, m[i], s[i])
-
-    for i in range(N):
-        d = (y - denoise(y, i)) / sig[i]
-        y_next = y + (sig[i + 1] - sig[i]) * d
-        if i < N - 1:
-            d2 = (y_next - denoise(y_next, i + 1)) / sig[i + 1]
-            y_next = y + (sig[i + 1] - sig[i]) * 0.5 * (d + d2)
-        y = y_next
-        if callback is not None:
-            callback(i, t_d[i + 1] if i < N - 1 else t_d[i].new_zeros(()), y)
-    return y
+    x = flow_in_sigma(score, sde, x, times, "heun", callback)
+    end = torch.stack([times[-1].to(torch.float64), torch.zeros((), dtype=torch.float64)])
+    return flow_in_sigma(score, sde, x, end, "euler", callback, first=len(times) - 1)

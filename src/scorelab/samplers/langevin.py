@@ -19,83 +19,73 @@ import math
 import torch
 
 from ..ladders import langevin_step_size
-from ._common import data_prediction, gaussian, schedule, times_like
-from .grids import end_time
+from ._common import Schedule, gaussian, method, posterior_mean
+from .steps import langevin_move
 
 
-def langevin(score, sde, shape, nfe, generator, callback, dtype, device, step_size: float = 1e-2,
-             t: float = 1e-3, init_std: float = 5.0):
-    tt = torch.tensor(float(t), dtype=dtype, device=device)
-    x = init_std * gaussian(shape, generator, dtype, device)
-    noise = math.sqrt(step_size)
-    for i in range(nfe):
-        x = x + 0.5 * step_size * score(x, times_like(tt, x)) + noise * gaussian(shape, generator, dtype, device)
-        if callback is not None:
-            callback(i, tt, x)
+@method(grid=None, end="t", start=lambda sde, o: o["init_std"])
+def langevin(score, sde, x, times, generator, callback, step_size: float = 1e-2, t: float = 1e-3,
+             init_std: float = 5.0):
+    tt = times[0].to(dtype=x.dtype, device=x.device)
+    u = math.sqrt(step_size)
+    for i in range(len(times) - 1):
+        x = langevin_move(x, score(x, tt.expand(x.shape[0])), u, gaussian(x, generator))
+        x = callback(i, tt, x)
     return x
 
 
-def annealed_langevin(score, sde, shape, nfe, generator, callback, dtype, device, n_levels: int | None = None,
+def _levels(budget, o):
+    T = o["steps_per_level"] or max(1, min(5, budget // 10))  # many levels, few steps each (Song & Ermon 2020)
+    L = o["n_levels"] or max(1, budget // T)
+    if budget < 1 or L * T > budget:
+        raise ValueError(f"annealed_langevin: n_levels * steps_per_level = {L * T} exceeds the budget of {budget} "
+                         f"Langevin steps{' (nfe minus 1 for the final Tweedie step)' if o['denoise'] else ''}; "
+                         "raise nfe or lower n_levels / steps_per_level.")
+    return L, T
+
+
+@method(steps=lambda nfe, o: _levels(nfe - o["denoise"], o)[0] - 1, grid="log_snr", end="sigma_min")
+def annealed_langevin(score, sde, x, times, generator, callback, n_levels: int | None = None,
                       steps_per_level: int | None = None, step_size: float | None = None, sigma_min: float = 0.01,
                       denoise: bool = True):
-    budget = nfe - 1 if denoise else nfe
-    if budget < 1:
-        raise ValueError("annealed_langevin with denoise=True needs nfe >= 2 (one evaluation is the Tweedie step).")
-    T = steps_per_level or max(1, min(5, budget // 10))  # many levels, few steps each (Song & Ermon 2020)
-    L = n_levels or max(1, budget // T)
-    if L * T > budget:
-        raise ValueError(f"n_levels * steps_per_level = {L * T} exceeds the budget of {budget} Langevin steps "
-                         f"(nfe={nfe}{', minus 1 for the final Tweedie step' if denoise else ''}).")
-    eps = end_time(sde, sigma_min)  # sigma_L = 0.01 (Song & Ermon 2019)
-    ends = torch.tensor([sde.T, eps], dtype=torch.float64)
-    ratio = sde.marginal_std(ends) / sde.marginal_scale(ends)
-    sig = torch.exp(torch.linspace(float(ratio[0].log()), float(ratio[1].log()), L, dtype=torch.float64))
-    times = sde.t_from_std_ratio(sig).clamp(eps, sde.T)
-    m, s = schedule(sde, times, torch.float64)
-    if step_size is None:
-        step_size = langevin_step_size(sig, T) / float(sig[-1]) ** 2 * float(s[-1]) ** 2 if L > 1 else 1e-2
-    alphas = (step_size * s**2 / s[-1] ** 2)
-    half, root = (0.5 * alphas).to(dtype=dtype, device=device), alphas.sqrt().to(dtype=dtype, device=device)
-    t_d = times.to(dtype=dtype, device=device)
-    x = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
+    S = Schedule(sde, times, x)  # sigma_L = 0.01 (Song & Ermon 2019)
+    L = len(S) + 1
+    budget = int(score.budget - score.count) - denoise
+    T = _levels(budget, {"steps_per_level": steps_per_level, "n_levels": L, "denoise": denoise})[1]
+    if step_size is None:  # Technique 4 on the ladder sigma = s/m, in units of s(t_L)^2
+        sig = S.s64 / S.m64
+        step_size = langevin_step_size(sig, T) / float(sig[-1]) ** 2 * S.s[-1] ** 2 if L > 1 else 1e-2
+    u = [math.sqrt(step_size) * v / S.s[-1] for v in S.s]  # alpha_i = step_size s_i^2 / s_L^2, u = sqrt(alpha_i)
     k = 0
     for i in range(L):
-        tb = times_like(t_d[i], x)
         for _ in range(T):
-            x = x + half[i] * score(x, tb) + root[i] * gaussian(shape, generator, dtype, device)
-            if callback is not None:
-                callback(k, t_d[i], x)
+            x = callback(k, S.t_d[i], langevin_move(x, score(x, S.tb(i, x)), u[i], gaussian(x, generator)))
             k += 1
     if denoise:
-        md, sd = m[-1].to(dtype=dtype, device=device), s[-1].to(dtype=dtype, device=device)
-        x = data_prediction(score(x, times_like(t_d[-1], x)), x, md, sd)
-        if callback is not None:
-            callback(k, t_d[-1], x)
+        x = callback(k, S.t_d[-1], posterior_mean(x, score(x, S.tb(L - 1, x)), S.m[-1], S.s[-1]))
     return x
 
 
-def mala(score, sde, shape, nfe, generator, callback, dtype, device, energy_fn=None, step_size: float = 1e-2,
-         t: float = 1e-3, init_std: float = 5.0):
+@method(reserve=1, grid=None, end="t", start=lambda sde, o: o["init_std"])
+def mala(score, sde, x, times, generator, callback, energy_fn=None, step_size: float = 1e-2, t: float = 1e-3,
+         init_std: float = 5.0):
     if energy_fn is None or not callable(energy_fn):
         raise ValueError("mala needs energy_fn=callable(x, t) -> [B] energy with p_t ∝ exp(-E); "
                          "use method='langevin' when no energy is available.")
-    tt = torch.tensor(float(t), dtype=dtype, device=device)
-    dims = tuple(range(1, len(shape)))
-    x = init_std * gaussian(shape, generator, dtype, device)
-    tb = times_like(tt, x)
+    tt = times[0].to(dtype=x.dtype, device=x.device)
+    dims = tuple(range(1, x.ndim))
+    tb = tt.expand(x.shape[0])
     sx, ex = score(x, tb), energy_fn(x, tb)
     inv2 = 1.0 / (2 * step_size)
-    for i in range(nfe - 1):
-        y = x + 0.5 * step_size * sx + math.sqrt(step_size) * gaussian(shape, generator, dtype, device)
+    for i in range(len(times) - 1):
+        y = x + 0.5 * step_size * sx + math.sqrt(step_size) * gaussian(x, generator)
         sy, ey = score(y, tb), energy_fn(y, tb)
         # log q(x | y) - log q(y | x) for the Gaussian proposals N(. + (eps/2) score(.), eps I)
         fwd = (y - x - 0.5 * step_size * sx).pow(2).sum(dims)
         bwd = (x - y - 0.5 * step_size * sy).pow(2).sum(dims)
         log_acc = ex - ey + (fwd - bwd) * inv2
-        u = torch.rand(shape[0], generator=generator, dtype=dtype, device=device)
-        accept = torch.log(u) < log_acc
-        a = accept.reshape((-1,) + (1,) * (len(shape) - 1))
+        accept = torch.log(torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)) < log_acc
+        a = accept.reshape((-1,) + (1,) * (x.ndim - 1))
         x, sx, ex = torch.where(a, y, x), torch.where(a, sy, sx), torch.where(accept, ey, ex)
-        if callback is not None:
-            callback(i, tt, x)
+        x = callback(i, tt, x)
     return x

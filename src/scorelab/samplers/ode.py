@@ -1,63 +1,86 @@
-"""The probability-flow ODE dx/dt = a(t) x - 1/2 g(t)^2 score(x, t) (Song et al. 2021), integrated from T to eps.
-
-Fixed-step solvers (``solver=``): "euler" (order 1, 1 evaluation per step), "heun" (order 2, 2), "rk4"
-(classical Runge-Kutta, order 4, 4); steps = nfe // evaluations-per-step on the grid ``grid`` ("uniform",
-"log_snr", "karras"). "dopri5": adaptive Dormand-Prince through torchdiffeq with rtol/atol; if it would need
-more than nfe evaluations, ``sample`` raises a ValueError saying so (raise nfe or loosen the tolerances).
+"""The probability-flow ODE dx/dt = a(t) x - 1/2 g(t)^2 score(x, t) (Song et al. 2021, eq. 13) as fields for
+``scorelab.solvers``: in t (``ProbabilityFlow``: encode/decode, likelihood, adaptive solves) and in EDM's
+variables (``SigmaFlow``). The ``ode`` sampler takes nfe // stages steps on its grid (default uniform in t, T to
+eps = 1e-3) in EDM's variables; "dopri5" solves in t and stops with a ValueError past nfe evaluations.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .grids import make_grid
-
-STAGES = {"euler": 1, "heun": 2, "rk4": 4}
-SOLVERS = (*STAGES, "dopri5")
-
-
-def _velocity(score, sde, dtype, device):
-    def v(x, t):  # t 0-d tensor
-        tb = t.expand(x.shape[0])
-        return sde.drift_coeff(t) * x - 0.5 * sde.diffusion(t) ** 2 * score(x, tb)
-    return v
+from ..sde import reverse_drift
+from ..solvers import ADAPTIVE, SOLVERS, integrate, solve
+from ._common import method
 
 
-def ode(score, sde, shape, nfe, generator, callback, dtype, device, solver: str = "heun", grid: str = "uniform",
-        eps: float = 1e-3, rtol: float = 1e-5, atol: float = 1e-5, x_init: torch.Tensor | None = None,
-        t_start: float | None = None):
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown ODE solver {solver!r}; choose one of {SOLVERS}.")
-    x = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype) if x_init is None else x_init
-    v = _velocity(score, sde, dtype, device)
-    if solver == "dopri5":
-        from torchdiffeq import odeint
-        # integrate in tau = t_start - t (increasing), so the solver never sees reversed time
-        t0 = float(sde.T if t_start is None else t_start)
-        taus = torch.tensor([0.0, t0 - eps], dtype=dtype, device=device)
-        # step_t lands the last step on eps: stepping past it would evaluate the score at t < 0
-        return odeint(lambda tau, y: -v(y, t0 - tau), x, taus, rtol=rtol, atol=atol, method="dopri5",
-                      options={"step_t": taus})[-1]
-    k = STAGES[solver]
-    steps = nfe // k
-    if steps < 1:
-        raise ValueError(f"solver {solver!r} needs nfe >= {k} (one step uses {k} evaluations), got nfe={nfe}.")
-    times = make_grid(grid, sde, steps, eps, t_max=t_start).to(dtype=dtype, device=device)
-    for i in range(steps):
-        t0, t1 = times[i], times[i + 1]
-        h = t1 - t0
-        d1 = v(x, t0)
-        if solver == "euler":
-            x = x + h * d1
-        elif solver == "heun":
-            d2 = v(x + h * d1, t1)
-            x = x + 0.5 * h * (d1 + d2)
-        else:
-            tm = t0 + 0.5 * h
-            d2 = v(x + 0.5 * h * d1, tm)
-            d3 = v(x + 0.5 * h * d2, tm)
-            d4 = v(x + h * d3, t1)
-            x = x + h / 6 * (d1 + 2 * d2 + 2 * d3 + d4)
-        if callback is not None:
-            callback(i, t1, x)
-    return x
+class ProbabilityFlow:
+    """The probability-flow field for ``integrate`` (coefficients a(t), g(t) computed in float64 once per stage
+    time and passed as Python floats) and, through ``at(t, x)``, for adaptive solves."""
+
+    def __init__(self, score, sde):
+        self.score, self.sde = score, sde
+
+    def prepare(self, stage_times: torch.Tensor, times=None):
+        self.t = stage_times.tolist()
+        self.a, self.g = self.sde.drift_coeff(stage_times).tolist(), self.sde.diffusion(stage_times).tolist()
+
+    def __call__(self, i, j, y):
+        x = y[0]
+        tb = torch.full(x.shape[:1], self.t[i][j], dtype=x.dtype, device=x.device)
+        return (reverse_drift(self.a[i][j], self.g[i][j], x, self.score(x, tb), 0.5),)
+
+    def at(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.sde._reverse_drift(x, t.expand(x.shape[0]), self.score(x, t.expand(x.shape[0])), 0.5)
+
+
+class SigmaFlow:
+    """The same ODE in EDM's variables (Karras et al. 2022, eq. 4): with sigma = s(t) / m(t) and u = x / m(t),
+
+        du/dsigma = (u - D) / sigma = eps_hat(x, t) = -s(t) score(x, t),      D = x0_hat,
+
+    one ODE for VE, VP and sub-VP, smooth in sigma where the t-form is stiff (a steep schedule). The carried
+    state is x = m u (``factors``), so nothing of size 1/m(T) is formed (u overflows float16 on
+    VPSDE(beta_max=100)); stage coefficients are float64 Python floats."""
+
+    def __init__(self, score, sde, grid_times: torch.Tensor):
+        self.score, self.sde, self.grid_t = score, sde, grid_times.to(torch.float64)
+
+    def prepare(self, stage_sigmas: torch.Tensor, sigmas: torch.Tensor):
+        t = torch.where(stage_sigmas > 0, self.sde.t_from_std_ratio(stage_sigmas.clamp_min(1e-300)), 0.0)
+        # at the grid's own points use its times (no round trip through the inverse map)
+        t = torch.where(stage_sigmas == sigmas[:-1, None], self.grid_t[:-1, None], t)
+        t = torch.where(stage_sigmas == sigmas[1:, None], self.grid_t[1:, None], t)
+        m, s = self.sde.marginal_scale(t), self.sde.marginal_std(t)
+        m_grid = self.sde.marginal_scale(self.grid_t)
+        self.t, self.s = t.tolist(), s.tolist()
+        self.factors = ((m / m_grid[:-1, None]).tolist(), m.tolist(), (m_grid[1:] / m_grid[:-1]).tolist(),
+                        m_grid[1:].tolist())
+
+    def __call__(self, i, j, y):
+        x = y[0]
+        tb = torch.full(x.shape[:1], self.t[i][j], dtype=x.dtype, device=x.device)
+        return (self.score(x, tb).mul(-self.s[i][j]),)
+
+
+def flow_in_sigma(score, sde, x, times: torch.Tensor, solver: str, callback, first: int = 0):
+    """Integrate the probability-flow ODE over the time grid ``times`` (float64) in EDM's variables with the
+    tableau ``solver``, x carried in its own units; ``callback(first + i, t, x) -> x`` after each step."""
+    times = times.to(torch.float64)
+    sig = torch.where(times > 0, sde.marginal_std(times) / sde.marginal_scale(times), 0.0)
+    t_d = times.to(dtype=x.dtype, device=x.device)
+    return integrate(SigmaFlow(score, sde, times), x, sig, solver,
+                     after=lambda i, y: (callback(first + i, t_d[i + 1], y[0]),))
+
+
+def _stages(o):
+    return 1 if o["solver"] in ADAPTIVE else SOLVERS[o["solver"]].stages
+
+
+@method(cost=_stages)
+def ode(score, sde, x, times, generator, callback, solver: str = "heun", eps: float = 1e-3, rtol: float = 1e-5,
+        atol: float = 1e-5):
+    if solver in ADAPTIVE:
+        x = solve(ProbabilityFlow(score, sde), x, float(times[0]), float(times[-1]), solver, rtol, atol)
+        return callback(len(times) - 2, times[-1].to(dtype=x.dtype, device=x.device), x)
+    return flow_in_sigma(score, sde, x, times, solver, callback)
+
