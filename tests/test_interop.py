@@ -144,9 +144,12 @@ def diffusers():
 def _k_heun_vs_edm_heun(K, score_fn, sde, n=400, nfe=19, seed=3):
     """k-diffusion's Heun on the Karras grid through the adapter, and scorelab's edm_heun, same noise."""
     ref = sl.sample(score_fn, sde, (n, 2), method="edm_heun", nfe=nfe, generator=torch.Generator().manual_seed(seed))
-    sigmas = K.get_sigmas_karras((nfe + 1) // 2, 0.002, interop.sigma_range(sde)[1], rho=7.0)
-    m_T = float(sde.marginal_scale(torch.tensor(sde.T, dtype=F64)))
-    x = torch.randn((n, 2), generator=torch.Generator().manual_seed(seed)) * sde.prior_std / m_T
+    top = min(80.0, interop.sigma_range(sde)[1])  # edm_heun starts at EDM's sigma_max = 80 or sigma(T), if lower
+    sigmas = K.get_sigmas_karras((nfe + 1) // 2, 0.002, top, rho=7.0)
+    t0 = torch.tensor([float(sde.t_from_std_ratio(torch.tensor(top, dtype=F64))), sde.T], dtype=F64)
+    v = sde.marginal_scale(t0) ** 2 + sde.marginal_std(t0) ** 2  # x_t0 has the prior's std scaled by sqrt(v0 / vT)
+    std = sde.prior_std * float((v[0] / v[1]).sqrt() / sde.marginal_scale(t0[0]))
+    x = torch.randn((n, 2), generator=torch.Generator().manual_seed(seed)) * std
     out = K.sample_heun(interop.k_diffusion_denoiser(score_fn, sde), x, sigmas.float(), disable=True)
     return out, ref.x
 

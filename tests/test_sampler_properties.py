@@ -225,7 +225,7 @@ def test_log_likelihood_checks_the_score_shape_and_finiteness():
     x = torch.randn(3, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="shaped like x"):  # was a finite NLL
         log_likelihood(lambda y, t: y[:, :1], sde, x, solver="euler", steps=10)
-    with pytest.raises(ValueError, match="NaN or inf"):
+    with pytest.raises(ValueError, match="NaN"):
         log_likelihood(lambda y, t: torch.full_like(y, float("nan")), sde, x, solver="euler", steps=10)
 
 

@@ -258,19 +258,15 @@ class _MethodChoice(click.Choice):
         return value
 
 
-# The arguments every method receives from ``sample``; the rest of its signature are its options.
-_COMMON_ARGS = ("score", "score_fn", "sde", "shape", "nfe", "generator", "callback", "dtype", "device")
+# Options of ``sample()`` itself that every method takes (the time grid by name), besides the method's own.
+_SAMPLE_OPTIONS = {"grid": None}
 
 
 def method_options(method: str) -> dict:
-    """{option: default} of a sampling method, read from its function's signature (inspect), in order."""
-    import inspect
+    """{option: default} of a sampling method: its own (``scorelab.samplers.options_of``) and ``sample()``'s grid."""
+    from .samplers import options_of
 
-    from .samplers import METHODS
-
-    params = inspect.signature(METHODS[method]).parameters.values()
-    return {p.name: p.default for p in params if p.name not in _COMMON_ARGS
-            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.default is not p.empty}
+    return {**options_of(method), **_SAMPLE_OPTIONS}
 
 
 def parse_method_options(method: str, pairs) -> dict:
@@ -312,8 +308,9 @@ class _EvalProgress:
 
 @main.command(short_help="Sample a trained run with any method (--opt for its options).")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--method", default="dpm_solver", show_default=True, type=_MethodChoice(),
-              help="Sampling method (`scorelab samplers` lists each with its options).")
+@click.option("--method", default=None, type=_MethodChoice(),
+              help="Sampling method (`scorelab samplers` lists each with its options); default: the library's "
+                   "default for learned scores (scorelab.samplers.DEFAULT_METHOD).")
 @click.option("--nfe", default=20, show_default=True, type=int, help="Budget of score evaluations per batch.")
 @click.option("-n", "count", default=1000, show_default=True, type=int, help="Number of samples.")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
@@ -343,6 +340,8 @@ def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, qui
         raise ValueError(f"--nfe {nfe} is beyond any useful budget (at most {MAX_NFE}; samplers converge within a "
                          "few thousand evaluations).")
     _check_seed(seed)
+    if method is None:
+        from .samplers import DEFAULT_METHOD as method
     options = parse_method_options(method, opts)
     chunks = _batches(count, batch_size)
     dev = _device(device)
