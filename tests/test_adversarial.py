@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
+from helpers import tiny_config
 from scorelab import checkpoint as ckpt
 from scorelab import train as train_mod
 from scorelab.cli import main
@@ -32,15 +33,6 @@ from scorelab.train import train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny(data_path, **train_kw):
-    return {
-        "data": {"path": str(data_path)},
-        "sde": {"type": "vp"},
-        "model": {"type": "mlp", "hidden": 16, "depth": 2, "embed_dim": 8},
-        "objective": {"name": "sde_dsm"},
-        "train": {"steps": 6, "batch_size": 8, "lr": 1e-3, "warmup": 2, "ema_decay": 0.5, "log_every": 3,
-                  "ckpt_every": 3, "device": "cpu", "tensorboard": False, "threads": 1, **train_kw},
-    }
 
 
 @pytest.fixture
@@ -52,7 +44,7 @@ def data_path(tmp_path):
 
 @pytest.fixture
 def run_dir(tmp_path, data_path):
-    train(tiny(data_path), tmp_path / "run", progress=False)
+    train(tiny_config(data_path), tmp_path / "run", progress=False)
     return tmp_path / "run"
 
 
@@ -94,19 +86,19 @@ def test_foreign_or_unnamed_directory_refused_untouched(tmp_path, data_path):
     (user / "config.yaml").write_text("mine: 1\n")
     before = snapshot(user)
     with pytest.raises(ValueError, match="not empty .* not a scorelab run"):
-        train(tiny(data_path), user, progress=False)
+        train(tiny_config(data_path), user, progress=False)
     assert snapshot(user) == before
     with pytest.raises(ValueError, match="--out is empty"):
-        train(tiny(data_path), "", progress=False)
+        train(tiny_config(data_path), "", progress=False)
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="not a directory"):
-        train(tiny(data_path), tmp_path / "file", progress=False)
+        train(tiny_config(data_path), tmp_path / "file", progress=False)
 
 
 def test_only_files_the_run_wrote_are_deleted(run_dir, data_path):
     (run_dir / "weights-final.safetensors").write_bytes(b"user 1")
     (run_dir / "weights-000000001.safetensors").write_bytes(b"user 2")  # the run's naming, not the run's file
-    train(tiny(data_path, steps=9), run_dir, resume=True, progress=False)
+    train(tiny_config(data_path, steps=9), run_dir, resume=True, progress=False)
     assert (run_dir / "weights-final.safetensors").read_bytes() == b"user 1"
     assert (run_dir / "weights-000000001.safetensors").read_bytes() == b"user 2"
     assert not (run_dir / "weights-000000006.safetensors").exists()  # its own previous checkpoint went
@@ -118,17 +110,17 @@ def test_second_writer_refused_by_the_lock(run_dir, data_path, tmp_path):
     try:
         before = snapshot(run_dir)
         with pytest.raises(ValueError, match="another scorelab process"):
-            train(tiny(data_path, steps=9), run_dir, resume=True, progress=False)
+            train(tiny_config(data_path, steps=9), run_dir, resume=True, progress=False)
         assert snapshot(run_dir) == before
         (tmp_path / "fresh").mkdir()
         fd2 = ckpt.lock_run_dir(tmp_path / "fresh")
         with pytest.raises(ValueError, match="another scorelab process"):
-            train(tiny(data_path), tmp_path / "fresh", progress=False)
+            train(tiny_config(data_path), tmp_path / "fresh", progress=False)
         ckpt.unlock_run_dir(fd2)
         assert list((tmp_path / "fresh").iterdir()) == []
     finally:
         ckpt.unlock_run_dir(fd)
-    train(tiny(data_path, steps=9), run_dir, resume=True, progress=False)  # released: the run continues
+    train(tiny_config(data_path, steps=9), run_dir, resume=True, progress=False)  # released: the run continues
 
 
 def _nan_after(n_calls):
@@ -151,7 +143,7 @@ def test_divergence_never_checkpointed_last_finite_kept(tmp_path, data_path, mon
     # steps 1..4 finite (calls 2..5), NaN from step 5; checkpoints every step, logs only every 100
     monkeypatch.setattr(train_mod, "bind_objective", _nan_after(5))
     with pytest.raises(ValueError, match=r"NaN/inf at step 5 .* checkpoint of step 4 is kept.*sde"):
-        train(tiny(data_path, steps=20, ckpt_every=1, log_every=100), tmp_path / "r", progress=False)
+        train(tiny_config(data_path, steps=20, ckpt_every=1, log_every=100), tmp_path / "r", progress=False)
     run = load(tmp_path / "r")
     assert run.step == 4 and all(bool(torch.isfinite(p).all()) for p in run.model.parameters())
     assert [p.name for p in (tmp_path / "r").glob("weights-*")] == ["weights-000000004.safetensors"]
@@ -168,7 +160,7 @@ def test_stale_temporaries_cleaned_user_files_kept(run_dir, data_path):
     (run_dir / ".log.csv.k2j3h4.tmp").write_text("half a log")
     (run_dir / ".weights-000000003.safetensors.abc_12.tmp").write_bytes(b"half")
     (run_dir / ".notes.tmp").write_text("mine")
-    train(tiny(data_path, steps=9), run_dir, resume=True, progress=False)
+    train(tiny_config(data_path, steps=9), run_dir, resume=True, progress=False)
     names = {p.name for p in run_dir.iterdir()}
     assert ".notes.tmp" in names and not any(n.startswith((".log.csv.", ".weights-")) for n in names)
     rows = (run_dir / "log.csv").read_text().splitlines()
@@ -176,7 +168,7 @@ def test_stale_temporaries_cleaned_user_files_kept(run_dir, data_path):
 
 
 def test_sigint_saves_the_current_step(tmp_path, data_path):
-    cfg = tiny(data_path, steps=10**6, ckpt_every=10**5, log_every=5)
+    cfg = tiny_config(data_path, steps=10**6, ckpt_every=10**5, log_every=5)
     (tmp_path / "c.yaml").write_text(json.dumps(cfg))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "scorelab.cli", "train", str(tmp_path / "c.yaml"), "--out",
@@ -212,18 +204,18 @@ def test_resume_without_or_with_wrong_optimiser_state_refused(tmp_path, data_pat
          "shape"),
     ]:
         d = tmp_path / name
-        train(tiny(data_path), d, progress=False)
+        train(tiny_config(data_path), d, progress=False)
         forge(d, edit_tensors=edit)
         before = snapshot(d)
         with pytest.raises(ValueError, match=msg):
-            train(tiny(data_path, steps=9), d, resume=True, progress=False)
+            train(tiny_config(data_path, steps=9), d, resume=True, progress=False)
         assert snapshot(d) == before
 
 
 def test_malformed_records_are_one_line(run_dir, data_path):
     forge(run_dir, edit_meta=lambda m: m.pop("generators"))
     with pytest.raises(ValueError, match="lacks the generator states"):
-        train(tiny(data_path, steps=9), run_dir, resume=True, progress=False)
+        train(tiny_config(data_path, steps=9), run_dir, resume=True, progress=False)
     (run_dir / ckpt.META_NAME).write_text("[" * 100000 + "]" * 100000)
     one_line(invoke("sample", run_dir, "-n", 2, "--out", run_dir.parent / "s.npy"), "nested too deeply")
 
@@ -340,7 +332,7 @@ def test_property_any_edit_of_the_record_refused(run_once, key, value):
 def run_once(tmp_path_factory):
     d = tmp_path_factory.mktemp("once")
     np.save(d / "data.npy", np.random.default_rng(1).standard_normal((64, 2)).astype(np.float32))
-    train(tiny(d / "data.npy"), d / "run", progress=False)
+    train(tiny_config(d / "data.npy"), d / "run", progress=False)
     return d / "run"
 
 
@@ -423,7 +415,7 @@ def test_deeply_nested_yaml_is_one_line(tmp_path):
 
 
 def test_extreme_process_not_blamed_on_the_learning_rate(tmp_path, data_path):
-    cfg = tiny(data_path)
+    cfg = tiny_config(data_path)
     cfg["sde"] = {"type": "ve", "sigma_min": 0.01, "sigma_max": 1e30}
     with pytest.raises(ValueError, match="initial weights.*sigma_max=1e\\+30") as err:
         train(cfg, tmp_path / "r", progress=False)
@@ -457,7 +449,7 @@ def test_load_while_a_trainer_replaces_the_checkpoint(run_dir, monkeypatch):
 
 
 def test_cli_mala_works_for_an_energy_run(tmp_path, data_path):
-    cfg = tiny(data_path)
+    cfg = tiny_config(data_path)
     cfg["model"] = {"type": "energy", "hidden": 16, "depth": 2, "embed_dim": 8}
     train(cfg, tmp_path / "e", progress=False)
     res = invoke("sample", tmp_path / "e", "--method", "mala", "--nfe", 5, "-n", 6, "--out", tmp_path / "m.npy")

@@ -10,28 +10,18 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import tiny_config
 from scorelab import checkpoint as ckpt
 from scorelab.config import build_model, build_sde, load_config
 from scorelab.run import load
 from scorelab.train import train
 
 
-def tiny(data_path, **train_kw):
-    return {
-        "data": {"path": str(data_path)},
-        "sde": {"type": "vp"},
-        "model": {"type": "mlp", "hidden": 16, "depth": 2, "embed_dim": 8},
-        "objective": {"name": "sde_dsm"},
-        "train": {"steps": 6, "batch_size": 8, "lr": 1e-3, "warmup": 2, "ema_decay": 0.5, "log_every": 3,
-                  "ckpt_every": 3, "device": "cpu", "tensorboard": False, **train_kw},
-    }
-
-
 @pytest.fixture
 def run_dir(tmp_path):
     p = tmp_path / "data.npy"
     np.save(p, np.random.default_rng(1).standard_normal((64, 2)).astype(np.float32))
-    train(tiny(p), tmp_path / "run", progress=False)
+    train(tiny_config(p), tmp_path / "run", progress=False)
     return tmp_path / "run"
 
 
@@ -191,14 +181,14 @@ def test_resume_from_damaged_checkpoint_refused_and_untouched(run_dir, tmp_path)
     w.write_bytes(w.read_bytes()[:100])
     before = snapshot(run_dir)
     with pytest.raises(ValueError, match="checksum"):
-        train(tiny(tmp_path / "data.npy", steps=9), run_dir, resume=True, progress=False)
+        train(tiny_config(tmp_path / "data.npy", steps=9), run_dir, resume=True, progress=False)
     assert snapshot(run_dir) == before
 
 
 def test_bad_objective_option_refused_before_writing(tmp_path):
     p = tmp_path / "data.npy"
     np.save(p, np.zeros((8, 2), np.float32))
-    cfg = tiny(p)
+    cfg = tiny_config(p)
     cfg["objective"] = {"name": "dsm", "sigma": -1.0}
     with pytest.raises(ValueError, match="sigma"):
         train(cfg, tmp_path / "r", progress=False)
@@ -213,5 +203,5 @@ def test_edited_generator_state_refused_on_resume(run_dir, tmp_path):
     j.write_text(json.dumps(meta))
     before = snapshot(run_dir)
     with pytest.raises(ValueError, match="generator states"):
-        train(tiny(tmp_path / "data.npy", steps=9), run_dir, resume=True, progress=False)
+        train(tiny_config(tmp_path / "data.npy", steps=9), run_dir, resume=True, progress=False)
     assert snapshot(run_dir) == before

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from helpers import noisy_points, three_component_mixture
 from scorelab.guidance import classifier_free, classifier_guided
 from scorelab.oracle import GaussianMixture
 from scorelab.sde import VESDE, VPSDE, SubVPSDE
@@ -15,11 +16,7 @@ IDS = ["ve", "vp", "subvp"]
 
 
 def mixture(d=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    means = 2 * torch.randn(3, d, generator=g, dtype=torch.float64)
-    A = torch.randn(3, d, d, generator=g, dtype=torch.float64) / math.sqrt(d)
-    covs = 0.5 * A @ A.transpose(1, 2) + 0.1 * torch.eye(d, dtype=torch.float64)
-    return GaussianMixture(torch.tensor([0.2, 0.3, 0.5]), means, covs)
+    return three_component_mixture(d, seed, jitter=0.1)
 
 
 def exact_classifier(gmm, sde):
@@ -32,9 +29,7 @@ def component(gmm, k):
 
 
 def noisy(gmm, sde, n=16, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.rand(n, generator=g, dtype=torch.float64) * 0.8 + 0.02
-    return gmm.sample(n, t, sde, generator=g), t
+    return noisy_points(gmm, sde, n, seed, t_range=(0.02, 0.82))
 
 
 @pytest.mark.parametrize("sde", SDES, ids=IDS)

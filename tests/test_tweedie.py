@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from helpers import noisy_points, three_component_mixture
 from scorelab.oracle import GaussianMixture
 from scorelab.sde import VESDE, VPSDE, SubVPSDE
 from scorelab.tweedie import (
@@ -21,17 +22,11 @@ IDS = ["ve", "vp", "subvp"]
 
 
 def mixture(d=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    means = 2 * torch.randn(3, d, generator=g, dtype=torch.float64)
-    A = torch.randn(3, d, d, generator=g, dtype=torch.float64) / math.sqrt(d)
-    covs = 0.5 * A @ A.transpose(1, 2) + 0.05 * torch.eye(d, dtype=torch.float64)
-    return GaussianMixture(torch.tensor([0.2, 0.3, 0.5]), means, covs)
+    return three_component_mixture(d, seed, jitter=0.05)
 
 
 def noisy(gmm, sde, n=12, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.rand(n, generator=g, dtype=torch.float64) * 0.6 + 0.05
-    return gmm.sample(n, t, sde, generator=g), t
+    return noisy_points(gmm, sde, n, seed, t_range=(0.05, 0.65))
 
 
 @pytest.mark.parametrize("sde", SDES, ids=IDS)
