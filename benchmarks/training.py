@@ -25,13 +25,13 @@ import numpy as np
 import torch
 
 import scorelab as sl
-from scorelab.train import train as sl_train
 from scorelab.config import load_config
 from scorelab.likelihood import log_likelihood
 from scorelab.metrics import mixture_error
 from scorelab.models import MLPScoreNet
 from scorelab.oracle import GaussianMixture
 from scorelab.samplers import sample
+from scorelab.train import train as sl_train
 
 
 # ------------------------------------------------------------------------------------------- mixtures
@@ -101,7 +101,7 @@ class EDMReference(torch.nn.Module):
         return (self.denoise(x, s.reshape(-1)) - x) / s**2
 
 
-def train_reference(data, tc, sde, hidden, depth, seed):
+def train_reference(data, tc, sde, hidden, depth, seed, steps=None):
     torch.manual_seed(seed)
     sd = float(data.pow(2).mean().sqrt())
     model = EDMReference(data.shape[1], hidden, depth, sd, sde)
@@ -110,7 +110,7 @@ def train_reference(data, tc, sde, hidden, depth, seed):
     opt = torch.optim.Adam(model.parameters(), lr=tc["lr"])
     g = torch.Generator().manual_seed(seed + 1)
     t0 = time.process_time()
-    for k in range(tc["steps"]):
+    for k in range(tc["steps"] if steps is None else steps):
         for grp in opt.param_groups:
             grp["lr"] = tc["lr"] * min(1.0, (k + 1) / max(1, tc["warmup"]))
         x0 = data[torch.randint(0, len(data), (tc["batch_size"],), generator=g)]
@@ -177,6 +177,8 @@ def main(argv=None):
     ap.add_argument("--ndata", type=int, default=20000)
     ap.add_argument("--nll", type=int, default=0)
     ap.add_argument("--reference", action="store_true")
+    ap.add_argument("--equal-seconds", action="store_true", help="also train the reference for scorelab's CPU time")
+    ap.add_argument("--table", default=None, help="write a markdown summary table here")
     ap.add_argument("--samplers", nargs="*", default=None)
     ap.add_argument("--out", default="/tmp/tr/bench")
     ap.add_argument("--json", default=None)
@@ -203,9 +205,48 @@ def main(argv=None):
                      **evaluate(score, sde, gmm, a.n, seed, samplers, a.nll)}
                 print(json.dumps(r), flush=True)
                 results.append(r)
+                if a.equal_seconds:
+                    steps = max(1, round(cfg["train"]["steps"] * results[-2]["seconds"] / sec))
+                    score, sec = train_reference(data, cfg["train"], sde, cfg["model"]["hidden"],
+                                                 cfg["model"]["depth"], seed, steps=steps)
+                    r = {"mixture": name, "seed": seed, "who": "edm_ref_eqtime", "steps": steps, "seconds": sec,
+                         "floor": fl, **evaluate(score, sde, gmm, a.n, seed, samplers, a.nll)}
+                    print(json.dumps(r), flush=True)
+                    results.append(r)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
+    if a.table:
+        Path(a.table).write_text(summary(results, cfg["train"]["steps"]) + "\n")
     return results
+
+
+def summary(results, steps):
+    """Markdown table: per mixture and trainer, means over seeds of the best and default sampler's moment KL and
+    mode TV, the best sampler's name(s), NLL gap (nats/dim) and CPU seconds; the ratio column is moment KL of
+    scorelab / the row's (scorelab's row: 1)."""
+    from statistics import mean
+
+    lines = ["| mixture | trainer | steps | CPU s | floor KL / TV | best sampler | best KL | best TV | "
+             "default KL | default TV | NLL gap | KL ratio scorelab/this (best, default) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for mix in dict.fromkeys(r["mixture"] for r in results):
+        own = [r for r in results if r["mixture"] == mix and r["who"] == "scorelab"]
+        for who in dict.fromkeys(r["who"] for r in results if r["mixture"] == mix):
+            rs = [r for r in results if r["mixture"] == mix and r["who"] == who]
+            samp = [k for k in rs[0] if isinstance(rs[0][k], list) and k not in ("floor", "default")]
+            best = [min(samp, key=lambda k, r=r: r[k][0]) for r in rs]
+            bkl = mean(r[b][0] for r, b in zip(rs, best, strict=True))
+            btv = mean(r[b][1] for r, b in zip(rs, best, strict=True))
+            dkl, dtv = mean(r["default"][0] for r in rs), mean(r["default"][1] for r in rs)
+            okl = mean(min(r[k][0] for k in samp) for r in own)
+            odkl = mean(r["default"][0] for r in own)
+            nll = f"{mean(r['nll_gap'] for r in rs):+.4f}" if "nll_gap" in rs[0] else "-"
+            st = mean(r.get("steps", steps) for r in rs)
+            lines.append(f"| {mix} | {who} | {st:.0f} | {mean(r['seconds'] for r in rs):.1f} | "
+                         f"{mean(r['floor'][0] for r in rs):.4f} / {mean(r['floor'][1] for r in rs):.3f} | "
+                         f"{', '.join(sorted(set(best)))} | {bkl:.4f} | {btv:.3f} | {dkl:.4f} | {dtv:.3f} | {nll} | "
+                         f"{okl / bkl:.2f}, {odkl / dkl:.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

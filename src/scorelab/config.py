@@ -345,9 +345,10 @@ def measure_sigma_data(x: torch.Tensor) -> float:
     return float(x.double().pow(2).mean().sqrt())
 
 
-def build_objective(section: dict, data_section: dict | None = None) -> Callable[..., torch.Tensor]:
-    """objective section -> fn(model, x, generator=None) -> [B] losses, with the options bound (the data section
-    is needed only by ESM's ``target: data``)."""
+def build_objective(section: dict, data_section: dict | None = None, sde=None) -> Callable[..., torch.Tensor]:
+    """objective section -> fn(model, x, generator=None) -> [B] losses, with the options bound. ESM's oracle
+    target needs the data section (``target: data``) and the model's process ``sde``, to which it is bound here;
+    without ``sde`` (config validation) the objective is built but its target refuses to be called."""
     from .objectives import OBJECTIVES, make_objective
 
     name = section.get("name")
@@ -356,6 +357,8 @@ def build_objective(section: dict, data_section: dict | None = None) -> Callable
     options = {k: v for k, v in section.items() if k != "name"}
     if name == "esm":
         options = _esm_target(options, data_section)
+        if sde is not None:
+            options["target_score"].bind(sde)
     return make_objective(name, **options)
 
 
@@ -397,12 +400,14 @@ class _GMMScore:
 
     def __call__(self, x, t):
         if self._fn is None:
-            raise ValueError("the esm target was not bound to a process; build objectives with build_training().")
+            raise ValueError("the esm target was not bound to a process; build it with "
+                             "build_objective(section, data_section, sde).")
         return self._fn(x.double(), t.double()).to(x.dtype)
 
 
 def bind_objective(objective, sde):
-    """Give an ESM objective's oracle target the model's process (other objectives are returned unchanged)."""
+    """Give an ESM objective's oracle target the model's process (other objectives are returned unchanged).
+    ``build_objective(section, data_section, sde)`` does this itself; kept for callers that build first."""
     target = getattr(objective, "keywords", {}).get("target_score")
     if isinstance(target, _GMMScore):
         target.bind(sde)

@@ -47,9 +47,6 @@ def _held_out(run, data, n_default: int, seed: int) -> tuple[torch.Tensor, str]:
     if x.ndim < 2 or tuple(x.shape[1:]) != tuple(run.data_shape):
         raise ValueError(f"held-out data {label!r} has shape {list(x.shape)}; the run was trained on examples of "
                          f"shape {list(run.data_shape)}, so give an array [N, {', '.join(map(str, run.data_shape))}].")
-    if len(run.data_shape) != 1:
-        raise ValueError(f"evaluate works on vector data [N, d]; this run's examples have shape "
-                         f"{list(run.data_shape)} (images: use scorelab likelihood --bits-per-dim).")
     if x.shape[0] < 4:
         raise ValueError(f"held-out data {label!r} has {x.shape[0]} examples; give at least 4 (two halves of 2).")
     if not bool(torch.isfinite(x).all()):
@@ -70,7 +67,8 @@ def evaluate(run, data=None, *, n: int = 4000, nll_n: int = 500, method: str | N
     if not isinstance(run, Run):
         run = load(run)
     if len(run.data_shape) != 1:
-        raise ValueError(f"evaluate works on vector data [N, d]; this run's examples have shape {list(run.data_shape)}.")
+        raise ValueError(f"evaluate works on vector data [N, d]; this run's examples have shape "
+                         f"{list(run.data_shape)} (images: use scorelab likelihood --bits-per-dim).")
     x, label = _held_out(run, data, n, seed)
     g = torch.Generator().manual_seed(seed)
     x = x[torch.randperm(len(x), generator=g)[:n]]

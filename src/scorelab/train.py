@@ -48,7 +48,6 @@ import yaml
 
 from . import checkpoint as ckpt
 from .config import (
-    bind_objective,
     build_data,
     build_model,
     build_objective,
@@ -224,7 +223,7 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool) -
         torch.manual_seed(tc["seed"])
         model = build_model(cfg["model"], sde, tuple(data.shape[1:])).to(dd.device)
     ema = copy.deepcopy(model).requires_grad_(False)
-    objective = bind_objective(build_objective(cfg["objective"], cfg["data"]), sde)
+    objective = build_objective(cfg["objective"], cfg["data"], sde)
     opt = torch.optim.Adam(model.parameters(), lr=tc["lr"], betas=tuple(tc["adam_betas"]), eps=tc["adam_eps"])
     index_gen = torch.Generator().manual_seed(tc["seed"])
     loss_gen = torch.Generator(device=dd.device).manual_seed(loss_seed(tc["seed"], dd.rank))
