@@ -32,6 +32,9 @@ METHODS = {
     "edm_heun": edm_heun,
 }
 
+# Default for learned scores (trained runs): chosen on runs trained by benchmarks/training.py, see docs/objectives.md
+DEFAULT_METHOD, DEFAULT_NFE = "euler_maruyama", 400
+
 __all__ = ["sample", "samplers", "SampleResult", "METHODS"]
 
 
@@ -40,7 +43,7 @@ def samplers() -> list[str]:
     return list(METHODS)
 
 
-def sample(score_fn, sde: SDE, shape, method: str = "dpm_solver", nfe: int = 20,
+def sample(score_fn, sde: SDE, shape, method: str = DEFAULT_METHOD, nfe: int = DEFAULT_NFE,
            generator: torch.Generator | None = None, callback=None, dtype: torch.dtype = torch.float32,
            device=None, **options) -> SampleResult:
     """Draw ``shape`` = (B, *dims) samples with ``method`` using at most ``nfe`` score evaluations.
