@@ -32,8 +32,8 @@ DEMO_CONFIG = {
     "data": {"name": "ring", "n": 20000},
     "sde": {"type": "ve", "sigma_min": 0.01, "sigma_max": 10.0},
     "model": {"type": "mlp", "hidden": 128, "depth": 3, "parameterization": "edm"},
-    "objective": {"name": "sde_dsm", "noise": "lognormal", "weighting": "edm", "p_mean": -0.4, "p_std": 1.6},
-    "train": {"steps": 10000, "batch_size": 256, "lr": 3.0e-3, "warmup": 100, "lr_schedule": "cosine",
+    "objective": {"name": "sde_dsm", "noise": "lognormal", "weighting": "edm", "p_mean": -0.8, "p_std": 1.4},
+    "train": {"steps": 10000, "batch_size": 512, "lr": 3.0e-3, "warmup": 100, "lr_schedule": "cosine",
               "grad_clip": 1.0, "ema_decay": 0.995, "ema_power": 6.94, "seed": 0, "log_every": 100,
               "ckpt_every": 1000, "threads": 1},
 }
