@@ -223,3 +223,58 @@ def test_score_model_shape_dtype_and_determinism(batch, dims, param, t):
     assert out.shape == x.shape and out.dtype == D64
     assert bool(torch.isfinite(out).all())
     torch.testing.assert_close(model(x, torch.full((batch,), t, dtype=D64)), out)
+
+
+# ---------------------------------------------------------------- EDM preconditioning
+class EDMOracleNet(torch.nn.Module):
+    """The network output F* = (E[x0 | y] - c_skip y) / c_out that makes EDM's denoiser exact, recovering sigma and
+    y from what the network is given (c_in y, ln(sigma)/4)."""
+
+    def __init__(self, gmm, sde, sigma_data):
+        super().__init__()
+        self.gmm, self.sde, self.sd = gmm, sde, sigma_data
+
+    def forward(self, x_in, c):
+        sig = torch.exp(4 * c)[:, None]
+        norm = torch.sqrt(sig**2 + self.sd**2)
+        y = x_in * norm
+        t = self.sde.t_from_std_ratio(sig[:, 0])
+        x0 = self.gmm.posterior_mean(self.sde.marginal_scale(t)[:, None] * y, t, self.sde)
+        return (x0 - self.sd**2 / norm**2 * y) * norm / (sig * self.sd)
+
+
+@pytest.mark.parametrize("sde", [VESDE(0.01, 10.0), VPSDE(), SubVPSDE(), VPSDE(schedule="cosine")], ids=repr)
+def test_edm_parameterization_with_the_optimal_network_is_the_oracle_score(sde):
+    gmm = gmm2()
+    model = ScoreModel(EDMOracleNet(gmm, sde, 1.7), sde, parameterization="edm", sigma_data=1.7)
+    g = torch.Generator().manual_seed(2)
+    t = torch.rand(64, generator=g, dtype=D64) * 0.95 + 0.02
+    x = gmm.sample(64, t=t, sde=sde, generator=g)
+    torch.testing.assert_close(model.score(x, t), gmm.score(x, t, sde), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("sde", [VESDE(1e-4, 1e3), VPSDE(), SubVPSDE()], ids=repr)
+def test_edm_score_is_finite_and_sigma_data_kept_at_tiny_and_huge_noise(sde):
+    torch.manual_seed(0)
+    model = ScoreModel(MLPScoreNet(2, hidden=16, depth=2, embed_dim=8), sde, "edm", sigma_data=2.0)
+    assert model.sigma_data == 2.0 and "sigma_data=2" in repr(model)
+    for t in (1e-5, 1e-3, 0.5, 1.0):
+        x = torch.randn(8, 2) * 3
+        out = model.score(x, t)
+        assert bool(torch.isfinite(out).all()), t
+    # an untrained (zero-output) network gives the score of N(0, sigma_data^2) smoothed to p_t, exactly
+    torch.nn.init.zeros_(model.net.mlp.out.weight)
+    torch.nn.init.zeros_(model.net.mlp.out.bias)
+    t = torch.full((4,), 0.3, dtype=D64)
+    model.double()
+    x = torch.randn(4, 2, dtype=D64)
+    m, s = sde.marginal_scale(t)[:, None], sde.marginal_std(t)[:, None]
+    torch.testing.assert_close(model.score(x, t), -x / (m**2 * 4.0 + s**2))
+
+
+def test_edm_model_trains_with_lognormal_edm_loss():
+    torch.manual_seed(0)
+    model = ScoreModel(MLPScoreNet(2, hidden=16, depth=2, embed_dim=8), VPSDE(), "edm", sigma_data=1.0)
+    _one_step(model, "sde_dsm", torch.randn(16, 2), noise="lognormal", weighting="edm")
+    with pytest.raises(ValueError, match="sigma_data"):
+        ScoreModel(MLPScoreNet(2), VESDE(), "edm", sigma_data=-1.0)

@@ -7,7 +7,7 @@ ValueError that names the key and the valid choices), and missing keys take the 
     sde:       type ve | vp | subvp, plus that process's constructor arguments
     model:     type mlp | unet | energy, parameterization, plus that network's constructor arguments
     objective: name (a key of scorelab.objectives.OBJECTIVES), plus that objective's options
-    train:     steps, batch_size, lr, warmup, grad_clip, ema_decay, adam_betas, adam_eps, seed,
+    train:     steps, batch_size, lr, warmup, lr_schedule, grad_clip, ema_decay, ema_power, adam_betas, adam_eps, seed,
                log_every, ckpt_every, device, tensorboard, threads
 
 ``load_config(path_or_name, overrides)`` reads a file (or a bundled config by bare name, e.g. ``toy``),
@@ -137,9 +137,12 @@ SDE_FIELDS = {
               "schedule": _Field((str,), "linear", choices=("linear", "cosine"))},
 }
 
-_PARAM = ("score", "eps", "x0", "energy")
+_PARAM = ("score", "eps", "x0", "edm", "energy")
+# sigma_data of "edm" (Karras et al. 2022): null = measured from the training data (its RMS) when training starts
+# and written into the run's config, so scorelab.load rebuilds the same model
+_SIGMA_DATA = _pos_float(None, nullable=True)
 _MLP = {  # widths for 2-D toys; Fourier scale 16 as NCSN++ (Song et al. 2021)
-    "parameterization": _Field((str,), "score", choices=_PARAM),
+    "parameterization": _Field((str,), "score", choices=_PARAM), "sigma_data": _SIGMA_DATA,
     "hidden": _pos_int(128), "depth": _pos_int(3), "embed_dim": _pos_int(32),
     "fourier_scale": _pos_float(16.0),
 }
@@ -147,7 +150,7 @@ MODEL_FIELDS = {
     "mlp": _MLP,
     "energy": {**_MLP, "parameterization": _Field((str,), "energy", choices=("energy",))},
     "unet": {  # a trimmed DDPM/NCSN++ U-Net (Ho et al. 2020; Song et al. 2021)
-        "parameterization": _Field((str,), "score", choices=_PARAM[:3]),
+        "parameterization": _Field((str,), "score", choices=_PARAM[:4]), "sigma_data": _SIGMA_DATA,
         "base_channels": _pos_int(32), "channel_mults": _Field((list,), [1, 2]),
         "num_res_blocks": _pos_int(1), "attn_at_lowest": _Field((bool,), True), "embed_dim": _pos_int(128),
     },
@@ -160,6 +163,9 @@ TRAIN_FIELDS = {
     "warmup": _Field((int,), 5000, min=0),             # linear warm-up steps, 5000 (Song et al. 2021); toys: ~100
     "grad_clip": _Field((float,), 1.0, min=0),         # gradient-norm clip 1.0 (Song et al. 2021); 0 = off
     "ema_decay": _Field((float,), 0.9999, min=0),      # 0.9999 (Ho et al. 2020; Song et al. 2021); toys: 0.999
+    "ema_power": _Field((float,), None, min=0, nullable=True),  # power-function EMA gamma (Karras et al. 2024);
+                                                       # null = constant ema_decay; 6.94 <-> sigma_rel 0.10
+    "lr_schedule": _Field((str,), "constant", choices=("constant", "cosine", "inv_sqrt")),  # after warm-up
     "adam_betas": _Field((list,), [0.9, 0.999], length=2),  # torch/Adam defaults, as score_sde
     "adam_eps": _pos_float(1e-8),
     "seed": _Field((int,), 0, min=0),
@@ -369,7 +375,7 @@ def build_model(section: dict, sde, data_shape: tuple[int, ...]):
     so seed it first)."""
     from .models import EnergyNet, MLPScoreNet, ScoreModel, UNet
 
-    args = {k: v for k, v in section.items() if k not in ("type", "parameterization")}
+    args = {k: v for k, v in section.items() if k not in ("type", "parameterization", "sigma_data")}
     kind = section["type"]
     if kind == "unet":
         if len(data_shape) != 3:
@@ -379,12 +385,19 @@ def build_model(section: dict, sde, data_shape: tuple[int, ...]):
     else:
         dim = math.prod(data_shape)
         net = (MLPScoreNet if kind == "mlp" else EnergyNet)(dim, **args)
-    return ScoreModel(net, sde, parameterization=section["parameterization"])
+    return ScoreModel(net, sde, parameterization=section["parameterization"], sigma_data=section.get("sigma_data"))
 
 
-def build_objective(section: dict, data_section: dict | None = None) -> Callable[..., torch.Tensor]:
-    """objective section -> fn(model, x, generator=None) -> [B] losses, with the options bound (the data section
-    is needed only by ESM's ``target: data``)."""
+def measure_sigma_data(x: torch.Tensor) -> float:
+    """The data's RMS sqrt(mean x^2) over every entry: EDM's sigma_data (Karras et al. 2022), which makes the
+    preconditioned network's input c_in x unit-variance at every noise level."""
+    return float(x.double().pow(2).mean().sqrt())
+
+
+def build_objective(section: dict, data_section: dict | None = None, sde=None) -> Callable[..., torch.Tensor]:
+    """objective section -> fn(model, x, generator=None) -> [B] losses, with the options bound. ESM's oracle
+    target needs the data section (``target: data``) and the model's process ``sde``, to which it is bound here;
+    without ``sde`` (config validation) the objective is built but its target refuses to be called."""
     from .objectives import OBJECTIVES, make_objective
 
     name = section.get("name")
@@ -394,6 +407,8 @@ def build_objective(section: dict, data_section: dict | None = None) -> Callable
     options = _check_option_types(name, OBJECTIVES[name], options)
     if name == "esm":
         options = _esm_target(options, data_section)
+        if sde is not None:
+            options["target_score"].bind(sde)
     return make_objective(name, **options)
 
 
@@ -458,12 +473,14 @@ class _GMMScore:
 
     def __call__(self, x, t):
         if self._fn is None:
-            raise ValueError("the esm target was not bound to a process; build objectives with build_training().")
+            raise ValueError("the esm target was not bound to a process; build it with "
+                             "build_objective(section, data_section, sde).")
         return self._fn(x.double(), t.double()).to(x.dtype)
 
 
 def bind_objective(objective, sde):
-    """Give an ESM objective's oracle target the model's process (other objectives are returned unchanged)."""
+    """Give an ESM objective's oracle target the model's process (other objectives are returned unchanged).
+    ``build_objective(section, data_section, sde)`` does this itself; kept for callers that build first."""
     target = getattr(objective, "keywords", {}).get("target_score")
     if isinstance(target, _GMMScore):
         target.bind(sde)

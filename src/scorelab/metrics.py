@@ -81,3 +81,46 @@ def fisher_divergence(score_fn, gmm: GaussianMixture, sde: SDE, n: int = 2000, n
             est = score_fn(x.float(), tt.float()).to(torch.float64)
         total += float((sde.marginal_std(tt)[:, None] ** 2 * (est - true) ** 2).sum(1).mean()) / gmm.d
     return total / n_times
+
+
+# ---------------------------------------------------------------- sample-vs-data distances (no oracle needed)
+def _flat2(x: torch.Tensor, name: str) -> torch.Tensor:
+    check_batch(x, name)
+    return x.reshape(x.shape[0], -1).to(torch.float64)
+
+
+def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_projections: int = 256,
+                       generator: torch.Generator | None = None) -> float:
+    """Sliced 2-Wasserstein distance between the point sets x [n, *dims] and y [m, *dims] (Rabin et al. 2011):
+    sqrt of the mean over random unit directions v of W2^2 of the projections v.x and v.y, each W2 from the
+    quantile functions at n' = min(n, m) levels."""
+    a, b = _flat2(x, "x"), _flat2(y, "y")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"x and y must have the same number of features, got {a.shape[1]} and {b.shape[1]}.")
+    v = torch.randn(a.shape[1], n_projections, generator=generator, dtype=torch.float64)
+    v = v / v.norm(dim=0, keepdim=True)
+    n = min(len(a), len(b))
+    q = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    pa = torch.quantile((a @ v), q, dim=0) if len(a) != n else (a @ v).sort(0).values
+    pb = torch.quantile((b @ v), q, dim=0) if len(b) != n else (b @ v).sort(0).values
+    return float(((pa - pb) ** 2).mean().sqrt())
+
+
+def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> float:
+    """Unbiased squared maximum mean discrepancy (Gretton et al. 2012) with a sum of Gaussian kernels at 0.5, 1
+    and 2 x ``bandwidth`` (default: the median pairwise distance of the pooled points), x [n, *dims], y [m, *dims].
+    Quadratic in n + m: pass at most a few thousand points."""
+    a, b = _flat2(x, "x"), _flat2(y, "y")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"x and y must have the same number of features, got {a.shape[1]} and {b.shape[1]}.")
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("mmd needs at least 2 points in each set.")
+    z = torch.cat([a, b])
+    d2 = torch.cdist(z, z).pow(2)
+    if bandwidth is None:
+        bandwidth = float(d2[torch.triu_indices(len(z), len(z), 1).unbind()].median().sqrt())
+    k = sum(torch.exp(-d2 / (2 * (f * bandwidth) ** 2)) for f in (0.5, 1.0, 2.0))
+    n, m = len(a), len(b)
+    kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
+    return float((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+                 - 2 * kxy.mean())

@@ -22,7 +22,8 @@ Denoising objectives (Vincent 2011): with the target -(x_t - m x) / s^2 = -z / s
 
     dsm      one noise level sigma (a std ratio s/m):       lambda/2 |s_theta(x_t) + z / s|^2
     ncsn     one rung of a geometric ladder per example, lambda = s^2 (Song & Ermon 2019)
-    sde_dsm  t ~ U[eps, 1], lambda = s(t)^2 ("std2") or g(t)^2 ("likelihood", Song et al. 2021b)
+    sde_dsm  t ~ U[eps, 1] or log-normal sigma (EDM), lambda = s(t)^2 ("std2"), g(t)^2 ("likelihood",
+             Song et al. 2021b) or s^2 (1 + sigma^2/sigma_data^2) ("edm", Karras et al. 2022)
     ddpm     |z - eps_theta(x_t)|^2 with eps_theta = -s s_theta (Ho et al. 2020): equals 2 x sde_dsm with
              std2 weighting on the same draws
 
@@ -44,7 +45,10 @@ from .ladders import geometric_sigmas
 from .models.parameterization import score_to_eps
 
 REDUCTIONS = ("sum", "mean")
-WEIGHTINGS = ("none", "std2", "likelihood")
+WEIGHTINGS = ("none", "std2", "likelihood", "edm")
+NOISE_DISTRIBUTIONS = ("uniform_t", "lognormal")
+# EDM's training noise distribution ln sigma ~ N(P_mean, P_std^2) (Karras et al. 2022, Table 1)
+EDM_P_MEAN, EDM_P_STD = -1.2, 1.2
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -75,8 +79,11 @@ def _uniform_times(x: torch.Tensor, eps: float, generator) -> torch.Tensor:
     return eps + (1 - eps) * u
 
 
-def _weight(sde, t: torch.Tensor, weighting: str) -> torch.Tensor:
-    """lambda(t) [B]: 1, s(t)^2 or g(t)^2."""
+def _weight(sde, t: torch.Tensor, weighting: str, sigma_data: float = 0.5) -> torch.Tensor:
+    """lambda(t) [B]: 1, s(t)^2, g(t)^2 or EDM's s(t)^2 (1 + sigma^2 / sigma_data^2), sigma = s/m."""
+    if weighting == "edm":
+        sig = sde.marginal_std(t) / sde.marginal_scale(t)
+        return sde.marginal_std(t) ** 2 * (1 + (sig / sigma_data) ** 2)
     if weighting == "none":
         return torch.ones_like(t)
     if weighting == "std2":
@@ -115,13 +122,16 @@ def _points(model, x, t, sigma, eps, perturb, generator):
     return xt, tt, drawn
 
 
-def _denoising(model, x, t, generator, weighting, reduce) -> torch.Tensor:
+def _denoising(model, x, t, generator, weighting, reduce, sigma_data: float = 0.5) -> torch.Tensor:
     """lambda(t)/2 |s_theta(x_t, t) + z / s(t)|^2 at the given times t [B] (Vincent 2011)."""
     xt, z, s = _perturb(model, x, t, generator)
-    if weighting == "std2":
+    if weighting in ("std2", "edm"):
         # s^2 |s_theta + z/s|^2 = |s s_theta + z|^2, written without dividing by a tiny s
-        per = (s * model.score(xt, t) + z) ** 2
-        return 0.5 * _reduce(per, reduce)
+        per = 0.5 * _reduce((s * model.score(xt, t) + z) ** 2, reduce)
+        if weighting == "std2":
+            return per
+        sig = model.sde.marginal_std(t) / model.sde.marginal_scale(t)
+        return per * (1 + (sig / sigma_data) ** 2)
     per = (model.score(xt, t) + z / s) ** 2
     return 0.5 * _weight(model.sde, t, weighting) * _reduce(per, reduce)
 
@@ -243,15 +253,44 @@ def ncsn_loss(model, x: torch.Tensor, generator: torch.Generator | None = None, 
     return _denoising(model, x, times[idx], generator, "std2", reduce)
 
 
-def sde_dsm_loss(model, x: torch.Tensor, generator: torch.Generator | None = None, *, eps: float = 1e-5,
-                 weighting: str = "std2", reduce: str = "sum") -> torch.Tensor:
-    """lambda(t)/2 |s_theta(x_t, t) + z / s(t)|^2 with t ~ U[eps, 1], [B] (Song et al. 2021).
+def _lognormal_times(model, x: torch.Tensor, eps: float, p_mean: float, p_std: float, generator) -> torch.Tensor:
+    """t [B] with sigma(t) = s/m log-normal, ln sigma ~ N(p_mean, p_std^2) (Karras et al. 2022), mapped through the
+    process's inverse sigma -> t and clipped to [eps, 1] (sigma outside the process's range is drawn at its end)."""
+    if not 0 < eps < 1:
+        raise ValueError(f"eps (the smallest time) must lie in (0, 1), got {eps!r}; 1e-5 is Song et al.'s.")
+    if not (isinstance(p_std, (int, float)) and p_std > 0 and isinstance(p_mean, (int, float))):
+        raise ValueError(f"lognormal noise needs numbers p_mean and p_std > 0, got {p_mean!r}, {p_std!r}.")
+    n = torch.randn(x.shape[0], generator=generator, device=x.device, dtype=torch.float64)
+    t = model.sde.t_from_std_ratio(torch.exp(p_mean + p_std * n))
+    return t.clamp(eps, 1.0).to(x.dtype)
 
-    weighting "std2": lambda = s(t)^2 (default); "likelihood": lambda = g(t)^2, which bounds the KL and so
-    the negative log-likelihood (Song et al. 2021b); "none": lambda = 1. eps = 1e-5 as in Song et al.
+
+def sde_dsm_loss(model, x: torch.Tensor, generator: torch.Generator | None = None, *, eps: float = 1e-5,
+                 weighting: str = "std2", reduce: str = "sum", noise: str = "uniform_t",
+                 p_mean: float = EDM_P_MEAN, p_std: float = EDM_P_STD, sigma_data: float | None = None
+                 ) -> torch.Tensor:
+    """lambda(t)/2 |s_theta(x_t, t) + z / s(t)|^2 over a distribution of times, [B] (Song et al. 2021).
+
+    noise "uniform_t": t ~ U[eps, 1] (score SDE, Song et al. 2021); "lognormal": ln(s/m) ~ N(p_mean, p_std^2)
+    mapped to t by the process's inverse (EDM, Karras et al. 2022: -1.2, 1.2), t clipped to [eps, 1].
+    weighting "std2": lambda = s(t)^2; "likelihood": lambda = g(t)^2, which bounds the KL and so the negative
+    log-likelihood (Song et al. 2021b); "none": lambda = 1; "edm": lambda = s^2 (1 + sigma^2/sigma_data^2), which
+    is EDM's 1/c_out^2 on the denoiser loss |D - x_0|^2, i.e. a unit-variance regression target for the
+    preconditioned network. sigma_data: None takes the model's (``ScoreModel.sigma_data``), else 0.5 (EDM).
+    eps = 1e-5 as in Song et al.
     """
     _check(model, x, reduce)
-    return _denoising(model, x, _uniform_times(x, eps, generator), generator, weighting, reduce)
+    if noise == "uniform_t":
+        t = _uniform_times(x, eps, generator)
+    elif noise == "lognormal":
+        t = _lognormal_times(model, x, eps, p_mean, p_std, generator)
+    else:
+        raise ValueError(f"Unknown noise {noise!r}; choose one of {NOISE_DISTRIBUTIONS}.")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"Unknown weighting {weighting!r}; choose one of {WEIGHTINGS}.")
+    if sigma_data is None:
+        sigma_data = getattr(model, "sigma_data", None) or 0.5
+    return _denoising(model, x, t, generator, weighting, reduce, float(sigma_data))
 
 
 def ddpm_loss(model, x: torch.Tensor, generator: torch.Generator | None = None, *, continuous: bool = False,

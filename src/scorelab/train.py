@@ -2,12 +2,18 @@
 
 One step (step k = 0, 1, ..., counted before the update):
 
-    lr_k   = lr * min(1, (k + 1) / warmup)                         linear warm-up (Song et al. 2021: 5000 steps)
+    lr_k   = lr * min(1, (k + 1) / warmup) * decay(k)               linear warm-up (Song et al. 2021: 5000 steps),
+                                                                    then lr_schedule: constant, cosine to 0 at
+                                                                    the last step, or inv_sqrt (Karras et al. 2024)
     idx    ~ U{0..N-1}^B from the index generator                   the global batch, B = train.batch_size
     loss   = mean over this rank's shard of objective(model, x[idx_shard], generator=loss_gen)  (ranks average)
     g      = grad(loss), averaged over ranks (DistributedDataParallel), clipped to norm <= grad_clip
     theta  <- Adam(theta, g, lr_k)
-    ema    <- decay * ema + (1 - decay) * theta                     the weights used for sampling
+    ema    <- beta_k * ema + (1 - beta_k) * theta                   the weights used for sampling: beta_k =
+                                                                    ema_decay, or with ema_power = gamma the
+                                                                    power-function EMA (1 - 1/(k+1))^(gamma+1)
+                                                                    (Karras et al. 2024), which averages a fixed
+                                                                    fraction of the run at every length
 
 Every random draw comes from one of two torch.Generators: the index generator (seeded by train.seed, the same
 on every rank, so all ranks agree on the global batch and each takes its contiguous shard) and the loss
@@ -53,12 +59,12 @@ import yaml
 
 from . import checkpoint as ckpt
 from .config import (
-    bind_objective,
     build_data,
     build_model,
     build_objective,
     build_sde,
     load_config,
+    measure_sigma_data,
     resolve_device,
     scaler_state,
 )
@@ -92,8 +98,8 @@ class TrainResult:
 class _Seam:
     """What objectives see: ``score`` goes through ``net`` (the DDP wrapper, so gradients get averaged)."""
 
-    def __init__(self, net, sde):
-        self.net, self.sde = net, sde
+    def __init__(self, net, sde, sigma_data=None):
+        self.net, self.sde, self.sigma_data = net, sde, sigma_data
 
     def score(self, x, t):
         return self.net(x, t)
@@ -137,6 +143,33 @@ def loss_seed(seed: int, rank: int) -> int:
 def warmup_lr(step: int, lr: float, warmup: int) -> float:
     """lr * min(1, (step + 1) / warmup): linear warm-up, then constant (Song et al. 2021)."""
     return lr if warmup <= 0 else lr * min(1.0, (step + 1) / warmup)
+
+
+LR_SCHEDULES = ("constant", "cosine", "inv_sqrt")
+
+
+def scheduled_lr(step: int, tc: dict) -> float:
+    """The learning rate of step ``step`` (0-based): linear warm-up, then ``tc['lr_schedule']``:
+    constant; cosine from lr to 0 over the steps after warm-up; inv_sqrt lr / sqrt(max(1, k / warmup))
+    (Karras et al. 2024's decay, with their reference point at the end of warm-up)."""
+    lr, warmup, kind = tc["lr"], tc["warmup"], tc.get("lr_schedule", "constant")
+    base = warmup_lr(step, lr, warmup)
+    if kind == "cosine":
+        span = max(1, tc["steps"] - warmup)
+        frac = min(1.0, max(0.0, (step - warmup) / span))
+        return base * 0.5 * (1 + math.cos(math.pi * frac))
+    if kind == "inv_sqrt":
+        return base / math.sqrt(max(1.0, (step + 1) / max(1, warmup)))
+    return base
+
+
+def ema_beta(step: int, tc: dict) -> float:
+    """The EMA decay after update ``step`` (0-based): train.ema_decay, or with train.ema_power = gamma the
+    power-function profile (1 - 1/(step+1))^(gamma+1) of Karras et al. 2024 (gamma 6.94: sigma_rel 0.10)."""
+    gamma = tc.get("ema_power")
+    if gamma is None:
+        return tc["ema_decay"]
+    return (1.0 - 1.0 / (step + 1)) ** (gamma + 1)
 
 
 def _config_diff(a: Any, b: Any, prefix: tuple = ()) -> list[tuple]:
@@ -189,6 +222,9 @@ def _train_locked(config, out, resume: bool, overrides, progress: bool, lock: li
         lock[0] = ckpt.lock_run_dir(out)  # before reading: a concurrent writer could replace the checkpoint
     if resume:
         meta = ckpt.read_meta(out)
+        saved_sd = (meta.get("config") or {}).get("model", {}).get("sigma_data")
+        if cfg["model"].get("sigma_data") is None and saved_sd is not None:  # measured when the run started
+            cfg["model"]["sigma_data"] = saved_sd
         diff = [d for d in _config_diff(meta["config"], cfg) if d not in RESUMABLE_CHANGES]
         if diff:
             keys = ", ".join(".".join(map(str, d)) for d in diff)
@@ -231,11 +267,13 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, l
     data, scaler = build_data(cfg["data"]) if given is None else _given_data(given, cfg["data"])
     data = data.to(dd.device)
     sde = build_sde(cfg["sde"])
+    if cfg["model"]["parameterization"] == "edm" and cfg["model"].get("sigma_data") is None:
+        cfg["model"]["sigma_data"] = measure_sigma_data(data)  # kept in the run's config (scorelab.load)
     with torch.random.fork_rng(devices=[]):  # initial weights from train.seed, without touching the caller's RNG
         torch.manual_seed(tc["seed"])
         model = build_model(cfg["model"], sde, tuple(data.shape[1:])).to(dd.device)
     ema = copy.deepcopy(model).requires_grad_(False)
-    objective = bind_objective(build_objective(cfg["objective"], cfg["data"]), sde)
+    objective = build_objective(cfg["objective"], cfg["data"], sde)
     opt = torch.optim.Adam(model.parameters(), lr=tc["lr"], betas=tuple(tc["adam_betas"]), eps=tc["adam_eps"])
     index_gen = torch.Generator().manual_seed(tc["seed"])
     loss_gen = torch.Generator(device=dd.device).manual_seed(loss_seed(tc["seed"], dd.rank))
@@ -268,7 +306,7 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, l
 
     # one throw-away evaluation before anything is written: a bad objective option fails here, not mid-run
     preflight = torch.Generator(device=dd.device).manual_seed(0)
-    probe = objective(_Seam(model, sde), data[: min(2, data.shape[0])], generator=preflight)
+    probe = objective(_Seam(model, sde, model.sigma_data), data[: min(2, data.shape[0])], generator=preflight)
     if probe.shape != (min(2, data.shape[0]),):
         raise ValueError(f"objective {cfg['objective']['name']!r} returned shape {list(probe.shape)}, expected one "
                          "loss per example [B]; check the objective options.")
@@ -282,7 +320,7 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, l
     if dd.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dd.device.index] if dd.device.type == "cuda" else None)
-    seam = _Seam(net, sde)
+    seam = _Seam(net, sde, model.sigma_data)
 
     log_path = out / LOG_NAME
     writer = None
@@ -370,7 +408,7 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, l
     t0 = time.perf_counter()
     try:
         for step in range(start, tc["steps"]):
-            lr = warmup_lr(step, tc["lr"], tc["warmup"])
+            lr = scheduled_lr(step, tc)
             for group in opt.param_groups:
                 group["lr"] = lr
             idx = torch.randint(0, data.shape[0], (tc["batch_size"],), generator=index_gen)
@@ -382,7 +420,7 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, l
             opt.step()
             with torch.no_grad():
                 for pe, p in zip(ema_params, params, strict=True):
-                    pe.lerp_(p, 1.0 - tc["ema_decay"])
+                    pe.lerp_(p, 1.0 - ema_beta(step, tc))
             window += loss.detach().double()
             n_window += 1
             done = step + 1

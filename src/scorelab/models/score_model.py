@@ -15,6 +15,13 @@ Parameterisations (net = net(x, c), m = m(t), s = s(t)):
                                                 techniques": the net predicts s * score, which is O(1))
     "eps"     score = -net / s                 (the net predicts the noise, as in DDPM, Ho et al. 2020)
     "x0"      score = (m net - x) / s^2        (the net predicts the denoised x_0)
+    "edm"     preconditioned denoiser (Karras et al. 2022, "EDM", Table 1), for every process through
+              sigma = s/m and y = x/m (x_t / m = x_0 + sigma z):
+                  D(y) = c_skip y + c_out net(c_in y, c_noise),   score = (m D - x) / s^2
+              c_skip = sd^2/(sigma^2+sd^2), c_out = sigma sd/sqrt(sigma^2+sd^2), c_in = 1/sqrt(sigma^2+sd^2),
+              c_noise = ln(sigma)/4, sd = sigma_data (the data's RMS, measured at training time; EDM's 0.5
+              for images in [-1, 1] when not given). The network then sees unit-variance inputs and regresses
+              a unit-variance target at every noise level.
     "energy"  score = -grad_x E(x, c)          (net is an EnergyNet returning [B]; the gradient keeps its
                                                 graph whenever autograd is on, so training differentiates
                                                 through it: double backprop)
@@ -30,13 +37,14 @@ from torch import nn
 from .._checks import batch_view
 from .parameterization import eps_to_score, x0_to_score
 
-PARAMETERIZATIONS = ("score", "eps", "x0", "energy")
+PARAMETERIZATIONS = ("score", "eps", "x0", "edm", "energy")
+EDM_SIGMA_DATA = 0.5  # Karras et al. 2022, for images scaled to [-1, 1]
 
 
 class ScoreModel(nn.Module):
     """score(x [B, *dims], t [B] or float) -> [B, *dims] from ``net(x, c)`` and the forward process ``sde``."""
 
-    def __init__(self, net: nn.Module, sde, parameterization: str = "score"):
+    def __init__(self, net: nn.Module, sde, parameterization: str = "score", sigma_data: float | None = None):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"Unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}.")
@@ -48,12 +56,21 @@ class ScoreModel(nn.Module):
         self.net = net
         self.sde = sde
         self.parameterization = parameterization
+        if sigma_data is None:
+            sigma_data = EDM_SIGMA_DATA
+        if not (isinstance(sigma_data, (int, float)) and not isinstance(sigma_data, bool) and sigma_data > 0
+                and sigma_data < float("inf")):
+            raise ValueError(f"sigma_data (the data's RMS) must be a positive number, got {sigma_data!r}.")
+        self.sigma_data = float(sigma_data)  # used by "edm" (and by the EDM loss weighting)
 
     def extra_repr(self) -> str:
-        return f"sde={self.sde!r}, parameterization={self.parameterization!r}"
+        extra = f", sigma_data={self.sigma_data:.4g}" if self.parameterization == "edm" else ""
+        return f"sde={self.sde!r}, parameterization={self.parameterization!r}{extra}"
 
     def conditioning(self, t: torch.Tensor) -> torch.Tensor:
-        """c = log s(t), the scalar the network is conditioned on, [B]."""
+        """c [B], the scalar the network is conditioned on: log s(t), or ln(s/m)/4 for "edm" (EDM's c_noise)."""
+        if self.parameterization == "edm":
+            return 0.25 * torch.log(self.sde.marginal_std(t) / self.sde.marginal_scale(t))
         return torch.log(self.sde.marginal_std(t))
 
     def _time(self, t, x: torch.Tensor) -> torch.Tensor:
@@ -67,6 +84,8 @@ class ScoreModel(nn.Module):
         c = self.conditioning(t)
         if self.parameterization == "energy":
             return self._energy_score(x, c)
+        if self.parameterization == "edm":
+            return self._edm_score(x, t)
         out = self.net(x, c)
         if out.shape != x.shape:
             hint = " (a scalar per example: use parameterization='energy')" if out.shape == x.shape[:1] else ""
@@ -76,6 +95,20 @@ class ScoreModel(nn.Module):
         if self.parameterization == "eps":
             return eps_to_score(out, x, t, self.sde)
         return x0_to_score(out, x, t, self.sde)
+
+    def _edm_score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # score_y = (D - y)/sigma^2 = -y/(sigma^2+sd^2) + sd/(sigma sqrt(sigma^2+sd^2)) F, written without the
+        # cancellation of D - y at small sigma; score_x = score_y / m.
+        m64 = self.sde.marginal_scale(t)
+        sigma = self.sde.marginal_std(t) / m64
+        sd = self.sigma_data
+        norm = torch.sqrt(sigma * sigma + sd * sd)
+        m, sig, nrm = (batch_view(v, x) for v in (m64, sigma, norm))
+        y = x / m
+        out = self.net(y / nrm, 0.25 * torch.log(sigma))
+        if out.shape != x.shape:
+            raise ValueError(f"net returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}.")
+        return (-y / (nrm * nrm) + (sd / (sig * nrm)) * out) / m
 
     def _energy_score(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         # keep the graph of the gradient whenever the caller records one (training, ISM's trace), so the

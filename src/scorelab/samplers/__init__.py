@@ -24,11 +24,13 @@ from .steps import CORRECTORS, PREDICTORS
 METHODS = {f.__name__: f for f in (langevin.langevin, langevin.annealed_langevin, langevin.mala, pc.ancestral,
                                     pc.euler_maruyama, pc.reverse_diffusion, pc.pc, ode.ode, exponential.dpm_solver,
                                     karras.edm_heun)}
-DEFAULT_METHOD = "dpm_solver"  # the method of sample() when none is named
+# The method and budget of sample() when none is named: the default for learned scores (trained runs), chosen on
+# runs trained by benchmarks/training.py (docs/objectives.md, "Default sampling").
+DEFAULT_METHOD, DEFAULT_NFE = "euler_maruyama", 400
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _ARGS = 6  # score, sde, x, times, generator, callback
 
-__all__ = ["sample", "samplers", "SampleResult", "METHODS", "DEFAULT_METHOD"]
+__all__ = ["sample", "samplers", "SampleResult", "METHODS", "DEFAULT_METHOD", "DEFAULT_NFE"]
 
 
 def samplers() -> list[str]:
@@ -117,7 +119,7 @@ class _Hook:
         return x
 
 
-def sample(score_fn, sde: SDE, shape, method: str = DEFAULT_METHOD, nfe: int = 20,
+def sample(score_fn, sde: SDE, shape, method: str = DEFAULT_METHOD, nfe: int = DEFAULT_NFE,
            generator: torch.Generator | None = None, callback=None, dtype: torch.dtype = torch.float32,
            device=None, x_init: torch.Tensor | None = None, grid: str | torch.Tensor | None = None,
            project=None, progress: bool = False, **options) -> SampleResult:
