@@ -521,7 +521,8 @@ def evaluate(run_dir, data_path, out, count, nll_n, method, nfe, device, seed):
     if out:
         _check_out_file(out, (".json",))
     _check_seed(seed)
-    res = run_evaluate(_load_run(run_dir, _device(device)), data_path, n=count, nll_n=nll_n, method=method, nfe=nfe, seed=seed)
+    res = run_evaluate(_load_run(run_dir, _device(device)), data_path, n=count, nll_n=nll_n, method=method, nfe=nfe,
+                       seed=seed)
     click.echo(f"{res['run']}: {res['n_samples']} samples ({res['sampler']}, nfe {res['nfe']}) vs {res['data']}")
     click.echo(format_table(res["rows"]))
     if out:
