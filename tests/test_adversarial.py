@@ -124,12 +124,12 @@ def test_second_writer_refused_by_the_lock(run_dir, data_path, tmp_path):
 
 
 def _nan_after(n_calls):
-    """bind_objective replacement whose losses turn NaN from the n-th call on (the preflight is call 1)."""
-    real = train_mod.bind_objective
+    """build_objective replacement whose losses turn NaN from the n-th call on (the preflight is call 1)."""
+    real = train_mod.build_objective
     calls = [0]
 
-    def bind(objective, sde):
-        fn = real(objective, sde)
+    def bind(*args, **kwargs):
+        fn = real(*args, **kwargs)
 
         def wrapped(model, x, generator=None):
             calls[0] += 1
@@ -141,7 +141,7 @@ def _nan_after(n_calls):
 
 def test_divergence_never_checkpointed_last_finite_kept(tmp_path, data_path, monkeypatch):
     # steps 1..4 finite (calls 2..5), NaN from step 5; checkpoints every step, logs only every 100
-    monkeypatch.setattr(train_mod, "bind_objective", _nan_after(5))
+    monkeypatch.setattr(train_mod, "build_objective", _nan_after(5))
     with pytest.raises(ValueError, match=r"NaN/inf at step 5 .* checkpoint of step 4 is kept.*sde"):
         train(tiny_config(data_path, steps=20, ckpt_every=1, log_every=100), tmp_path / "r", progress=False)
     run = load(tmp_path / "r")

@@ -93,8 +93,8 @@ def test_sample_opt_matches_the_library_call(run_dir, tmp_path):
     want = run.scaler.inverse(ref.x) if run.scaler is not None else ref.x
     np.testing.assert_allclose(np.load(out), want.numpy(), rtol=1e-6, atol=1e-6)
     # the options really reach the method: order 2 gives other samples
-    invoke("sample", run_dir, "--nfe", 6, "-n", 10, "--opt", "order=2", "--opt", "grid=karras", "--device", "cpu",
-           "--seed", 4, "--out", tmp_path / "o2.npy", "--quiet")
+    invoke("sample", run_dir, "--method", "dpm_solver", "--nfe", 6, "-n", 10, "--opt", "order=2",
+           "--opt", "grid=karras", "--device", "cpu", "--seed", 4, "--out", tmp_path / "o2.npy", "--quiet")
     assert not np.allclose(np.load(tmp_path / "o2.npy"), np.load(out))
 
 
@@ -129,10 +129,11 @@ def test_likelihood_in_batches_matches_one_batch(run_dir, tmp_path):
     outs = []
     for bs in (6, 2):
         res = invoke("likelihood", run_dir, "--data", tmp_path / "d.npy", "--batch-size", bs, "--device", "cpu",
-                     "--tol", 1e-4, "--quiet")
+                     "--tol", 1e-5, "--quiet")
         assert res.exit_code == 0, res.output
         outs.append(float(res.output.split()[1]))
-    assert abs(outs[0] - outs[1]) < 2e-2, outs  # measured 0.005: adaptive steps differ per batch (untrained net)
+    # adaptive steps differ per batch: measured 2e-4 apart at tol 1e-5 (3e-2 at 1e-4)
+    assert abs(outs[0] - outs[1]) < 2e-2, outs
 
 
 def test_eval_progress_counts_every_score_evaluation():
