@@ -12,7 +12,7 @@ Predictors of the reverse SDE dx = [a x - g^2 score] dt + g dw_bar (Anderson 198
   (DDPM's ancestral step for VP, Ho et al. 2020; SMLD's for VE); landing on t = 0 it returns x0_hat.
 Correctors (Langevin moves at t_i, x <- x + e score + sqrt(2 e) z):
 - ``langevin``: e = 2 alpha (snr |z| / |score|)^2 with batch-mean norms and alpha = r^2 (1 for VE, 1 - beta_i
-  for DDPM), snr = 0.16 (Song et al. 2021, Algorithms 4-5; CIFAR-10 configs).
+  for DDPM) (Song et al. 2021, Algorithms 4-5; PC's default snr is 0.04, see ``pc``).
 - ``ald``: annealed-Langevin steps e = step_size s(t_i)^2 / s(t_N)^2 (Song & Ermon 2019).
 Scales multiply in fused kernels (``_checks.axpy``), split in square roots where a scale would overflow the
 dtype (float16 with G^2 = 1e8).
