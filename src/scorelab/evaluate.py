@@ -12,7 +12,9 @@ given):
                against the exact mixture, with the floor of an exact sample set of the same size
 
 The samples come from ``scorelab.samplers.sample`` with the default method unless ``method`` is given.
-Returns a dict of rows ``{"metric", "model", "floor", "ratio"}`` plus the settings; ``write_json`` saves it.
+Returns a dict of rows ``{"metric", "model", "floor", "vs floor"}`` plus the settings (``vs floor`` is
+model / floor for the distances and model - floor, the gap in nats/dim, for the NLL, whose floor is the exact
+-log p_eps when the data set is a built-in mixture); ``write_json`` saves it.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def evaluate(run, data=None, *, n: int = 4000, nll_n: int = 500, method: str | N
 
     def row(metric, model, floor):
         rows.append({"metric": metric, "model": model, "floor": floor,
-                     "ratio": model / floor if floor and floor > 0 else float("nan")})
+                     "vs floor": model / floor if floor and floor > 0 else float("nan")})
 
     if nll_n:
         xs = x[:nll_n]
@@ -98,7 +100,7 @@ def evaluate(run, data=None, *, n: int = 4000, nll_n: int = 500, method: str | N
         name = run.config["data"].get("name")
         truth = _true_nll(name, xs, run.sde) if name is not None and run.scaler is None else None
         rows.append({"metric": "nll (nats/dim)", "model": nll_dim, "floor": truth,
-                     "ratio": float("nan") if truth is None else nll_dim - truth})
+                     "vs floor": float("nan") if truth is None else nll_dim - truth})
     gs = torch.Generator().manual_seed(seed + 2)
     sw_model = sliced_wasserstein(samples[finite], b, generator=gs)
     sw_floor = sliced_wasserstein(a, b, generator=torch.Generator().manual_seed(seed + 2))
