@@ -95,12 +95,12 @@ def impute(score_fn, sde: SDE, x: torch.Tensor, known: torch.Tensor, nfe: int = 
     y = rows(x.detach() * known.to(x.dtype))
     offset = (torch.arange(B, device=x.device) * P)[:, None]
 
-    def sq(z):  # sum over the known entries of z^2, per row of particles: [B, P]
-        return (known_p * z * z).reshape(B, P, -1).sum(-1)
+    def sq(z):  # sum over the known entries of z^2, per row of particles: [B, P], float64 (log-weights)
+        return (known_p * z * z).reshape(B, P, -1).sum(-1, dtype=torch.float64)
 
     xt = sde.prior_std * torch.randn((B * P, *dims), generator=generator, **kw)
-    logw = torch.zeros((B, P), **kw)
-    resampled = torch.zeros(B, **kw)
+    logw = torch.zeros((B, P), dtype=torch.float64, device=x.device)
+    resampled = torch.zeros(B, dtype=torch.float64, device=x.device)
     for i in range(nfe):
         last = i == nfe - 1
         sc = score(xt, t_d[i].expand(B * P))
@@ -114,7 +114,7 @@ def impute(score_fn, sde: SDE, x: torch.Tensor, known: torch.Tensor, nfe: int = 
         need = effective_sample_size(logw) < ess * P
         idx = torch.where(need[:, None], systematic_resample(logw, generator),
                           torch.arange(P, device=x.device).expand(B, P))
-        resampled = resampled + need.to(x.dtype)
+        resampled = resampled + need.to(resampled.dtype)
         logw = torch.where(need[:, None], torch.zeros_like(logw), logw)
         mu = mu[(idx + offset).reshape(-1)]
         # move: the unknown entries from the model's kernel, the known ones from kernel x twist
