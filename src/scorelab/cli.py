@@ -532,7 +532,8 @@ def _read_inpaint_file(path: str, what: str):
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
               help="Data with missing entries: .npy [N, *dims] or [*dims] in data units, or a .png (pixels / 255).")
 @click.option("--mask", "mask_path", required=True, type=click.Path(dir_okay=False),
-              help="1 = known, 0 = to fill: .npy or .png (white = known), shaped like the input or one example.")
+              help="1 = known, 0 = to fill: .npy or .png (white = known), shaped like the input or broadcastable to it "
+                   "(one example; one channel for all).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npy (or .png for images).")
 @click.option("--method", default="smc", show_default=True,
               help="smc (consistent), replacement, or any replacement sampler (pc, ode, ...).")
@@ -568,15 +569,19 @@ def inpaint(run_dir, input_path, mask_path, out, method, nfe, particles, device,
         x = x[None]
     if tuple(x.shape[1:]) != shape:
         raise ValueError(f"--input has examples of shape {tuple(x.shape[1:])}, the run was trained on {shape}.")
-    if tuple(mask.shape) not in (tuple(x.shape), shape, (1, *shape)):
+    try:
+        fits = torch.broadcast_shapes(mask.shape, x.shape) == x.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
         raise ValueError(f"--mask has shape {tuple(mask.shape)}, which matches neither --input {tuple(x.shape)} nor "
                          f"one example {shape}; give a mask shaped like the input (1 = known, 0 = to fill).")
-    mask = (mask > 0.5).to(dev)
+    mask = (mask > 0.5).to(dev).expand(x.shape)
     scaling = _Scaling(run)
     data = torch.where(mask, x.to(dev), torch.zeros((), device=dev))  # unknown entries may be NaN in the file
     z = scaling.to_model(data)
     g = torch.Generator(device=dev).manual_seed(seed)
-    res = fill(run.score, run.sde, z, mask.expand(z.shape), method=method, nfe=nfe, generator=g, **options)
+    res = fill(run.score, run.sde, z, mask, method=method, nfe=nfe, generator=g, **options)
     y = torch.where(mask, data, scaling.to_data(res.x)).detach().cpu()  # known entries bit for bit in data units
     if out.lower().endswith(".png"):
         if y.ndim != 4:

@@ -1,5 +1,9 @@
 """Sampling under a constraint: inpainting and colorization (Song et al. 2021, Sec. 5 and App. I.2-I.3).
 
+The default method of ``inpaint`` and ``colorize`` is "smc" (``scorelab.smc``): twisted sequential Monte Carlo
+with the forward-noised observation as the twist (MCGdiff, Cardoso et al. 2023), consistent: exact as its
+particles grow. The replacement method below stays as named baselines ("replacement" = "pc", any sampler).
+
 Some entries of x_0 are known, x_0 = (x_k, x_u). The replacement method samples the unknown part with the
 unconditional score: run a reverse-time sampler on the whole vector and, after every step, overwrite the
 known entries with a forward-noised copy of the known data at the current time,
