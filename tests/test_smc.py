@@ -163,3 +163,22 @@ def test_bad_smc_options_say_what_to_do():
             inpaint(s, sde, x, mask, **{"nfe": 5, **kw})
     with pytest.raises(TypeError, match="resample belongs to method='pc'"):
         inpaint(s, sde, x, mask, nfe=5, resample=2)
+
+
+def test_images_follow_the_same_path_as_vectors():
+    """[B, C, H, W] images with a pixel mask give the numbers of the flat [B, d] problem with the flat mask
+    (so the image path inherits the vector path's accuracy above)."""
+    gmm = mixture(8, 31)
+    mask = torch.zeros(2, 2, 2, dtype=torch.bool)
+    mask[:, 0, :] = True
+    known = mask.reshape(-1)
+    y, _ = between(gmm, known)
+    sde = VPSDE()
+    x = torch.zeros(50, 8, dtype=F64)
+    x[:, known] = y
+    kw = {"nfe": 30, "particles": 8}
+    img = inpaint(gmm.score_fn(sde), sde, x.reshape(50, 2, 2, 2), mask, generator=torch.Generator().manual_seed(0),
+                  **kw)
+    flat = inpaint(gmm.score_fn(sde), sde, x, known, generator=torch.Generator().manual_seed(0), **kw)
+    assert img.x.shape == (50, 2, 2, 2) and img.resampled == flat.resampled
+    torch.testing.assert_close(img.x.reshape(50, 8), flat.x, atol=1e-12, rtol=0)
