@@ -19,6 +19,7 @@ from scorelab.conditional import (
     inpaint,
     methods,
     orthogonal_score,
+    replacement_methods,
 )
 from scorelab.oracle import GaussianMixture
 from scorelab.samplers import options_of
@@ -105,7 +106,7 @@ def test_nfe_is_counted_and_never_exceeds_the_budget():
     x = torch.zeros(8, 2, dtype=torch.float64)
     mask = torch.zeros_like(x)
     mask[:, 0] = 1
-    for method in methods():
+    for method in replacement_methods():
         for nfe, extra in [(7, {}), (50, {"resample": 3}), (50, {"corrector_steps": 2}), (1, {"corrector_steps": 0})]:
             if (method == "pc" and nfe == 1) or not set(extra) <= set(options_of(method)):
                 continue
@@ -199,7 +200,7 @@ def test_bad_input_says_what_to_do():
     with pytest.raises(ValueError, match="Unknown method"):
         inpaint(s, sde, x, mask, method="heun", nfe=10)
     with pytest.raises(ValueError, match="resample"):
-        inpaint(s, sde, x, mask, nfe=10, resample=0)
+        inpaint(s, sde, x, mask, method="pc", nfe=10, resample=0)
     with pytest.raises(TypeError, match="mask must be a tensor"):
         inpaint(s, sde, x, [1, 0], nfe=10)
     with pytest.raises(ValueError, match="gray"):

@@ -10,6 +10,7 @@ without a traceback (click's own usage errors exit 2 as well).
     scorelab likelihood RUN_DIR --data FILE.npy [--bits-per-dim] [--batch-size B] [--device D]
     scorelab denoise RUN_DIR --data noisy.npy --sigma S --out clean.npy [--device D]
     scorelab figures [--out DIR] [--quick] [--only NAME ...]
+    scorelab inpaint RUN_DIR --input FILE(.npy|.png) --mask FILE(.npy|.png) --out FILE(.npy|.png) [--method smc]
     scorelab --version | -h
 
 Nothing heavy is imported at start-up (torch, matplotlib load inside the commands), so ``--help`` is instant.
@@ -527,6 +528,105 @@ def evaluate(run_dir, data_path, out, count, nll_n, method, nfe, device, seed):
     click.echo(format_table(res["rows"]))
     if out:
         click.echo(f"wrote {write_json(res, out)}")
+
+
+def _read_inpaint_file(path: str, what: str):
+    """--input / --mask: a .npy array [N, *dims] or [*dims], or a .png image (pixels / 255, [1, C, H, W])."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    p = Path(path)
+    if p.suffix.lower() not in (".npy", ".png"):
+        raise ValueError(f"{what} {path!r} must be a .npy array or a .png image.")
+    if not p.is_file():
+        raise ValueError(f"{what} file not found: {path}; check the path.")
+    if p.suffix.lower() == ".png":
+        from ._extras import require
+
+        Image = require("PIL.Image", "plots", "reading .png files")
+        with Image.open(p) as im:
+            arr = np.asarray(im.convert("L") if im.mode in ("1", "L", "LA", "P", "I", "I;16") else im.convert("RGB"))
+        arr = arr.astype(np.float32) / 255.0
+        arr = arr[None, None] if arr.ndim == 2 else arr.transpose(2, 0, 1)[None]
+        return torch.from_numpy(np.ascontiguousarray(arr))
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except ValueError as err:
+        raise ValueError(f"{what} {path!r}: not a plain numeric .npy array ({err}).") from None
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise ValueError(f"{what} {path!r}: the array has dtype {arr.dtype}; a numeric array is needed.")
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+
+
+@main.command(short_help="Fill in the masked entries of data with a run (consistent SMC by default).")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
+              help="Data with missing entries: .npy [N, *dims] or [*dims] in data units, or a .png (pixels / 255).")
+@click.option("--mask", "mask_path", required=True, type=click.Path(dir_okay=False),
+              help="1 = known, 0 = to fill: .npy or .png (white = known), shaped like the input or broadcastable to it "
+                   "(one example; one channel for all).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npy (or .png for images).")
+@click.option("--method", default="smc", show_default=True,
+              help="smc (consistent), replacement, or any replacement sampler (pc, ode, ...).")
+@click.option("--nfe", default=400, show_default=True, type=int, help="Score evaluations (per particle for smc).")
+@click.option("--particles", default=None, type=int, help="Particles per example (smc only; default 32).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:k].")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--quiet", is_flag=True, help="No progress line.")
+@one_line_errors
+def inpaint(run_dir, input_path, mask_path, out, method, nfe, particles, device, seed, quiet):
+    """Sample the entries of --input where --mask is 0 given those where it is 1, with the run's score;
+    writes the completed data in data units (known entries unchanged)."""
+    import numpy as np
+    import torch
+
+    from .conditional import inpaint as fill
+
+    _check_out_file(out, (".npy", ".png"))
+    _check_seed(seed)
+    if nfe < 1 or nfe > MAX_NFE:
+        raise ValueError(f"--nfe must be in [1, {MAX_NFE}], got {nfe}.")
+    options = {}
+    if particles is not None:
+        if method != "smc":
+            raise ValueError(f"--particles belongs to --method smc, not {method!r}; drop it or use --method smc.")
+        options["particles"] = particles
+    x = _read_inpaint_file(input_path, "--input")
+    mask = _read_inpaint_file(mask_path, "--mask")
+    dev = _device(device)
+    run = _load_run(run_dir, dev)
+    shape = tuple(run.data_shape)
+    if tuple(x.shape) == shape:
+        x = x[None]
+    if tuple(x.shape[1:]) != shape:
+        raise ValueError(f"--input has examples of shape {tuple(x.shape[1:])}, the run was trained on {shape}.")
+    try:
+        fits = torch.broadcast_shapes(mask.shape, x.shape) == x.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"--mask has shape {tuple(mask.shape)}, which matches neither --input {tuple(x.shape)} nor "
+                         f"one example {shape}; give a mask shaped like the input (1 = known, 0 = to fill).")
+    mask = (mask > 0.5).to(dev).expand(x.shape)
+    scaling = _Scaling(run)
+    data = torch.where(mask, x.to(dev), torch.zeros((), device=dev))  # unknown entries may be NaN in the file
+    z = scaling.to_model(data)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    res = fill(run.score, run.sde, z, mask, method=method, nfe=nfe, generator=g, **options)
+    y = torch.where(mask, data, scaling.to_data(res.x)).detach().cpu()  # known entries bit for bit in data units
+    if out.lower().endswith(".png"):
+        if y.ndim != 4:
+            raise ValueError("--out .png needs images [N, C, H, W]; use .npy for other data.")
+        from . import plots
+
+        plots.save_image_grid(y, out, nrow=max(1, int(len(y) ** 0.5)))
+    else:
+        with open(out, "wb") as f:  # exactly the named file
+            np.save(f, y.numpy())
+    if not quiet:
+        click.echo(f"wrote {len(y)} completed examples ({res.nfe} score evaluations, method {method}) to {out}")
 
 
 if __name__ == "__main__":  # torchrun -m scorelab.cli train ...

@@ -1,5 +1,9 @@
 """Sampling under a constraint: inpainting and colorization (Song et al. 2021, Sec. 5 and App. I.2-I.3).
 
+The default method of ``inpaint`` and ``colorize`` is "smc" (``scorelab.smc``): twisted sequential Monte Carlo
+with the forward-noised observation as the twist (MCGdiff, Cardoso et al. 2023), consistent: exact as its
+particles grow. The replacement method below stays as named baselines ("replacement" = "pc", any sampler).
+
 Some entries of x_0 are known, x_0 = (x_k, x_u). The replacement method samples the unknown part with the
 unconditional score: run a reverse-time sampler on the whole vector and, after every step, overwrite the
 known entries with a forward-noised copy of the known data at the current time,
@@ -36,7 +40,9 @@ import torch
 from ._checks import batch_view, check_batch, check_finite
 from .samplers import SampleResult, sample, samplers
 from .samplers._common import gaussian
+from .samplers.grids import GRIDS
 from .sde import SDE
+from .smc import impute
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -46,10 +52,21 @@ ConditionalResult = SampleResult  # x [B, *dims] with the known entries equal to
 _DETERMINISTIC = ("ode", "dpm_solver", "edm_heun")  # one smooth path for the known entries: z drawn once
 
 
-def methods() -> list[str]:
-    """Names accepted by ``inpaint(method=...)`` and ``colorize(method=...)``: every method of ``sample``
-    that steps in time from T (the fixed-time Langevin samplers have no time to impose the constraint at)."""
+DEFAULT_METHOD = "smc"  # consistent: twisted sequential Monte Carlo (MCGdiff, Cardoso et al. 2023), see scorelab.smc
+SMC_OPTIONS = {"particles": 32, "ess": 0.5, "eps": 1e-3, "grid": "uniform"}
+
+
+def replacement_methods() -> list[str]:
+    """The sampling methods usable by the replacement method: every method of ``sample`` that steps in time
+    from T (the fixed-time Langevin samplers have no time to impose the constraint at)."""
     return [m for m in samplers() if m not in ("langevin", "mala")]
+
+
+def methods() -> list[str]:
+    """Names accepted by ``inpaint(method=...)`` and ``colorize(method=...)``: "smc" (the default, consistent),
+    "replacement" (= the replacement method with "pc"), and each of ``replacement_methods()`` (the replacement
+    method with that sampler; "pc" with ``resample`` > 1 is RePaint)."""
+    return ["smc", "replacement", *replacement_methods()]
 
 
 def sample_with_replacement(score_fn: ScoreFn, sde: SDE, shape, replace, *, method: str = "pc", nfe: int = 400,
@@ -59,8 +76,8 @@ def sample_with_replacement(score_fn: ScoreFn, sde: SDE, shape, replace, *, meth
     with ``project=replace`` (``options`` go to the method). Returns the final x, its nfe and steps."""
     if not callable(replace):
         raise TypeError("replace must be a callable replace(x, t) -> x imposing the constraint at time t.")
-    if method not in methods():
-        raise ValueError(f"Unknown method {method!r}; choose one of {methods()}.")
+    if method not in replacement_methods():
+        raise ValueError(f"Unknown method {method!r}; choose one of {replacement_methods()}.")
     return sample(score_fn, sde, shape, method=method, nfe=nfe, generator=generator, dtype=dtype, device=device,
                   project=replace, **options)
 
@@ -84,28 +101,73 @@ def _check_mask(mask, x: torch.Tensor) -> torch.Tensor:
     return m.to(x.dtype).expand(x.shape)
 
 
-def inpaint(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, mask: torch.Tensor, method: str = "pc",
+def _check_smc(sde: SDE, nfe, generator, options: dict) -> dict:
+    unknown = sorted(set(options) - set(SMC_OPTIONS))
+    if unknown:
+        raise TypeError(f"method 'smc' has no option {', '.join(map(repr, unknown))}; its options are "
+                        f"{', '.join(SMC_OPTIONS)} (RePaint's resample belongs to method='pc').")
+    o = {**SMC_OPTIONS, **options}
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe (the budget of score evaluations per particle) must be an integer >= 1, got {nfe!r}.")
+    p = o["particles"]
+    if isinstance(p, bool) or not isinstance(p, int) or p < 1:
+        raise ValueError(f"particles must be an integer >= 1 (more particles: closer to the exact conditional), "
+                         f"got {p!r}.")
+    e = o["ess"]
+    if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e <= 1:
+        raise ValueError(f"ess (resample when the effective sample size falls below ess x particles) must be in "
+                         f"[0, 1], got {e!r}.")
+    t = o["eps"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < sde.T:
+        raise ValueError(f"eps (the last time of the grid) must be in (0, T = {sde.T}), got {t!r}: the last "
+                         "twist N(x_k; m y, s(eps)^2) needs s(eps) > 0.")
+    if not isinstance(o["grid"], str) or o["grid"] not in GRIDS:
+        raise ValueError(f"unknown grid {o['grid']!r}; choose one of {sorted(GRIDS)}.")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
+                        "for a seed use torch.Generator().manual_seed(seed).")
+    return o
+
+
+def inpaint(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, mask: torch.Tensor, method: str = DEFAULT_METHOD,
             nfe: int = 400, generator: torch.Generator | None = None, **options) -> ConditionalResult:
-    """Sample the entries of x where mask == 0 given those where mask == 1 (replacement method).
+    """Sample the entries of x where mask == 0 given those where mask == 1.
 
     x: [B, *dims] data; its unknown entries are ignored (set them to 0) but must be finite.
     mask: same shape as x, or broadcastable to it (e.g. one [*dims] mask for the whole batch);
     1 / True = known.
-    method: any of ``methods()``: "pc" (reverse diffusion + one Langevin corrector, Song et al.'s default),
-    "reverse_diffusion", "euler_maruyama", "ancestral", ..., or a deterministic one ("ode", "dpm_solver",
-    "edm_heun": the known entries then follow m(t) x + s(t) z with one z drawn once, so the whole run is
-    deterministic given it).
-    nfe: budget of score evaluations (never exceeded).
-    options: the method's (``samplers.options_of``), e.g. for the PC family ``corrector_steps``, ``snr`` (0.16,
-    Song et al.'s CIFAR-10 VE value), ``resample`` (RePaint repeats per step, 1 = off), ``eps`` (1e-3).
+    method: "smc" (default): twisted sequential Monte Carlo (MCGdiff, Cardoso et al. 2023; ``scorelab.smc``),
+    consistent: its samples follow p_0(unknown | known) as the particles (and steps) grow. Options
+    ``particles`` (32), ``ess`` (0.5: resample when the effective sample size falls below ess x particles),
+    ``eps`` (1e-3), ``grid`` ("uniform").
+    Baselines, the replacement method (Song et al. 2021; biased where the known part is informative):
+    "replacement" (= "pc") or any sampler of ``replacement_methods()``: "pc" (reverse diffusion + one Langevin
+    corrector), "reverse_diffusion", "euler_maruyama", "ancestral", ..., or a deterministic one ("ode",
+    "dpm_solver", "edm_heun": the known entries then follow m(t) x + s(t) z with one z drawn once); their
+    options are the sampler's (``samplers.options_of``), e.g. ``resample`` (RePaint repeats per step).
+    nfe: budget of score evaluations (never exceeded). For "smc" it counts evaluations per particle (= steps):
+    each is one batched call on B x particles inputs.
 
-    Returns ConditionalResult(x [B, *dims], nfe, steps) with res.x == x exactly where mask == 1.
+    Returns ConditionalResult(x [B, *dims], nfe, steps) with res.x == x exactly where mask == 1 ("smc" returns
+    an ``SMCResult`` that adds ``particles``, ``resampled`` and ``ess``).
     """
     if not callable(score_fn):
         raise TypeError("score_fn must be a callable score_fn(x, t) -> tensor shaped like x.")
+    if not isinstance(method, str) or method not in methods():
+        raise ValueError(f"Unknown method {method!r}; choose one of {methods()}.")
     check_batch(x)  # the sde and the options are checked by ``sample`` before anything runs
     check_finite(x, "x (set the unknown entries to 0: they are ignored)")
     known = _check_mask(mask, x)
+    if method == "smc":
+        if not isinstance(sde, SDE):
+            raise TypeError(f"sde must be a scorelab SDE (VESDE, VPSDE, SubVPSDE), got {type(sde).__name__}.")
+        o = _check_smc(sde, nfe, generator, options)
+        with torch.no_grad():
+            res = impute(score_fn, sde, x, known, nfe=nfe, generator=generator, **o)
+        if not bool(torch.isfinite(res.x).all()):
+            raise ValueError("smc imputation produced non-finite values: the score returned NaN or inf.")
+        return res
+    method = "pc" if method == "replacement" else method
     unknown = 1 - known
     data = x.detach() * known
     fixed_z = gaussian(x, generator) if method in _DETERMINISTIC else None
@@ -146,7 +208,7 @@ def orthogonal_score(score_fn: ScoreFn, A: torch.Tensor) -> ScoreFn:
 
 
 def colorize(score_fn: ScoreFn, sde: SDE, gray: torch.Tensor, generator: torch.Generator | None = None,
-             method: str = "pc", nfe: int = 400, **options) -> ConditionalResult:
+             method: str = DEFAULT_METHOD, nfe: int = 400, **options) -> ConditionalResult:
     """Sample RGB images whose channel mean equals ``gray``, with a score model of RGB images.
 
     gray: [B, 1, *spatial] or [B, *spatial] (e.g. [B, H, W]) in the same units as the model's data.
