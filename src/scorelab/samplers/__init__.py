@@ -15,7 +15,7 @@ import types
 import torch
 
 from ..sde import SDE
-from . import exponential, karras, langevin, ode, pc
+from . import exponential, karras, langevin, multistep, ode, pc
 from ._common import CHOICES, BudgetExceeded, CountedScore, SampleResult, check_option, check_representable, sigma_of
 from .grids import end_time, make_grid
 from .steps import CORRECTORS, PREDICTORS
@@ -23,7 +23,8 @@ from .steps import CORRECTORS, PREDICTORS
 # the modules keep their names (``scorelab.samplers.ode`` is the module); the table holds the functions
 METHODS = {f.__name__: f for f in (langevin.langevin, langevin.annealed_langevin, langevin.mala, pc.ancestral,
                                     pc.euler_maruyama, pc.reverse_diffusion, pc.pc, ode.ode, exponential.dpm_solver,
-                                    karras.edm_heun)}
+                                    karras.edm_heun, multistep.lms, multistep.ipndm, multistep.unipc,
+                                    multistep.deis)}
 DEFAULT_METHOD = "dpm_solver"  # the method of sample() when none is named
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _ARGS = 6  # score, sde, x, times, generator, callback
@@ -36,7 +37,8 @@ def samplers() -> list[str]:
     return list(METHODS)
 
 
-CHOICES.update(predictor=PREDICTORS, corrector=CORRECTORS, solver=(*ode.SOLVERS, *ode.ADAPTIVE))
+CHOICES.update(predictor=PREDICTORS, corrector=CORRECTORS, solver=(*ode.SOLVERS, *ode.ADAPTIVE),
+               variant=("bh1", "bh2"))
 
 
 def options_of(name: str) -> dict:
