@@ -38,7 +38,7 @@ def test_order_of_convergence(sde, method, opts, order):
     nfes, errs = (40, 80, 160), []
     for nfe in nfes:
         x = sample(gmm.score_fn(sde), sde, None, method=method, nfe=nfe, x_init=x_T, dtype=F64, sigma_max=1e8,
-                   **opts).x
+                   sigma_min=0.002, **opts).x
         errs.append(float((x - exact).abs().max()))
     slope = _slope(nfes, errs)
     assert order - 0.3 < slope < order + 1.6, (slope, errs)
@@ -51,7 +51,7 @@ def test_unipc_corrector_adds_an_order_for_free():
     err = {}
     for flag in (True, False):
         res = sample(gmm.score_fn(sde), sde, None, method="unipc", nfe=40, x_init=x_T, dtype=F64, sigma_max=1e8,
-                     order=2, use_corrector=flag)
+                     sigma_min=0.002, order=2, use_corrector=flag)
         assert res.nfe == 40
         err[flag] = float((res.x - exact).abs().max())
     assert err[True] < 0.3 * err[False], err
