@@ -70,14 +70,13 @@ OURS = [
     ("dpm_solver (default)", "vp", "dpm_solver", {}),
     ("dpm3M", "ve", "dpm_solver", {"order": 3}),
     ("edm_heun", "ve", "edm_heun", {}),
-    ("ancestral", "vp", "ancestral", {}),
+    ("sde-dpm2M/smin.002", "ve", "dpm_solver", {"eta": 1.0, "sigma_min": 0.002}),
     ("lms", "ve", "lms", {}),
     ("ipndm", "ve", "ipndm", {}),
     ("ipndm2", "ve", "ipndm", {"order": 2}),
     ("unipc", "vp", "unipc", {}),
     ("unipc-bh2", "vp", "unipc", {"variant": "bh2"}),
     ("deis", "vp", "deis", {}),
-    ("deis", "ve", "deis", {}),
 ]
 
 
