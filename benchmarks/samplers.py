@@ -75,7 +75,7 @@ OURS = [
     ("ipndm", "ve", "ipndm", {}),
     ("ipndm2", "ve", "ipndm", {"order": 2}),
     ("unipc", "vp", "unipc", {}),
-    ("unipc-bh2", "vp", "unipc", {"variant": "bh2"}),
+    ("unipc-bh1", "vp", "unipc", {"variant": "bh1"}),
     ("deis", "vp", "deis", {}),
 ]
 
