@@ -23,6 +23,7 @@ ORDERS = [
     ("ipndm", {"order": 1}, 1), ("ipndm", {"order": 4}, 2),
     ("unipc", {"order": 1}, 2), ("unipc", {"order": 2}, 3), ("unipc", {"order": 3}, 3),
     ("unipc", {"order": 2, "variant": "bh2"}, 3), ("unipc", {"order": 2, "use_corrector": False}, 2),
+    ("unipc", {"order": 3, "variant": "bh1"}, 3),
     ("deis", {"order": 1}, 1), ("deis", {"order": 2}, 2), ("deis", {"order": 3}, 2),
 ]
 
@@ -52,7 +53,7 @@ def test_unipc_corrector_adds_an_order_for_free():
     err = {}
     for flag in (True, False):
         res = sample(gmm.score_fn(sde), sde, None, method="unipc", nfe=40, x_init=x_T, dtype=F64, sigma_max=1e8,
-                     sigma_min=0.002, order=2, use_corrector=flag)
+                     sigma_min=0.002, order=2, variant="bh1", use_corrector=flag)
         assert res.nfe == 40
         err[flag] = float((res.x - exact).abs().max())
     assert err[True] < 0.3 * err[False], err
