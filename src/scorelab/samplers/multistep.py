@@ -76,7 +76,8 @@ def _orders(n, order, lower_order_final):
 
 def _run(score, x, S, store, plan, callback, corrector=None):
     """x_{i+1} = a_i x_i + sum_j w_ij v_j with v_i = store(x_i, score(x_i, t_i), i); the corrector plan (same
-    form, may use v_{i+1}) replaces x_{i+1} once v_{i+1} is known (then projected again, as every step is)."""
+    form, may use v_{i+1}) replaces x_{i+1} once v_{i+1} is known (then projected again, as every step is; the
+    user's callback has seen the predictor's x_{i+1}). Only the last four v_j are kept."""
     vals: dict = {}
     project = getattr(callback, "project", None)
     x_prev = None
@@ -112,11 +113,11 @@ def _score_store(S):
     return lambda x, sc, i: sc
 
 
-def _sigma_plan(S, coeffs):
-    """coeffs(i, k) -> c_ij (newest first) for step i of order k; the plan in x with v_j = score_j."""
+def _sigma_plan(S, orders, coeffs):
+    """coeffs(i, k, sigmas) -> c_ij (newest first) for step i of order k; the plan in x with v_j = score_j."""
     sig, m, s = (S.s64 / S.m64).tolist(), S.m, S.s
     plan = []
-    for i, k in enumerate(coeffs.orders):
+    for i, k in enumerate(orders):
         c = coeffs(i, k, sig)
         plan.append((m[i + 1] / m[i], [(i - j, -m[i + 1] * cj * s[i - j]) for j, cj in enumerate(c)]))
     return plan
@@ -130,8 +131,7 @@ def lms(score, sde, x, times, generator, callback, order: int = 4, sigma_min: fl
     def coeffs(i, k, sig):
         return _lagrange_integrals([sig[i - j] for j in range(k)], sig[i], sig[i + 1], lambda u: u,
                                    lambda u: np.ones_like(u))
-    coeffs.orders = _orders(len(S), order, False)
-    return _run(score, x, S, _score_store(S), _sigma_plan(S, coeffs), callback)
+    return _run(score, x, S, _score_store(S), _sigma_plan(S, _orders(len(S), order, False), coeffs), callback)
 
 
 @method(grid="karras", end="sigma_min", begin="sigma_max")
@@ -141,8 +141,7 @@ def ipndm(score, sde, x, times, generator, callback, order: int = 3, sigma_min: 
 
     def coeffs(i, k, sig):
         return [b * (sig[i + 1] - sig[i]) for b in _IPNDM[k - 1]]
-    coeffs.orders = _orders(len(S), order, False)
-    return _run(score, x, S, _score_store(S), _sigma_plan(S, coeffs), callback)
+    return _run(score, x, S, _score_store(S), _sigma_plan(S, _orders(len(S), order, False), coeffs), callback)
 
 
 # ---- data prediction in lambda: unipc, deis ------------------------------------------------------------------
