@@ -1,19 +1,23 @@
 """Sampler benchmark (shared/BENCHMARKS.md, "Samplers against the truth" and "Sampler overhead").
 
-Exact scores of Gaussian mixtures (ring8, gmm16 for several seeds, and the 5 x 5 grid mixture that no sampler
-default was tuned on); VE with sigma 0.002..80 and VP with beta 0.1..20 (DDPM's 1e-4..0.02 over 1000 steps);
-float32 sampling, n = 4000; moment KL (primary) and mode TV against the mixture, with the noise floor of a second
-exact sample set; budgets nfe 10, 20, 50, 200; peers (k-diffusion, diffusers) in the same run, skipped with a
-message when not installed. Prints every sampler's error, the best of each side and the ratio
-scorelab-best / peer-best per budget; then wall time per step with a cheap score (one Gaussian, 100k 2-D points).
+Exact scores of Gaussian mixtures (ring8, gmm16 for several seeds, the 5 x 5 grid mixture, and three mixtures
+made after the multistep defaults were chosen, ``NEW_MIXTURES``: a ring of 6, d = 8 with 10 components, d = 24
+with 5); VE with sigma 0.002..80 and VP with beta 0.1..20 (DDPM's 1e-4..0.02 over 1000 steps); float32 sampling,
+n = 4000; moment KL (primary) and mode TV against the mixture, with the noise floor of a second exact sample set;
+budgets nfe 5, 10, 20, 50; peers (k-diffusion, diffusers) in the same run, skipped with a message when not
+installed. Prints every sampler's error, the best of each side and the ratio scorelab-best / peer-best per budget,
+a summary over mixtures; then wall time per step with a cheap score (one Gaussian, 100k 2-D points, 50
+evaluations, median of 5).
 
     .venv/bin/python benchmarks/samplers.py            # full protocol
     .venv/bin/python benchmarks/samplers.py --quick    # n = 1000, ring8 only, nfe 10 and 20
+    .venv/bin/python benchmarks/samplers.py --mixtures ring6 --budgets 10 --no-overhead
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -48,23 +52,31 @@ def gmm16(seed: int, d: int = 16, K: int = 6) -> GaussianMixture:
     return GaussianMixture(torch.tensor(w), torch.tensor(means), torch.tensor(np.stack(covs)))
 
 
-# scorelab samplers: (label, process, method, options); the same fixed set on every mixture
+def ring6() -> GaussianMixture:
+    """A mixture made after the defaults were chosen: 6 isotropic components, std 0.2, on the circle of radius 3,
+    unequal weights 1, 4, 2, 6, 3, 5 (not monotone around the ring)."""
+    angle = torch.arange(6, dtype=F64) * (2 * math.pi / 6) + 0.3
+    means = 3.0 * torch.stack([angle.cos(), angle.sin()], 1)
+    return GaussianMixture(torch.tensor([1.0, 4.0, 2.0, 6.0, 3.0, 5.0], dtype=F64), means, torch.full((6,), 0.2**2))
+
+
+# mixtures made after the defaults of lms/ipndm/unipc/deis were chosen (on ring8, gmm16 seeds 1-2)
+NEW_MIXTURES = {"ring6": ring6, "gmm-d8-K10": lambda: gmm16(7, d=8, K=10), "gmm-d24-K5": lambda: gmm16(11, d=24, K=5)}
+
+# scorelab samplers: (label, process, method, options); the same fixed set on every mixture, each at its defaults
+# but for the named options
 OURS = [
-    ("dpm2M/logSNR/smin.03 (default)", "ve", "dpm_solver", {}),
-    ("dpm2M/logSNR/smin.03 (default)", "vp", "dpm_solver", {}),
-    ("dpm3M/logSNR/smin.03", "ve", "dpm_solver", {"order": 3}),
-    ("dpm2M/logSNR/smin.002", "ve", "dpm_solver", {"sigma_min": 0.002}),
-    ("dpm2M/logSNR/smin.06", "ve", "dpm_solver", {"sigma_min": 0.06}),
-    ("dpm2M/karras/smin.03", "ve", "dpm_solver", {"grid": "karras"}),
-    ("dpm3S/logSNR/smin.03", "vp", "dpm_solver", {"order": 3, "multistep": False}),
-    ("sde-dpm2M/logSNR/smin.03", "ve", "dpm_solver", {"eta": 1.0}),
-    ("sde-dpm2M/logSNR/smin.03", "vp", "dpm_solver", {"eta": 1.0}),
-    ("sde-dpm2M/logSNR/smin.002", "ve", "dpm_solver", {"eta": 1.0, "sigma_min": 0.002}),
+    ("dpm_solver (default)", "ve", "dpm_solver", {}),
+    ("dpm_solver (default)", "vp", "dpm_solver", {}),
+    ("dpm3M", "ve", "dpm_solver", {"order": 3}),
     ("edm_heun", "ve", "edm_heun", {}),
-    ("ode-heun/logSNR", "vp", "ode", {"solver": "heun", "grid": "log_snr"}),
-    ("ancestral", "vp", "ancestral", {}),
-    ("reverse_diffusion", "ve", "reverse_diffusion", {}),
-    ("pc", "ve", "pc", {}),
+    ("sde-dpm2M/smin.002", "ve", "dpm_solver", {"eta": 1.0, "sigma_min": 0.002}),
+    ("lms", "ve", "lms", {}),
+    ("ipndm", "ve", "ipndm", {}),
+    ("ipndm2", "ve", "ipndm", {"order": 2}),
+    ("unipc", "vp", "unipc", {}),
+    ("unipc-bh1", "vp", "unipc", {"variant": "bh1"}),
+    ("deis", "vp", "deis", {}),
 ]
 
 
@@ -108,40 +120,38 @@ def run_mixture(name, gmm, budgets, n, seeds, K, dtype=torch.float32):
     return med, summary, fl_kl
 
 
-def overhead(K, n=100_000, nfe=20, reps=3):
-    """Wall time per step with a cheap exact score: p_0 = N(0.5, 0.3 I) in 2-D."""
+def overhead(K, n=100_000, nfe=50, reps=5):
+    """Wall time per evaluation-step with a cheap exact score: p_0 = N(0.5, 0.3 I) in 2-D, one run."""
     def cheap(sde):
         def score(x, t):
             m, s = sde.marginal_scale(t)[:, None], sde.marginal_std(t)[:, None]
             return -(x - 0.5 * m) / (0.3 * m * m + s * s)
         return score
 
-    ve, vp = VESDE(0.002, 80.0), VPSDE()
-    jobs = {
-        "sl:dpm_solver[ve]": lambda: sample(cheap(ve), ve, (n, 2), method="dpm_solver", nfe=nfe,
-                                            generator=torch.Generator().manual_seed(0)),
-        "sl:edm_heun[ve]": lambda: sample(cheap(ve), ve, (n, 2), method="edm_heun", nfe=nfe,
-                                          generator=torch.Generator().manual_seed(0)),
-        "sl:ancestral[vp]": lambda: sample(cheap(vp), vp, (n, 2), method="ancestral", nfe=nfe,
-                                           generator=torch.Generator().manual_seed(0)),
-        "sl:ode-euler[vp]": lambda: sample(cheap(vp), vp, (n, 2), method="ode", solver="euler", nfe=nfe,
-                                           generator=torch.Generator().manual_seed(0)),
-    }
+    ve, vp = VESDE(0.002, 80.0), VPSDE(0.1, 20.0)
+
+    def ours(method, sde, **o):
+        return lambda: sample(cheap(sde), sde, (n, 2), method=method, nfe=nfe,
+                              generator=torch.Generator().manual_seed(0), **o)
+    jobs = {"sl:dpm_solver[ve]": ours("dpm_solver", ve), "sl:edm_heun[ve]": ours("edm_heun", ve),
+            "sl:ancestral[vp]": ours("ancestral", vp), "sl:ode-euler[vp]": ours("ode", vp, solver="euler"),
+            "sl:lms[ve]": ours("lms", ve), "sl:ipndm[ve]": ours("ipndm", ve), "sl:unipc[vp]": ours("unipc", vp),
+            "sl:deis[vp]": ours("deis", vp)}
     if K is not None:
-        for name in ("euler", "dpmpp_2m", "heun"):
+        for name in ("euler", "dpmpp_2m", "heun", "lms"):
             jobs[f"k:{name}"] = (lambda name=name: peers.k_diffusion_runs(K, cheap(ve), ve, (n, 2), nfe, 0,
                                                                            names=(name,)))
     for name in peers.VP_SCHEDULERS:
         jobs[f"d:{name}"] = (lambda name=name: peers.diffusers_vp_runs(cheap(vp), vp, (n, 2), nfe, 0, names=(name,)))
-    print(f"\n### overhead: wall ms per evaluation-step, batch {n} 2-D, nfe {nfe}, median of {reps}")
-    print("| sampler | ms / step |\n|---|---|")
+    print(f"\n### overhead: wall us per evaluation-step, batch {n} 2-D, nfe {nfe}, median of {reps}")
+    print("| sampler | us / step |\n|---|---|")
     for name, job in jobs.items():
         ts = []
         for _ in range(reps):
             t0 = time.perf_counter()
             job()
             ts.append(time.perf_counter() - t0)
-        print(f"| {name} | {1e3 * statistics.median(ts) / nfe:.2f} |", flush=True)
+        print(f"| {name} | {1e6 * statistics.median(ts) / nfe:.0f} |", flush=True)
 
 
 def main():
@@ -151,6 +161,9 @@ def main():
     ap.add_argument("--gmm16-seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--no-overhead", action="store_true")
+    ap.add_argument("--only-overhead", action="store_true")
+    ap.add_argument("--mixtures", nargs="+", default=None, help="a subset of the mixture names")
+    ap.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 20, 50])
     a = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     K = peers.load_k_sampling()
@@ -159,11 +172,24 @@ def main():
     if a.quick:
         run_mixture("ring8", ring_mixture(), [10, 20], 1000, a.seeds, K)
         return
-    budgets = [10, 20, 50, 200]
+    if a.only_overhead:
+        overhead(K)
+        return
     mixtures = [("ring8", ring_mixture())] + [(f"gmm16-seed{s}", gmm16(s)) for s in a.gmm16_seeds]
-    mixtures.append(("grid25 (untuned)", grid_mixture()))
+    mixtures.append(("grid25", grid_mixture()))
+    mixtures += [(name, make()) for name, make in NEW_MIXTURES.items()]
+    if a.mixtures:
+        mixtures = [(name, g) for name, g in mixtures if name in a.mixtures]
+    rows = []
     for name, gmm in mixtures:
-        run_mixture(name, gmm, budgets, a.n, a.seeds, K)
+        _med, summary, floor = run_mixture(name, gmm, a.budgets, a.n, a.seeds, K)
+        rows.append((name, summary, floor))
+    print("\n### scorelab best / best peer (median moment KL), per mixture")
+    print("| mixture | floor | " + " | ".join(f"nfe {b}" for b in a.budgets) + " |")
+    print("|---|---|" + "---|" * len(a.budgets))
+    for name, summary, floor in rows:
+        print(f"| {name} | {floor:.3g} | " + " | ".join(
+            f"{o[0]:.3g} ({o[1][3:]}) / {p[0]:.3g} ({p[1]}) = {o[0] / p[0]:.2f}" for _b, o, p in summary) + " |")
     if not a.no_overhead:
         overhead(K)
 

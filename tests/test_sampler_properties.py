@@ -15,7 +15,7 @@ from scorelab.samplers.steps import PREDICTORS
 from scorelab.sde import VESDE, VPSDE, SubVPSDE
 
 F64 = torch.float64
-ODE_METHODS = ("ode", "dpm_solver", "edm_heun")
+ODE_METHODS = ("ode", "dpm_solver", "edm_heun", "lms", "ipndm", "unipc", "deis")
 
 
 def unit_gaussian_score(sde):

@@ -15,7 +15,7 @@ import types
 import torch
 
 from ..sde import SDE
-from . import exponential, karras, langevin, ode, pc
+from . import exponential, karras, langevin, multistep, ode, pc
 from ._common import CHOICES, BudgetExceeded, CountedScore, SampleResult, check_option, check_representable, sigma_of
 from .grids import end_time, make_grid
 from .steps import CORRECTORS, PREDICTORS
@@ -23,7 +23,8 @@ from .steps import CORRECTORS, PREDICTORS
 # the modules keep their names (``scorelab.samplers.ode`` is the module); the table holds the functions
 METHODS = {f.__name__: f for f in (langevin.langevin, langevin.annealed_langevin, langevin.mala, pc.ancestral,
                                     pc.euler_maruyama, pc.reverse_diffusion, pc.pc, ode.ode, exponential.dpm_solver,
-                                    karras.edm_heun)}
+                                    karras.edm_heun, multistep.lms, multistep.ipndm, multistep.unipc,
+                                    multistep.deis)}
 # The method and budget of sample() when none is named: the default for learned scores (trained runs), chosen on
 # runs trained by benchmarks/training.py (docs/objectives.md, "Default sampling").
 DEFAULT_METHOD, DEFAULT_NFE = "euler_maruyama", 400
@@ -38,7 +39,8 @@ def samplers() -> list[str]:
     return list(METHODS)
 
 
-CHOICES.update(predictor=PREDICTORS, corrector=CORRECTORS, solver=(*ode.SOLVERS, *ode.ADAPTIVE))
+CHOICES.update(predictor=PREDICTORS, corrector=CORRECTORS, solver=(*ode.SOLVERS, *ode.ADAPTIVE),
+               variant=("bh1", "bh2"))
 
 
 def options_of(name: str) -> dict:

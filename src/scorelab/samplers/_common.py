@@ -69,9 +69,9 @@ def _value(v, options):
 # ---- option checks by name, shared by every method (choice tables are added by the package) -------------
 
 POSITIVE = ("snr", "step_size", "init_std", "rho", "rtol", "atol", "sigma_max")
-INTEGERS = {"order": (1, 3), "corrector_steps": (0, None), "resample": (1, None), "n_levels": (1, None),
+INTEGERS = {"order": (1, 4), "corrector_steps": (0, None), "resample": (1, None), "n_levels": (1, None),
             "steps_per_level": (1, None)}
-FLAGS = ("multistep", "lower_order_final", "denoise_to_zero", "denoise")
+FLAGS = ("multistep", "lower_order_final", "denoise_to_zero", "denoise", "use_corrector")
 CHOICES: dict = {}  # option name -> table of allowed names
 
 

@@ -1,0 +1,231 @@
+"""Multistep solvers of the probability-flow ODE: one score evaluation per step, the earlier evaluations reused.
+
+Two forms of the one ODE, both the same for VE, VP and sub-VP (no branch on the process):
+
+- EDM's variables (Karras et al. 2022, eq. 4): with sigma = s(t) / m(t) and y = x / m, dy/dsigma = eps_hat =
+  -s(t) score(x, t). ``lms`` and ``ipndm`` are Adams-Bashforth steps on it:
+  y_{i+1} = y_i + sum_j c_ij eps_j, carried as x_{i+1} = (m_{i+1} / m_i) x_i - sum_j m_{i+1} c_ij s_j score_j.
+- data prediction in lambda = log(m / s) (half the log-SNR; Lu et al. 2022b): with D = x0_hat,
+  x_t = (s_t / s_s) x_s + m_t int_{lambda_s}^{lambda_t} e^{lambda - lambda_t} D dlambda. ``unipc`` and ``deis``
+  approximate D in that integral; each D_j enters as (m_t / m_j)(x_j + s_j^2 score_j) with the ratio in float64.
+
+Every method is a *plan*: for step i, x_{i+1} = a_i x_i + sum_j w_ij v_j, with v_j the stored evaluation at t_j
+(the score, or m_j D_j) and a_i, w_ij float64 numbers computed once from the grid before the loop (Python floats
+in the loop: no host sync). ``unipc`` adds a corrector plan applied to x_{i+1} once v_{i+1} is known.
+
+Methods (one evaluation per step, nfe steps; grid from min(sigma_max, sigma(T)) to sigma_min; the first steps
+use lower orders, as the papers do, so the global order of a multistep method is capped by its warm start):
+
+- ``lms``: k-diffusion's linear multistep (Crowson 2022, ``sample_lms``): c_ij = int_{sigma_i}^{sigma_{i+1}}
+  l_j(sigma) dsigma, the Lagrange basis through the last ``order`` noise levels (order 4, Karras grid: the
+  defaults of k-diffusion).
+- ``ipndm``: improved pseudo-numerical multistep (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with
+  Exponential Integrator", sec. 5 / app. iPNDM): the fixed Adams-Bashforth weights (1), (3, -1)/2,
+  (23, -16, 5)/12, (55, -59, 37, -9)/24 times h_i = sigma_{i+1} - sigma_i, with the lower-order warm start.
+  Their default is order 4; ours is order 3 to sigma_min = 0.005 on the Karras grid, which measured best at
+  5-20 evaluations on ring8 and gmm16 (seeds 1, 2) before the other mixtures were made (docs/samplers.md).
+- ``unipc``: UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework", Alg. 2-3, data
+  prediction): the UniP-p predictor and the UniC corrector that reuses the next evaluation (order p + 1 at
+  no cost), B(h) = h ("bh1", Zhao et al.'s choice for unconditional sampling) or e^h - 1 ("bh2", diffusers'
+  default); order 1-3. Defaults: bh2, order 2 on the log-SNR grid to sigma_min = 0.03: on ring8 and gmm16
+  bh2 is 3-6x better than bh1 at 5 evaluations and equal or better at 10-20 (docs/samplers.md).
+- ``deis``: DEIS tAB (Zhang & Chen 2023, eq. 14): the exponential integral above with D extrapolated by the
+  Lagrange polynomial *in t* through the last ``order`` points (order 1-3); the polynomial in lambda instead
+  is DPM-Solver++(kM). The weights int e^{lambda - lambda_t} l_j(t(lambda)) dlambda by 12-point
+  Gauss-Legendre in float64. Defaults: order 3 (tAB3, Zhang & Chen's best at low NFE), log-SNR grid to
+  sigma_min = 0.03 (measured).
+
+A grid point at sigma = 0 (a user grid ending at t = 0) is reached by a first-order step, x = m_t D (the
+exact limit of every form above).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .._checks import axpy
+from ._common import Schedule, method, posterior_mean
+
+_GL = np.polynomial.legendre.leggauss(12)
+# iPNDM's Adams-Bashforth weights for equal steps, newest first (Zhang & Chen 2023)
+_IPNDM = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
+
+
+def _lagrange_integrals(nodes, lo, hi, var, weight):
+    """int_lo^hi l_j(var(u)) weight(u) du for the Lagrange basis l_j through ``nodes`` (in var's units)."""
+    x, w = _GL
+    u = 0.5 * (hi - lo) * x + 0.5 * (hi + lo)
+    v, wt = var(u), weight(u) * w * 0.5 * (hi - lo)
+    out = []
+    for j, nj in enumerate(nodes):
+        basis = np.ones_like(u)
+        for k, nk in enumerate(nodes):
+            if k != j:
+                basis = basis * (v - nk) / (nj - nk)
+        out.append(float((basis * wt).sum()))
+    return out
+
+
+def _orders(n, order, lower_order_final):
+    """Warm start min(order, i + 1); with lower_order_final also min(., n - i) (DPM-Solver, UniPC)."""
+    return [min(order, i + 1, n - i) if lower_order_final else min(order, i + 1) for i in range(n)]
+
+
+def _run(score, x, S, store, plan, callback, corrector=None):
+    """x_{i+1} = a_i x_i + sum_j w_ij v_j with v_i = store(x_i, score(x_i, t_i), i); the corrector plan (same
+    form, may use v_{i+1}) replaces x_{i+1} once v_{i+1} is known (then projected again, as every step is; the
+    user's callback has seen the predictor's x_{i+1}). Only the last four v_j are kept."""
+    vals: dict = {}
+    project = getattr(callback, "project", None)
+    x_prev = None
+    for i, (a, w) in enumerate(plan):
+        vals[i] = store(x, score(x, S.tb(i, x)), i)
+        if corrector is not None and i > 0:
+            ac, wc = corrector[i - 1]
+            x = _combine(ac, x_prev, wc, vals)
+            if project is not None:
+                x = project(x, S.t_d[i])
+        x_prev = x
+        x = callback(i, S.t_d[i + 1], _combine(a, x, w, vals))
+        for j in [j for j in vals if j <= i - 4]:
+            del vals[j]
+    return x
+
+
+def _combine(a, x, w, vals):
+    out = a * x
+    for j, c in w:
+        out = axpy(out, vals[j], c, inplace=True)
+    return out
+
+
+def _denoise_step(S, i):
+    """sigma_{i+1} = 0: x_{i+1} = m_{i+1} D_i (v_i = m_i D_i)."""
+    return 0.0, [(i, S.m[i + 1] / S.m[i])]
+
+
+# ---- (sigma, x/m) Adams-Bashforth: lms, ipndm ----------------------------------------------------------------
+
+def _score_store(S):
+    return lambda x, sc, i: sc
+
+
+def _sigma_plan(S, orders, coeffs):
+    """coeffs(i, k, sigmas) -> c_ij (newest first) for step i of order k; the plan in x with v_j = score_j."""
+    sig, m, s = (S.s64 / S.m64).tolist(), S.m, S.s
+    plan = []
+    for i, k in enumerate(orders):
+        c = coeffs(i, k, sig)
+        plan.append((m[i + 1] / m[i], [(i - j, -m[i + 1] * cj * s[i - j]) for j, cj in enumerate(c)]))
+    return plan
+
+
+@method(grid="karras", end="sigma_min", begin="sigma_max")
+def lms(score, sde, x, times, generator, callback, order: int = 4, sigma_min: float = 0.002,
+        sigma_max: float = 80.0, rho: float = 7.0):
+    S = Schedule(sde, times, x)
+
+    def coeffs(i, k, sig):
+        return _lagrange_integrals([sig[i - j] for j in range(k)], sig[i], sig[i + 1], lambda u: u,
+                                   lambda u: np.ones_like(u))
+    return _run(score, x, S, _score_store(S), _sigma_plan(S, _orders(len(S), order, False), coeffs), callback)
+
+
+@method(grid="karras", end="sigma_min", begin="sigma_max")
+def ipndm(score, sde, x, times, generator, callback, order: int = 3, sigma_min: float = 0.005,
+          sigma_max: float = 80.0, rho: float = 7.0):
+    S = Schedule(sde, times, x)
+
+    def coeffs(i, k, sig):
+        return [b * (sig[i + 1] - sig[i]) for b in _IPNDM[k - 1]]
+    return _run(score, x, S, _score_store(S), _sigma_plan(S, _orders(len(S), order, False), coeffs), callback)
+
+
+# ---- data prediction in lambda: unipc, deis ------------------------------------------------------------------
+
+def _md_store(S):
+    return lambda x, sc, i: posterior_mean(x, sc, 1.0, S.s[i])
+
+
+def _at_most_3(order):
+    if order > 3:
+        raise ValueError(f"order must be 1, 2 or 3 for this method, got {order}.")
+
+
+def _lambda(S):
+    with np.errstate(divide="ignore"):
+        return np.log(S.m64.numpy()) - np.log(S.s64.numpy())
+
+
+def _unipc_weights(lam, i, k, variant, corrector):
+    """UniP-k (corrector=False) or UniC-k weights for step i on D_i, D_{i-1}, ... (and D_{i+1} last for UniC),
+    before the factor m_{i+1} / m_j; the x weight is s_{i+1} / s_i. Zhao et al. 2023, Alg. 2-3 (with B(h))."""
+    h = lam[i + 1] - lam[i]
+    hh = -h
+    r = [(lam[i - j] - lam[i]) / h for j in range(1, k)]
+    h_phi_1 = math.expm1(hh)
+    bh = hh if variant == "bh1" else math.expm1(hh)
+    rks = np.array(r + [1.0])
+    R, b, h_phi_k, fact = [], [], h_phi_1 / hh - 1, 1
+    for p in range(1, k + 1):
+        R.append(rks ** (p - 1))
+        b.append(h_phi_k * fact / bh)
+        fact *= p + 1
+        h_phi_k = h_phi_k / hh - 1 / fact
+    R, b = np.array(R), np.array(b)
+    if corrector:
+        rho = np.array([0.5]) if k == 1 else np.linalg.solve(R, b)
+    else:
+        rho = np.zeros(0) if k == 1 else np.array([0.5]) if k == 2 else np.linalg.solve(R[:-1, :-1], b[:-1])
+    w0 = -h_phi_1 + bh * sum(rho[j] / r[j] for j in range(k - 1))
+    w = [w0] + [-bh * rho[j - 1] / r[j - 1] for j in range(1, k)]
+    if corrector:
+        w[0] += bh * rho[-1]
+        w.append(-bh * rho[-1])
+    return w
+
+
+@method(grid="log_snr", end="sigma_min", begin="sigma_max")
+def unipc(score, sde, x, times, generator, callback, order: int = 2, variant: str = "bh2",
+          use_corrector: bool = True, lower_order_final: bool = True, sigma_min: float = 0.03,
+          sigma_max: float = 80.0, rho: float = 7.0):
+    _at_most_3(order)
+    S = Schedule(sde, times, x)
+    lam, m, s = _lambda(S), S.m, S.s
+    plan, corr = [], []
+    for i, k in enumerate(_orders(len(S), order, lower_order_final)):
+        if s[i + 1] == 0:
+            plan.append(_denoise_step(S, i))
+            corr.append(plan[-1])
+            continue
+        idx = [i - j for j in range(k)]
+        wp = _unipc_weights(lam, i, k, variant, False)
+        plan.append((s[i + 1] / s[i], [(j, c * m[i + 1] / m[j]) for j, c in zip(idx, wp)]))
+        wc = _unipc_weights(lam, i, k, variant, True)
+        corr.append((s[i + 1] / s[i], [(j, c * m[i + 1] / m[j]) for j, c in zip(idx + [i + 1], wc)]))
+    return _run(score, x, S, _md_store(S), plan, callback, corr if use_corrector else None)
+
+
+@method(grid="log_snr", end="sigma_min", begin="sigma_max")
+def deis(score, sde, x, times, generator, callback, order: int = 3, lower_order_final: bool = True,
+         sigma_min: float = 0.03, sigma_max: float = 80.0, rho: float = 7.0):
+    _at_most_3(order)
+    S = Schedule(sde, times, x)
+    lam, t, m, s = _lambda(S), S.t, S.m, S.s
+
+    def t_of(u):  # t(lambda) for half log-SNR values u
+        return sde.t_from_log_snr(torch.from_numpy(2 * u)).numpy()
+
+    plan = []
+    for i, k in enumerate(_orders(len(S), order, lower_order_final)):
+        if s[i + 1] == 0:
+            plan.append(_denoise_step(S, i))
+            continue
+        idx = [i - j for j in range(k)]
+        c = _lagrange_integrals([t[j] for j in idx], lam[i], lam[i + 1], t_of,
+                                lambda u, top=lam[i + 1]: np.exp(u - top))
+        plan.append((s[i + 1] / s[i], [(j, cj * m[i + 1] / m[j]) for j, cj in zip(idx, c)]))
+    return _run(score, x, S, _md_store(S), plan, callback)
