@@ -311,7 +311,7 @@ class _EvalProgress:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--method", default=None, type=_MethodChoice(),
               help="Sampling method (`scorelab samplers` lists each with its options); default: the library's "
-                   "default for learned scores (scorelab.samplers.DEFAULT_METHOD).")
+                   "default for learned scores at the budget (scorelab.samplers.default_method).")
 @click.option("--nfe", default=None, type=int,
               help="Budget of score evaluations per batch (default: scorelab.samplers.DEFAULT_NFE).")
 @click.option("-n", "count", default=1000, show_default=True, type=int, help="Number of samples.")
@@ -336,10 +336,12 @@ def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, qui
     from .samplers import sample as draw
 
     _check_out_file(out, (".npy", ".png"))
-    if method is None:
-        from .samplers import DEFAULT_METHOD as method
     if nfe is None:
         from .samplers import DEFAULT_NFE as nfe
+    if method is None:
+        from .samplers import default_method
+
+        method = default_method(nfe)
     if count < 1:
         raise ValueError(f"-n must be a positive number of samples, got {count}.")
     if nfe > MAX_NFE:  # the step grids are allocated up front: a typo like 10^12 must not exhaust memory

@@ -64,7 +64,7 @@ def evaluate(run, data=None, *, n: int = 4000, nll_n: int = 500, method: str | N
     from .data import toy_mixture
     from .likelihood import log_likelihood
     from .run import Run, load
-    from .samplers import sample
+    from .samplers import DEFAULT_NFE, default_method, sample
 
     if not isinstance(run, Run):
         run = load(run)
@@ -76,9 +76,8 @@ def evaluate(run, data=None, *, n: int = 4000, nll_n: int = 500, method: str | N
     x = x[torch.randperm(len(x), generator=g)[:n]]
     half = len(x) // 2
     a, b = x[:half], x[half:2 * half]
-    kw = {} if method is None else {"method": method}
-    if nfe is not None:
-        kw["nfe"] = nfe
+    nfe = DEFAULT_NFE if nfe is None else nfe
+    kw = {"method": default_method(nfe) if method is None else method, "nfe": nfe}
     res = sample(run.score, run.sde, (half, *run.data_shape), generator=torch.Generator().manual_seed(seed + 1),
                  **kw, **options)
     samples = res.x if run.scaler is None else run.scaler.inverse(res.x)
@@ -118,7 +117,7 @@ def evaluate(run, data=None, *, n: int = 4000, nll_n: int = 500, method: str | N
         row("moment KL", err.moment_kl, fl.moment_kl)
         row("mode TV", err.mode_tv, fl.mode_tv)
     return {"run": str(run.run_dir), "data": label, "n_heldout": len(x), "n_samples": half,
-            "sampler": kw.get("method", "default"), "nfe": res.nfe, "nonfinite_samples": int((~finite).sum()),
+            "sampler": kw["method"], "nfe": res.nfe, "nonfinite_samples": int((~finite).sum()),
             "rows": rows}
 
 

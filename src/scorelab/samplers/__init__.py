@@ -25,13 +25,23 @@ METHODS = {f.__name__: f for f in (langevin.langevin, langevin.annealed_langevin
                                     pc.euler_maruyama, pc.reverse_diffusion, pc.pc, ode.ode, exponential.dpm_solver,
                                     karras.edm_heun, multistep.lms, multistep.ipndm, multistep.unipc,
                                     multistep.deis)}
-# The method and budget of sample() when none is named: the default for learned scores (trained runs), chosen on
-# runs trained by benchmarks/training.py (docs/objectives.md, "Default sampling").
-DEFAULT_METHOD, DEFAULT_NFE = "euler_maruyama", 400
+DEFAULT_NFE = 400  # the budget of sample() when none is named
+
+
+def default_method(nfe: int) -> str:
+    """The method of ``sample()`` when none is named, chosen for learned scores at the budget ``nfe``
+    (docs/samplers.md, "Default sampling by budget"): from 20 evaluations the ancestral sampler, best or tied on
+    every trained run measured (the probability-flow solvers stall at 5-10x its error there); below 20, where
+    a stochastic sampler has too few steps, the fast ODE solvers that win on the exact score: UniPC from 8,
+    iPNDM below."""
+    return "ancestral" if nfe >= 20 else "unipc" if nfe >= 8 else "ipndm"
+
+
+DEFAULT_METHOD = default_method(DEFAULT_NFE)
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _ARGS = 6  # score, sde, x, times, generator, callback
 
-__all__ = ["sample", "samplers", "SampleResult", "METHODS", "DEFAULT_METHOD", "DEFAULT_NFE"]
+__all__ = ["sample", "samplers", "SampleResult", "METHODS", "DEFAULT_METHOD", "DEFAULT_NFE", "default_method"]
 
 
 def samplers() -> list[str]:
@@ -121,11 +131,12 @@ class _Hook:
         return x
 
 
-def sample(score_fn, sde: SDE, shape, method: str = DEFAULT_METHOD, nfe: int = DEFAULT_NFE,
+def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFAULT_NFE,
            generator: torch.Generator | None = None, callback=None, dtype: torch.dtype = torch.float32,
            device=None, x_init: torch.Tensor | None = None, grid: str | torch.Tensor | None = None,
            project=None, progress: bool = False, **options) -> SampleResult:
-    """Draw ``shape`` = (B, *dims) samples with ``method`` using at most ``nfe`` score evaluations.
+    """Draw ``shape`` = (B, *dims) samples with ``method`` (None: ``default_method(nfe)``, the choice for learned
+    scores at that budget) using at most ``nfe`` score evaluations.
 
     score_fn(x [B, *dims], t [B]) -> [B, *dims] is any score (trained or exact); ``callback(i, t, x)`` is called
     after every step with the step index, the (0-d) time reached and the current x. ``x_init`` replaces the
@@ -135,6 +146,10 @@ def sample(score_fn, sde: SDE, shape, method: str = DEFAULT_METHOD, nfe: int = D
     the method (``options_of(method)`` lists them). Returns SampleResult(x [B, *dims], nfe = evaluations used,
     steps).
     """
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe (the budget of score evaluations) must be an integer >= 1, got {nfe!r}.")
+    if method is None:
+        method = default_method(nfe)
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, one of {samplers()}; got {type(method).__name__}.")
     if method not in METHODS:
@@ -143,8 +158,6 @@ def sample(score_fn, sde: SDE, shape, method: str = DEFAULT_METHOD, nfe: int = D
         raise TypeError("score_fn must be a callable score_fn(x, t) -> tensor shaped like x.")
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scorelab SDE (VESDE, VPSDE, SubVPSDE), got {type(sde).__name__}.")
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-        raise ValueError(f"nfe (the budget of score evaluations) must be an integer >= 1, got {nfe!r}.")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
                         "for a seed use torch.Generator().manual_seed(seed).")
