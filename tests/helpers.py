@@ -36,3 +36,28 @@ def noisy_points(gmm, sde, n, seed=1, t_range=(0.02, 0.82)):
     lo, hi = t_range
     t = torch.rand(n, generator=g, dtype=torch.float64) * (hi - lo) + lo
     return gmm.sample(n, t, sde, generator=g), t
+
+
+# Options that make `scorelab train` tiny (a 16-wide MLP, batch 8, CPU, checkpoints every 2 steps, no bar).
+TINY = ["--set", "model.hidden=16", "--set", "model.depth=2", "--set", "model.embed_dim=8",
+        "--set", "train.batch_size=8", "--set", "train.device=cpu", "--set", "train.tensorboard=false",
+        "--set", "train.ckpt_every=2", "--quiet"]
+
+
+def invoke(*args):
+    """Run the `scorelab` command line in-process with the arguments as strings; returns click's Result."""
+    from click.testing import CliRunner
+
+    from scorelab.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(res, *words, code=2):
+    """The command failed with exit ``code`` and printed exactly one line `error: ...` holding every word."""
+    assert res.exit_code == code, (res.exit_code, res.output, res.exception)
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    assert "Traceback" not in res.output
+    for w in words:
+        assert w in lines[0], (w, lines[0])

@@ -14,15 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from helpers import tiny_config
+from helpers import invoke, one_line_error, tiny_config
 from scorelab import checkpoint as ckpt
 from scorelab import train as train_mod
-from scorelab.cli import main
 from scorelab.config import load_config
 from scorelab.data import load_array
 from scorelab.likelihood import log_likelihood
@@ -50,18 +48,6 @@ def run_dir(tmp_path, data_path):
 
 def snapshot(d: Path) -> dict:
     return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line(res, *words, code=2):
-    assert res.exit_code == code, (res.exit_code, res.output, res.exception)
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    for w in words:
-        assert w in lines[0], (w, lines[0])
 
 
 def forge(run_dir: Path, edit_meta=None, edit_tensors=None) -> None:
@@ -153,7 +139,7 @@ def test_non_finite_weights_refused_on_load(run_dir):
     forge(run_dir, edit_tensors=lambda t: {k: (v * float("nan") if k.startswith("ema.") else v) for k, v in t.items()})
     with pytest.raises(ValueError, match="non-finite weights"):
         load(run_dir)
-    one_line(invoke("sample", run_dir, "-n", 4, "--out", run_dir.parent / "s.npy"), "non-finite")
+    one_line_error(invoke("sample", run_dir, "-n", 4, "--out", run_dir.parent / "s.npy"), "non-finite")
 
 
 def test_stale_temporaries_cleaned_user_files_kept(run_dir, data_path):
@@ -217,23 +203,23 @@ def test_malformed_records_are_one_line(run_dir, data_path):
     with pytest.raises(ValueError, match="lacks the generator states"):
         train(tiny_config(data_path, steps=9), run_dir, resume=True, progress=False)
     (run_dir / ckpt.META_NAME).write_text("[" * 100000 + "]" * 100000)
-    one_line(invoke("sample", run_dir, "-n", 2, "--out", run_dir.parent / "s.npy"), "nested too deeply")
+    one_line_error(invoke("sample", run_dir, "-n", 2, "--out", run_dir.parent / "s.npy"), "nested too deeply")
 
 
 # --------------------------------------------------------------------------- CLI: one line, before any work
 def test_cli_out_paths(run_dir, tmp_path, data_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
-    one_line(invoke("sample", run_dir, "-n", 2, "--out", blocker / "s.npy"), "does not exist")
-    one_line(invoke("sample", run_dir, "-n", 2, "--out", tmp_path / "s.txt"), ".npy or .png")
+    one_line_error(invoke("sample", run_dir, "-n", 2, "--out", blocker / "s.npy"), "does not exist")
+    one_line_error(invoke("sample", run_dir, "-n", 2, "--out", tmp_path / "s.txt"), ".npy or .png")
     res = invoke("sample", run_dir, "-n", 2, "--out", tmp_path)  # click's own usage error: exit 2, no traceback
     assert res.exit_code == 2 and "is a directory" in res.output and res.exception is None or \
         isinstance(res.exception, SystemExit)
-    one_line(invoke("train", "toy", "--out", blocker / "r", "--quiet"), "not a writable folder")
-    one_line(invoke("demo", "--quick", "--out", blocker / "d"), "not a writable folder")
-    one_line(invoke("figures", "--quick", "--out", blocker / "f"), "not a writable folder")
+    one_line_error(invoke("train", "toy", "--out", blocker / "r", "--quiet"), "not a writable folder")
+    one_line_error(invoke("demo", "--quick", "--out", blocker / "d"), "not a writable folder")
+    one_line_error(invoke("figures", "--quick", "--out", blocker / "f"), "not a writable folder")
     np.save(tmp_path / "noisy.npy", np.zeros((3, 2), np.float32))
-    one_line(invoke("denoise", run_dir, "--data", tmp_path / "noisy.npy", "--sigma", 0.1, "--out",
+    one_line_error(invoke("denoise", run_dir, "--data", tmp_path / "noisy.npy", "--sigma", 0.1, "--out",
                     tmp_path / "x.txt"), ".npy")
     res = invoke("denoise", run_dir, "--data", tmp_path / "noisy.npy", "--sigma", 0.1, "--out", tmp_path / "d.npy")
     assert res.exit_code == 0 and np.load(tmp_path / "d.npy").shape == (3, 2)
@@ -243,26 +229,26 @@ def test_cli_out_paths(run_dir, tmp_path, data_path):
 
 
 def test_cli_sizes_and_numbers(run_dir, tmp_path, monkeypatch):
-    one_line(invoke("sample", run_dir, "-n", 10**13, "--out", tmp_path / "s.npy"), "GiB")
-    one_line(invoke("sample", run_dir, "--nfe", 10**12, "-n", 2, "--out", tmp_path / "s.npy"), "--nfe")
-    one_line(invoke("sample", run_dir, "-n", 2, "--seed", 10**30, "--out", tmp_path / "s.npy"), "--seed")
+    one_line_error(invoke("sample", run_dir, "-n", 10**13, "--out", tmp_path / "s.npy"), "GiB")
+    one_line_error(invoke("sample", run_dir, "--nfe", 10**12, "-n", 2, "--out", tmp_path / "s.npy"), "--nfe")
+    one_line_error(invoke("sample", run_dir, "-n", 2, "--seed", 10**30, "--out", tmp_path / "s.npy"), "--seed")
     np.save(tmp_path / "ints.npy", np.zeros((2, 2), np.float32))
-    one_line(invoke("likelihood", run_dir, "--data", tmp_path / "ints.npy", "--bits-per-dim", "--bits", 5000),
+    one_line_error(invoke("likelihood", run_dir, "--data", tmp_path / "ints.npy", "--bits-per-dim", "--bits", 5000),
              "--bits")
     np.save(tmp_path / "far.npy", np.full((2, 2), 1e30, np.float32))
-    one_line(invoke("likelihood", run_dir, "--data", tmp_path / "far.npy"), "far outside")
-    one_line(invoke("sample", run_dir, "--method", "mala", "-n", 2, "--out", tmp_path / "s.npy"), "energy")
+    one_line_error(invoke("likelihood", run_dir, "--data", tmp_path / "far.npy"), "far outside")
+    one_line_error(invoke("sample", run_dir, "--method", "mala", "-n", 2, "--out", tmp_path / "s.npy"), "energy")
     import scorelab.cli as cli
 
     def boom(*a, **k):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:114] DefaultCPUAllocator: can't allocate memory")
     monkeypatch.setattr(cli, "_load_run", boom)
-    one_line(invoke("sample", run_dir, "-n", 2, "--out", tmp_path / "s.npy"), "out of memory")
+    one_line_error(invoke("sample", run_dir, "-n", 2, "--out", tmp_path / "s.npy"), "out of memory")
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
     monkeypatch.setattr(cli, "_load_run", interrupt)
-    one_line(invoke("sample", run_dir, "-n", 2, "--out", tmp_path / "s.npy"), "interrupted", code=130)
+    one_line_error(invoke("sample", run_dir, "-n", 2, "--out", tmp_path / "s.npy"), "interrupted", code=130)
 
 
 def test_cli_config_values(tmp_path):
@@ -270,11 +256,11 @@ def test_cli_config_values(tmp_path):
     bomb.write_text("".join(f"l{i}: &l{i} [*l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}]\n" if i else "l0: &l0 [x]\n"
                             for i in range(12)) + "train: {steps: *l11}\n")
     t0 = time.perf_counter()
-    one_line(invoke("train", bomb, "--out", tmp_path / "r"), "alias")
+    one_line_error(invoke("train", bomb, "--out", tmp_path / "r"), "alias")
     assert time.perf_counter() - t0 < 5
     for override, word in [("train.device=meta", "train.device"), ("objective.eps=abc", "objective.eps"),
                            ("train.seed=99999999999999999999999", "train.seed")]:
-        one_line(invoke("train", "toy", "--set", override, "--out", tmp_path / "r", "--quiet"), word)
+        one_line_error(invoke("train", "toy", "--set", override, "--out", tmp_path / "r", "--quiet"), word)
     assert not (tmp_path / "r").exists()
 
 
@@ -410,8 +396,8 @@ def test_property_checkpoint_round_trip(tmp_path_factory, width, step, scale):
 def test_deeply_nested_yaml_is_one_line(tmp_path):
     deep = tmp_path / "deep.yaml"
     deep.write_text("train: " + "[" * 50000 + "]" * 50000 + "\n")
-    one_line(invoke("train", deep, "--out", tmp_path / "r"), "nested too deeply")
-    one_line(invoke("train", "toy", "--set", "train.steps=" + "[" * 50000, "--out", tmp_path / "r"))
+    one_line_error(invoke("train", deep, "--out", tmp_path / "r"), "nested too deeply")
+    one_line_error(invoke("train", "toy", "--set", "train.steps=" + "[" * 50000, "--out", tmp_path / "r"))
 
 
 def test_extreme_process_not_blamed_on_the_learning_rate(tmp_path, data_path):

@@ -9,15 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from scorelab.cli import main
+from helpers import TINY, invoke, one_line_error
 from scorelab.run import load
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--set", "model.hidden=16", "--set", "model.depth=2", "--set", "model.embed_dim=8",
-        "--set", "train.batch_size=8", "--set", "train.device=cpu", "--set", "train.tensorboard=false",
-        "--set", "train.ckpt_every=2", "--quiet"]
 
 
 
@@ -26,19 +22,6 @@ def data_path(tmp_path):
     p = tmp_path / "pts.npy"
     np.save(p, np.random.default_rng(2).standard_normal((50, 2)).astype(np.float32))
     return p
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_one_line_error(res, *words):
-    assert res.exit_code == 2, (res.exit_code, res.output)
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    assert "Traceback" not in res.output
-    for w in words:
-        assert w in lines[0], (w, lines[0])
 
 
 def test_train_then_resume(tmp_path, data_path):
@@ -54,17 +37,17 @@ def test_train_then_resume(tmp_path, data_path):
 
 def test_missing_config_file(tmp_path):
     res = invoke("train", tmp_path / "nope.yaml", "--out", tmp_path / "r")
-    assert_one_line_error(res, "nope.yaml", "toy")
+    one_line_error(res, "nope.yaml", "toy")
     assert not (tmp_path / "r").exists()
 
 
 def test_bad_set_key_and_value(tmp_path, data_path):
     res = invoke("train", "toy", "--set", "train.lrr=1", "--out", tmp_path / "r")
-    assert_one_line_error(res, "train.lrr", "'lr'")
+    one_line_error(res, "train.lrr", "'lr'")
     res = invoke("train", "toy", "--set", "train.lr=-1", "--out", tmp_path / "r")
-    assert_one_line_error(res, "train.lr", "> 0")
+    one_line_error(res, "train.lr", "> 0")
     res = invoke("train", "toy", "--set", "nonsense", "--out", tmp_path / "r")
-    assert_one_line_error(res, "section.key=value")
+    one_line_error(res, "section.key=value")
     assert not (tmp_path / "r").exists()
 
 
@@ -73,7 +56,7 @@ def test_existing_run_without_resume(tmp_path, data_path):
     assert invoke("train", "toy", "--set", f"data.path={data_path}", "--set", "train.steps=2", *TINY,
                   "--out", out).exit_code == 0
     res = invoke("train", "toy", "--set", f"data.path={data_path}", "--set", "train.steps=2", *TINY, "--out", out)
-    assert_one_line_error(res, "--resume")
+    one_line_error(res, "--resume")
 
 
 def test_missing_option_is_a_usage_error(tmp_path):

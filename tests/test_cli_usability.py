@@ -12,26 +12,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import scorelab as sl
+from helpers import TINY, invoke, one_line_error
 from scorelab import cli
 from scorelab.samplers import METHODS
-
-TINY = ["--set", "model.hidden=16", "--set", "model.depth=2", "--set", "model.embed_dim=8",
-        "--set", "train.batch_size=8", "--set", "train.device=cpu", "--set", "train.ckpt_every=2", "--quiet"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli.main, [str(a) for a in args])
-
-
-def one_line_error(res, *words):
-    assert res.exit_code == 2, (res.exit_code, res.output)
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    for w in words:
-        assert w in lines[0], (w, lines[0])
 
 
 @pytest.fixture(scope="module")
