@@ -288,3 +288,17 @@ def test_any_shape_and_budget(B, dims, nfe, method, which):
         nfe = max(nfe, 2)  # default heun needs 2 evaluations per step
     res = sample(gaussian_score(sde), sde, (B, *dims), method=method, nfe=nfe, generator=gen(), dtype=F64)
     assert res.x.shape == (B, *dims) and torch.isfinite(res.x).all() and 1 <= res.nfe <= nfe
+
+
+def test_no_method_uses_the_budget_default():
+    """sample() without a method runs samplers.default_method(nfe): the same draws as naming it."""
+    from scorelab.samplers import DEFAULT_NFE, default_method
+
+    sde = VESDE(0.01, 10.0)
+    score = lambda x, t: -x / (1.0 + sde.marginal_std(t.double()).float()[:, None] ** 2)  # N(0, I) data
+    assert [default_method(n) for n in (5, 10, 20, DEFAULT_NFE)] == ["ipndm", "unipc", "ancestral", "ancestral"]
+    for nfe in (5, 10, 30):
+        g = lambda: torch.Generator().manual_seed(1)
+        got = sample(score, sde, (64, 2), nfe=nfe, generator=g())
+        ref = sample(score, sde, (64, 2), method=default_method(nfe), nfe=nfe, generator=g())
+        assert torch.equal(got.x, ref.x) and got.nfe == ref.nfe
