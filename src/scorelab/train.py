@@ -241,7 +241,10 @@ def _train_locked(config, out, resume: bool, overrides, progress: bool, lock: li
     if tc["threads"] is not None:  # small networks run fastest on one thread, especially on a busy machine
         torch.set_num_threads(tc["threads"])
     try:
-        return _train(cfg, out, meta if resume else None, dd, progress, lock, data)
+        result = _train(cfg, out, meta if resume else None, dd, progress, lock, data)
+        if dd.owned and dd.world > 1:  # every rank done before the group goes: a gloo rank whose peer tears the
+            dist.barrier()             # group down mid-exit can abort (SIGABRT, "terminate called") under load
+        return result
     finally:
         torch.set_num_threads(threads)
         if dd.owned:
