@@ -40,13 +40,20 @@ def test_two_processes_match_one(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "scorelab.cli", "train", str(path), "--out", str(tmp_path / "ddp"), "--quiet"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    for attempt in range(2):
+        out = tmp_path / f"ddp{attempt}"
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               "-m", "scorelab.cli", "train", str(path), "--out", str(out), "--quiet"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        # Under a loaded machine a gloo rank sometimes aborts in C++ at process teardown ("terminate called
+        # without an active exception", SIGABRT) on a fresh checkout: seen in about 1 of 3 first runs of the
+        # whole suite, never alone. One fresh try for exactly that; any other failure fails at once.
+        if proc.returncode == 0 or "terminate called without an active exception" not in proc.stderr:
+            break
     assert proc.returncode == 0, proc.stderr[-3000:]
-    meta = ckpt.read_meta(tmp_path / "ddp")
+    meta = ckpt.read_meta(out)
     assert meta["world_size"] == 2 and len(meta["generators"]["loss"]) == 2 and meta["step"] == 6
-    ddp = ckpt.load_tensors(tmp_path / "ddp", meta)
+    ddp = ckpt.load_tensors(out, meta)
 
     train(path, tmp_path / "single", progress=False)
     one = ckpt.load_tensors(tmp_path / "single", ckpt.read_meta(tmp_path / "single"))
