@@ -53,6 +53,10 @@ def test_inpaint_bad_input_is_one_line(files):
                           files / "o.npy"), "not found")
     one_line_error(invoke("inpaint", files / "run", *common, "--mask", files / "mask.npy", "--out",
                           files / "o.npy", "--method", "heun"), "Unknown method")
+    np.save(files / "complex.npy", np.ones((3, 2), dtype=complex))  # would drop the imaginary part silently
+    one_line_error(invoke("inpaint", files / "run", "--input", files / "complex.npy", "--mask", files / "mask.npy",
+                          "--out", files / "o.npy", "--nfe", 5), "--input", "complex")
+    assert not (files / "o.npy").exists()
 
 
 def test_png_input_reads_pixels_over_255(tmp_path):

@@ -553,12 +553,12 @@ def _read_inpaint_file(path: str, what: str):
         arr = arr.astype(np.float32) / 255.0
         arr = arr[None, None] if arr.ndim == 2 else arr.transpose(2, 0, 1)[None]
         return torch.from_numpy(np.ascontiguousarray(arr))
+    from .data import read_npy  # header, complex and dtype checks; unlike load_array, NaN (unknown) is allowed
+
     try:
-        arr = np.load(p, allow_pickle=False)
+        arr = read_npy(p)
     except ValueError as err:
-        raise ValueError(f"{what} {path!r}: not a plain numeric .npy array ({err}).") from None
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        raise ValueError(f"{what} {path!r}: the array has dtype {arr.dtype}; a numeric array is needed.")
+        raise ValueError(f"{what}: {err}") from None
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
 
 

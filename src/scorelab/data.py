@@ -190,6 +190,20 @@ def _check_npy_header(p: Path) -> None:
                          "follow; the file is truncated or corrupt.")
 
 
+def read_npy(path) -> np.ndarray:
+    """A real, numeric .npy array (any shape; NaN allowed), its header checked before anything is allocated."""
+    p = Path(path)
+    _check_npy_header(p)
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except ValueError as err:
+        raise ValueError(f"{p}: not a plain numeric .npy array ({err}); save it with np.save(path, array) "
+                         "from a numeric array.") from None
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise ValueError(f"{p}: the array has dtype {arr.dtype}; a numeric array [N, *dims] is needed.")
+    return arr
+
+
 def load_array(path) -> torch.Tensor:
     """A .npy or .csv file -> float32 tensor [N, *dims] (N examples; a CSV gives [N, columns]).
 
@@ -203,14 +217,7 @@ def load_array(path) -> torch.Tensor:
     if not p.is_file():
         raise ValueError(f"data file not found: {p} (resolved to {p.resolve()}); check the path.")
     if suffix == ".npy":
-        _check_npy_header(p)
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except ValueError as err:
-            raise ValueError(f"{p}: not a plain numeric .npy array ({err}); save it with np.save(path, array) "
-                             "from a numeric array.") from None
-        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-            raise ValueError(f"{p}: the array has dtype {arr.dtype}; a numeric array [N, *dims] is needed.")
+        arr = read_npy(p)
     else:
         arr = _read_csv(p)
     if arr.ndim < 2 or arr.shape[0] == 0 or 0 in arr.shape:
