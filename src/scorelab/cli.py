@@ -174,19 +174,6 @@ def _device(name: str):
                          ) from None
 
 
-class _Scaling:
-    """The run's data scaling both ways, for every verb: data units <-> model units (identity without a scaler)."""
-
-    def __init__(self, run):
-        self.scaler = run.scaler
-
-    def to_model(self, x):
-        return self.scaler.forward(x) if self.scaler is not None else x
-
-    def to_data(self, x):
-        return self.scaler.inverse(x) if self.scaler is not None else x
-
-
 def _batches(n: int, batch_size: int | None):
     """[(start, stop)] chunks of ``batch_size`` (all at once when None)."""
     if batch_size is not None and batch_size < 1:
@@ -368,7 +355,7 @@ def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, qui
         for lo, hi in chunks:
             res = draw(_EvalProgress(run.score, bar), run.sde, (hi - lo, *run.data_shape), method=method, nfe=nfe,
                        generator=g, **options)
-            parts.append(_Scaling(run).to_data(res.x).cpu())
+            parts.append(run.to_data(res.x).cpu())
             used += res.nfe
     x = torch.cat(parts)
     if out.endswith(".png"):
@@ -436,7 +423,7 @@ def likelihood(run_dir, data_path, bits_per_dim, bits, divergence, batch_size, t
                          divergence=divergence, rtol=tol, atol=tol)
             values.append(res.bpd.detach().cpu())
         else:
-            res = log_likelihood(run.score, run.sde, _Scaling(run).to_model(xb), generator=g, divergence=divergence,
+            res = log_likelihood(run.score, run.sde, run.to_model(xb), generator=g, divergence=divergence,
                                  rtol=tol, atol=tol)
             values.append(res.nll.detach().cpu())
         nfe += res.nfe
@@ -474,9 +461,8 @@ def denoise(run_dir, data_path, sigma, out, device):
     _check_out_file(out, (".npy",))
     dev = _device(device)
     run = _load_run(run_dir, dev)
-    scaling = _Scaling(run)
-    y = scaling.to_model(_load_data(data_path).to(dev))
-    x = scaling.to_data(tweedie_denoise(run.score, run.sde, y, sigma))
+    y = run.to_model(_load_data(data_path).to(dev))
+    x = run.to_data(tweedie_denoise(run.score, run.sde, y, sigma))
     with open(out, "wb") as f:  # exactly the named file
         np.save(f, x.detach().cpu().numpy())
     click.echo(f"wrote {len(x)} denoised examples to {out}")
@@ -612,12 +598,11 @@ def inpaint(run_dir, input_path, mask_path, out, method, nfe, particles, device,
         raise ValueError(f"--mask has shape {tuple(mask.shape)}, which matches neither --input {tuple(x.shape)} nor "
                          f"one example {shape}; give a mask shaped like the input (1 = known, 0 = to fill).")
     mask = (mask > 0.5).to(dev).expand(x.shape)
-    scaling = _Scaling(run)
     data = torch.where(mask, x.to(dev), torch.zeros((), device=dev))  # unknown entries may be NaN in the file
-    z = scaling.to_model(data)
+    z = run.to_model(data)
     g = torch.Generator(device=dev).manual_seed(seed)
     res = fill(run.score, run.sde, z, mask, method=method, nfe=nfe, generator=g, **options)
-    y = torch.where(mask, data, scaling.to_data(res.x)).detach().cpu()  # known entries bit for bit in data units
+    y = torch.where(mask, data, run.to_data(res.x)).detach().cpu()  # known entries bit for bit in data units
     if out.lower().endswith(".png"):
         if y.ndim != 4:
             raise ValueError("--out .png needs images [N, C, H, W]; use .npy for other data.")

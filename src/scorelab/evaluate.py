@@ -80,7 +80,7 @@ def evaluate(run, data=None, *, n: int = 4000, nll_n: int = 500, method: str | N
     kw = {"method": default_method(nfe) if method is None else method, "nfe": nfe}
     res = sample(run.score, run.sde, (half, *run.data_shape), generator=torch.Generator().manual_seed(seed + 1),
                  **kw, **options)
-    samples = res.x if run.scaler is None else run.scaler.inverse(res.x)
+    samples = run.to_data(res.x)
     finite = torch.isfinite(samples).all(1)
     rows = []
 
@@ -90,7 +90,7 @@ def evaluate(run, data=None, *, n: int = 4000, nll_n: int = 500, method: str | N
 
     if nll_n:
         xs = x[:nll_n]
-        y = run.scaler.forward(xs) if run.scaler is not None else xs
+        y = run.to_model(xs)
         ll = log_likelihood(run.score, run.sde, y, eps=1e-3, rtol=1e-4, atol=1e-4)
         nll = ll.nll.double()
         if run.scaler is not None:

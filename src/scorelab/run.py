@@ -44,6 +44,14 @@ class Run:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        """Data units -> the units the model was trained in (the run's data scaler; identity without one)."""
+        return self.scaler.forward(x) if self.scaler is not None else x
+
+    def to_data(self, x: torch.Tensor) -> torch.Tensor:
+        """Model units (samples, denoised data) -> data units."""
+        return self.scaler.inverse(x) if self.scaler is not None else x
+
     def score(self, x: torch.Tensor, t) -> torch.Tensor:
         """The EMA model's score grad_x log p_t(x), shaped like x [B, *dims]; t a [B] tensor or a number.
 
