@@ -83,12 +83,25 @@ def _have_diffusers():
 VP_SCHEDULERS = ("DDIM", "DPMSolver++", "UniPC")
 
 
-def diffusers_vp_runs(score_fn, sde_vp, shape, nfe, seed, dtype=torch.float32, names=VP_SCHEDULERS):
+def betas_for(sde, eps=1e-3, steps=1000):
+    """Betas of a 1000-step discrete schedule with the noise levels of ``sde`` (sigma = s/m geometric between t = eps
+    and T, abar = 1 / (1 + sigma^2)): diffusers' schedulers on the range a learned model was trained on."""
+    lo, hi = interop.sigma_range(sde, eps)
+    sig = torch.logspace(math.log10(lo), math.log10(hi), steps, dtype=torch.float64)
+    abar = 1.0 / (1.0 + sig**2)
+    return (1.0 - abar / torch.cat([abar.new_ones(1), abar[:-1]])).tolist()
+
+
+def diffusers_vp_runs(score_fn, sde_vp, shape, nfe, seed, dtype=torch.float32, names=VP_SCHEDULERS, betas=None):
+    """diffusers' DDIM / DPM-Solver++ / UniPC through the epsilon wrapper; DDPM's linear betas (= VPSDE(0.1, 20))
+    unless ``betas`` (``betas_for(sde)``) are given."""
     out = {}
     if not _have_diffusers():
         return out
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
     common = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    if betas is not None:
+        common = dict(num_train_timesteps=len(betas), trained_betas=betas)
     makers = {
         "DDIM": lambda: DDIMScheduler(clip_sample=False, **common),
         "DPMSolver++": lambda: DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", **common),
@@ -141,4 +154,4 @@ def all_peer_runs(K, score_ve, sde_ve, score_vp, sde_vp, shape, nfe, seed, dtype
 
 
 __all__ = ["load_k_sampling", "k_diffusion_runs", "diffusers_vp_runs", "diffusers_ve_pc", "all_peer_runs",
-           "Counter", "math"]
+           "Counter", "betas_for"]

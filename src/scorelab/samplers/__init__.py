@@ -17,6 +17,7 @@ import torch
 from ..sde import SDE
 from . import exponential, karras, langevin, multistep, ode, pc
 from ._common import CHOICES, BudgetExceeded, CountedScore, SampleResult, check_option, check_representable, sigma_of
+from .grid_search import optimized_grid
 from .grids import end_time, make_grid
 from .steps import CORRECTORS, PREDICTORS
 
@@ -41,7 +42,8 @@ DEFAULT_METHOD = default_method(DEFAULT_NFE)
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _ARGS = 6  # score, sde, x, times, generator, callback
 
-__all__ = ["sample", "samplers", "SampleResult", "METHODS", "DEFAULT_METHOD", "DEFAULT_NFE", "default_method"]
+__all__ = ["sample", "samplers", "SampleResult", "METHODS", "DEFAULT_METHOD", "DEFAULT_NFE", "default_method",
+           "optimized_grid"]
 
 
 def samplers() -> list[str]:
@@ -141,7 +143,8 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     score_fn(x [B, *dims], t [B]) -> [B, *dims] is any score (trained or exact); ``callback(i, t, x)`` is called
     after every step with the step index, the (0-d) time reached and the current x. ``x_init`` replaces the
     draw of x_T (shape may then be None); ``grid`` overrides the method's time grid ("uniform", "log_snr",
-    "karras", or a decreasing tensor of times); ``project(x, t [B]) -> x`` imposes a constraint after every
+    "karras", "optimized" (``optimized_grid``, searched for this score once and cached), or a decreasing tensor
+    of times); ``project(x, t [B]) -> x`` imposes a constraint after every
     step (see ``scorelab.conditional``); ``progress`` shows a progress bar on a terminal. ``options`` go to
     the method (``options_of(method)`` lists them). Returns SampleResult(x [B, *dims], nfe = evaluations used,
     steps).
@@ -172,6 +175,9 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     fn = METHODS[method]
     opts = _bind(method, sde, options)
     steps = fn.steps(nfe, opts)
+    if isinstance(grid, str) and grid == "optimized":  # searched once per (score, sde, method, nfe), cached
+        dev = generator.device if device is None and generator is not None else device
+        grid = optimized_grid(score_fn, sde, nfe, method, dims=shape[1:], dtype=dtype, device=dev, **options)
     times = _grid(fn, sde, steps, opts, grid)
     check_representable(sde, dtype)
     if generator is not None and device is None:

@@ -56,8 +56,8 @@ GRIDS = {"uniform": uniform_t, "log_snr": log_snr_uniform, "karras": karras}
 def make_grid(name: str, sde, steps: int, t_min: float, **kw) -> torch.Tensor:
     """The grid called ``name`` ("uniform", "log_snr" or "karras"), ``steps`` + 1 times from t_max to t_min."""
     if not isinstance(name, str) or name not in GRIDS:
-        raise ValueError(f"unknown grid {name!r}; choose one of {sorted(GRIDS)}, or pass a decreasing 1-D tensor "
-                         "of times.")
+        raise ValueError(f"unknown grid {name!r}; choose one of {sorted(GRIDS)} or 'optimized', or pass a decreasing "
+                         "1-D tensor of times.")
     if steps == 0:
         return _ends(sde, t_min, kw.get("t_max"), zero=name == "uniform")[:1]
     return GRIDS[name](sde, steps, t_min, **kw)
