@@ -85,8 +85,10 @@ VP_SCHEDULERS = ("DDIM", "DPMSolver++", "UniPC")
 
 def betas_for(sde, eps=1e-3, steps=1000):
     """Betas of a 1000-step discrete schedule with the noise levels of ``sde`` (sigma = s/m geometric between t = eps
-    and T, abar = 1 / (1 + sigma^2)): diffusers' schedulers on the range a learned model was trained on."""
+    and T, abar = 1 / (1 + sigma^2)): diffusers' schedulers on the range a learned model was trained on. The
+    smallest sigma is at least DDPM's 0.01: below ~0.003 consecutive alphas_cumprod tie in diffusers' float32."""
     lo, hi = interop.sigma_range(sde, eps)
+    lo = max(lo, 0.01)
     sig = torch.logspace(math.log10(lo), math.log10(hi), steps, dtype=torch.float64)
     abar = 1.0 / (1.0 + sig**2)
     return (1.0 - abar / torch.cat([abar.new_ones(1), abar[:-1]])).tolist()

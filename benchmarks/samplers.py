@@ -31,7 +31,7 @@ import peers  # noqa: E402
 from scorelab.data import grid_mixture, ring_mixture  # noqa: E402
 from scorelab.metrics import mixture_error  # noqa: E402
 from scorelab.oracle import GaussianMixture  # noqa: E402
-from scorelab.samplers import sample  # noqa: E402
+from scorelab.samplers import optimized_grid, sample  # noqa: E402
 from scorelab.sde import VESDE, VPSDE  # noqa: E402
 
 F64 = torch.float64
@@ -80,7 +80,13 @@ OURS = [
 ]
 
 
-def run_mixture(name, gmm, budgets, n, seeds, K, dtype=torch.float32):
+# with --optimized: these at nfe <= 20 also on the grid optimised for the mixture's score (samplers.optimized_grid,
+# probe 256, seed 0; searched once per mixture, process, method and budget)
+OPTIMIZED = [("unipc", "vp", "unipc"), ("ipndm", "ve", "ipndm"), ("deis", "vp", "deis"),
+             ("dpm_solver (default)", "ve", "dpm_solver")]
+
+
+def run_mixture(name, gmm, budgets, n, seeds, K, dtype=torch.float32, optimized=False):
     sdes = {"ve": VESDE(0.002, 80.0), "vp": VPSDE(0.1, 20.0)}
     scores = {k: gmm.score_fn(s) for k, s in sdes.items()}
     floor = [mixture_error(gmm.sample(n, generator=torch.Generator().manual_seed(1000 + s)), gmm) for s in seeds]
@@ -93,6 +99,12 @@ def run_mixture(name, gmm, budgets, n, seeds, K, dtype=torch.float32):
                              **opts)
                 e = mixture_error(res.x, gmm)
                 table.setdefault(f"sl:{label}[{proc}]", {}).setdefault(nfe, []).append((e.moment_kl, e.mode_tv))
+            for label, proc, method in OPTIMIZED if optimized and nfe <= 20 else ():
+                grid = optimized_grid(scores[proc], sdes[proc], nfe, method, dims=(gmm.d,))
+                res = sample(scores[proc], sdes[proc], (n, gmm.d), method=method, nfe=nfe, grid=grid, dtype=dtype,
+                             generator=torch.Generator().manual_seed(seed))
+                e = mixture_error(res.x, gmm)
+                table.setdefault(f"sl:{label}+opt[{proc}]", {}).setdefault(nfe, []).append((e.moment_kl, e.mode_tv))
             runs = peers.all_peer_runs(K, scores["ve"], sdes["ve"], scores["vp"], sdes["vp"], (n, gmm.d), nfe, seed,
                                        dtype)
             for label, (x, _used) in runs.items():
@@ -105,15 +117,23 @@ def run_mixture(name, gmm, budgets, n, seeds, K, dtype=torch.float32):
     print("| sampler | " + " | ".join(f"nfe {b}" for b in budgets) + " |")
     print("|---|" + "---|" * len(budgets))
     med = {lab: {b: (statistics.median(v[0] for v in row[b]), statistics.median(v[1] for v in row[b]))
-                 for b in budgets} for lab, row in table.items()}
+                 for b in budgets if b in row} for lab, row in table.items()}
     for lab, row in med.items():
-        print(f"| {lab} | " + " | ".join(f"{row[b][0]:.4g} / {row[b][1]:.3f}" for b in budgets) + " |")
+        print(f"| {lab} | " + " | ".join(f"{row[b][0]:.4g} / {row[b][1]:.3f}" if b in row else "-" for b in budgets)
+              + " |")
     summary = []
     for b in budgets:
-        ours = min(((v[b][0], k) for k, v in med.items() if k.startswith("sl:")), default=(float("nan"), "-"))
+        ours = min(((v[b][0], k) for k, v in med.items() if k.startswith("sl:") and "+opt" not in k and b in v),
+                   default=(float("nan"), "-"))
         theirs = min(((v[b][0], k) for k, v in med.items() if not k.startswith("sl:")), default=(float("nan"), "-"))
         summary.append((b, ours, theirs))
-    print("\n| budget | scorelab best | peer best | ratio |\n|---|---|---|---|")
+        opt = min(((v[b][0], k) for k, v in med.items() if "+opt" in k and b in v), default=None)
+        if opt is not None:  # the optimised grid against the same method on its default grid
+            gains = [f"{k[3:]} {v[b][0] / med[k.replace('+opt', '')][b][0]:.2f}" for k, v in med.items()
+                     if "+opt" in k and b in v]
+            print(f"  nfe {b}: best with optimised grids {opt[0]:.4g} ({opt[1]}); optimised / default grid: "
+                  + ", ".join(gains))
+    print("\n| budget | scorelab best (default grids) | peer best | ratio |\n|---|---|---|---|")
     for b, ours, theirs in summary:
         print(f"| nfe {b} | {ours[0]:.4g} ({ours[1]}) | {theirs[0]:.4g} ({theirs[1]}) | {ours[0] / theirs[0]:.3f} |")
     print(f"| floor | {fl_kl:.4g} | | |", flush=True)
@@ -164,6 +184,7 @@ def main():
     ap.add_argument("--only-overhead", action="store_true")
     ap.add_argument("--mixtures", nargs="+", default=None, help="a subset of the mixture names")
     ap.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 20, 50])
+    ap.add_argument("--optimized", action="store_true", help="add the optimised-grid rows (OPTIMIZED), nfe <= 20")
     a = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     K = peers.load_k_sampling()
@@ -182,7 +203,7 @@ def main():
         mixtures = [(name, g) for name, g in mixtures if name in a.mixtures]
     rows = []
     for name, gmm in mixtures:
-        _med, summary, floor = run_mixture(name, gmm, a.budgets, a.n, a.seeds, K)
+        _med, summary, floor = run_mixture(name, gmm, a.budgets, a.n, a.seeds, K, optimized=a.optimized)
         rows.append((name, summary, floor))
     print("\n### scorelab best / best peer (median moment KL), per mixture")
     print("| mixture | floor | " + " | ".join(f"nfe {b}" for b in a.budgets) + " |")

@@ -44,7 +44,7 @@ def _train(config: str, out: Path, steps: int, extra=()):
     subprocess.run(cmd, check=True)
 
 
-def train_runs(cache: Path, toy_steps: int, digits_steps: int):
+def train_runs(cache: Path, toy_steps: int, digits_steps: int, runs=("toy", "digits")):
     """The toy and digits runs in ``cache`` (trained only when absent) and the digits split."""
     from scorelab.data import digits
 
@@ -55,9 +55,11 @@ def train_runs(cache: Path, toy_steps: int, digits_steps: int):
     split = cache / "digits-train.npy"
     if not split.exists():
         np.save(split, train_x.numpy())
-    _train("toy", cache / "toy", toy_steps)
-    _train("digits", cache / "digits", digits_steps, ("--set", "data.name=null", "--set", f"data.path={split}",
-                                                       "--set", f"train.warmup={min(1000, digits_steps // 8)}"))
+    if "toy" in runs:
+        _train("toy", cache / "toy", toy_steps)
+    if "digits" in runs:
+        _train("digits", cache / "digits", digits_steps, ("--set", "data.name=null", "--set", f"data.path={split}",
+                                                           "--set", f"train.warmup={min(1000, digits_steps // 8)}"))
     return train_x, held
 
 
@@ -91,6 +93,7 @@ def scorelab_runs(run, n, nfe, seed, opt_budgets, probe):
 
 def peer_runs(K, run, n, nfe, seed):
     lo, hi = interop.sigma_range(run.sde)
+    lo, hi = max(lo, 0.002), min(hi, 80.0)  # k-diffusion's EDM defaults inside the model's range
     shape = (n, *run.data_shape)
     out = {k: x for k, (x, _) in peers.k_diffusion_runs(K, run.score, run.sde, shape, nfe, seed, sigma_min=lo,
                                                           sigma_max=hi).items()}
@@ -178,7 +181,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
-    train_x, held = train_runs(a.cache, a.toy_steps, a.digits_steps)
+    train_x, held = train_runs(a.cache, a.toy_steps, a.digits_steps, a.runs)
     if a.train_only:
         return
     torch.set_num_threads(a.threads)

@@ -20,7 +20,7 @@ NEW = ("lms", "ipndm", "unipc", "deis")
 # UniPC-p with its corrector is order p + 1 (Zhao et al. 2023, Thm 3.3), capped at 3 by the warm start
 ORDERS = [
     ("lms", {"order": 1}, 1), ("lms", {"order": 2}, 2), ("lms", {"order": 4}, 3),
-    ("ipndm", {"order": 1}, 1), ("ipndm", {"order": 4}, 2),
+    ("ipndm", {"order": 1}, 1), ("ipndm", {"order": 2}, 2), ("ipndm", {"order": 3}, 2), ("ipndm", {"order": 4}, 2),
     ("unipc", {"order": 1}, 2), ("unipc", {"order": 2}, 3), ("unipc", {"order": 3}, 3),
     ("unipc", {"order": 2, "variant": "bh2"}, 3), ("unipc", {"order": 2, "use_corrector": False}, 2),
     ("unipc", {"order": 3, "variant": "bh1"}, 3),

@@ -303,7 +303,8 @@ class _EvalProgress:
               help="Budget of score evaluations per batch (default: scorelab.samplers.DEFAULT_NFE).")
 @click.option("-n", "count", default=1000, show_default=True, type=int, help="Number of samples.")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
-              help="A method option, e.g. --opt order=3 --opt grid=karras (checked against the method).")
+              help="A method option, e.g. --opt order=3 --opt grid=karras (checked against the method); "
+                   "--opt grid=optimized searches a grid for this run once (kept in RUN_DIR/grids).")
 @click.option("--batch-size", type=int, default=None, help="Samples per batch (default: all in one batch).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:k].")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -348,6 +349,14 @@ def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, qui
             raise ValueError("--method mala needs a run trained with model.type=energy (it uses the energy in its "
                              "accept/reject step); use --method langevin for this run.")
         options["energy_fn"] = run.model.energy
+    if isinstance(options.get("grid"), str) and options["grid"] == "optimized":  # searched once, kept in RUN/grids
+        from pathlib import Path
+
+        from .samplers import optimized_grid
+
+        rest = {k: v for k, v in options.items() if k != "grid"}
+        options["grid"] = optimized_grid(run.score, run.sde, nfe, method, dims=run.data_shape, device=dev,
+                                         cache_dir=Path(run_dir) / "grids", **rest)
     g = torch.Generator(device=dev).manual_seed(seed)
     parts, used = [], 0
     with tqdm(total=nfe * len(chunks), desc=f"sample {method}", unit="eval", disable=_progress_disabled(quiet),

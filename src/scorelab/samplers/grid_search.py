@@ -61,8 +61,8 @@ def optimized_grid(score_fn, sde, nfe: int, method: str | None = None, *, dims, 
         raise ValueError(f"method {method!r} with these options ends at t = 0; an optimized grid needs an end "
                          "above 0 (e.g. method='ode' with eps > 0).")
     dims = tuple(int(d) for d in dims)
-    spec = json.dumps({"method": method, "nfe": nfe, "sde": repr(sde), "dims": dims, "probe": probe, "seed": seed,
-                       "sweeps": sweeps, "reference_nfe": reference_nfe, "dtype": str(dtype),
+    spec = json.dumps({"version": 1, "method": method, "nfe": nfe, "sde": repr(sde), "dims": dims, "probe": probe,
+                       "seed": seed, "sweeps": sweeps, "reference_nfe": reference_nfe, "dtype": str(dtype),
                        "score": getattr(score_fn, "__qualname__", type(score_fn).__name__),
                        "options": {k: repr(v) for k, v in sorted(options.items())}}, sort_keys=True)
     owner = getattr(score_fn, "__self__", score_fn)
