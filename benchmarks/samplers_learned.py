@@ -65,6 +65,8 @@ def train_runs(cache: Path, toy_steps: int, digits_steps: int, runs=("toy", "dig
 
 # scorelab's configurations, each at its defaults; "+opt" uses the grid optimised for the model (optimized_grid)
 OURS = [("ancestral", "ancestral", {}), ("euler_maruyama", "euler_maruyama", {}), ("dpm_solver", "dpm_solver", {}),
+        ("sde-dpm2M", "dpm_solver", {"eta": 1.0}),
+        ("sde-dpm2M/smin.002", "dpm_solver", {"eta": 1.0, "sigma_min": 0.002}),
         ("unipc", "unipc", {}), ("ipndm", "ipndm", {}), ("deis", "deis", {}), ("lms", "lms", {}),
         ("edm_heun", "edm_heun", {})]
 OPT = ("unipc", "dpm_solver", "ipndm", "deis")
@@ -126,7 +128,22 @@ def table(name, rows, budgets, cols, floor, defaults):
               f"({theirs[1]}) | {ours[0] / theirs[0]:.2f} |", flush=True)
 
 
-def bench_toy(run, K, budgets, n, seed, opt_budgets, probe):
+def _collect(run, K, budgets, n, seeds, opt_budgets, probe, metrics, tag):
+    """{label: {nfe: medians over seeds of metrics(x)}} and the default label per budget."""
+    acc, defaults = {}, {}
+    for nfe in budgets:
+        for seed in seeds:
+            runs = scorelab_runs(run, n, nfe, seed, opt_budgets, probe)
+            defaults[nfe] = runs.pop("default")
+            runs.update(peer_runs(K, run, n, nfe, seed))
+            for k, x in runs.items():
+                acc.setdefault(k, {}).setdefault(nfe, []).append(metrics(x))
+        print(f"  [{tag}] nfe {nfe} done", flush=True)
+    rows = {k: {b: tuple(float(np.median(c)) for c in zip(*v)) for b, v in r.items()} for k, r in acc.items()}
+    return rows, defaults
+
+
+def bench_toy(run, K, budgets, n, seeds, opt_budgets, probe):
     gmm = ring_mixture()
     ref = gmm.sample(n, generator=torch.Generator().manual_seed(1000))
     floor_x = gmm.sample(n, generator=torch.Generator().manual_seed(1001))
@@ -135,19 +152,12 @@ def bench_toy(run, K, budgets, n, seed, opt_budgets, probe):
         x = run.to_data(x)
         e = mixture_error(x, gmm)
         return e.moment_kl, e.mode_tv, sliced_wasserstein(x, ref, generator=torch.Generator().manual_seed(0))
-    rows, defaults = {}, {}
-    for nfe in budgets:
-        runs = scorelab_runs(run, n, nfe, seed, opt_budgets, probe)
-        defaults[nfe] = runs.pop("default")
-        runs.update(peer_runs(K, run, n, nfe, seed))
-        for k, x in runs.items():
-            rows.setdefault(k, {})[nfe] = metrics(x)
-        print(f"  [toy] nfe {nfe} done", flush=True)
-    table(f"toy run ({run.step} steps, ring8, {run.sde!r}), n = {n}, seed {seed}", rows, budgets,
+    rows, defaults = _collect(run, K, budgets, n, seeds, opt_budgets, probe, metrics, "toy")
+    table(f"toy run ({run.step} steps, ring8, {run.sde!r}), n = {n}, median over seeds {seeds}", rows, budgets,
           ("moment KL", "mode TV", "sliced W2"), metrics(floor_x), defaults)
 
 
-def bench_digits(run, K, budgets, n, seed, opt_budgets, probe, train_x, held):
+def bench_digits(run, K, budgets, n, seeds, opt_budgets, probe, train_x, held):
     to_pm1 = run.to_model  # the run's own scaling of pixels to [-1, 1]
     held_m = to_pm1(held)
     floor_x = to_pm1(train_x[torch.randperm(len(train_x), generator=torch.Generator().manual_seed(1))[:n]])
@@ -155,16 +165,9 @@ def bench_digits(run, K, budgets, n, seed, opt_budgets, probe, train_x, held):
     def metrics(x):
         return (sliced_wasserstein(x, held_m, generator=torch.Generator().manual_seed(0)),
                 mmd(x.clamp(-1, 1), held_m))
-    rows, defaults = {}, {}
-    for nfe in budgets:
-        runs = scorelab_runs(run, n, nfe, seed, opt_budgets, probe)
-        defaults[nfe] = runs.pop("default")
-        runs.update(peer_runs(K, run, n, nfe, seed))
-        for k, x in runs.items():
-            rows.setdefault(k, {})[nfe] = metrics(x)
-        print(f"  [digits] nfe {nfe} done", flush=True)
-    table(f"digits run ({run.step} steps, {run.sde!r}), n = {n} against the {len(held)} held-out images, seed "
-          f"{seed}", rows, budgets, ("sliced W2", "MMD"), metrics(floor_x), defaults)
+    rows, defaults = _collect(run, K, budgets, n, seeds, opt_budgets, probe, metrics, "digits")
+    table(f"digits run ({run.step} steps, {run.sde!r}), n = {n} against the {len(held)} held-out images, median "
+          f"over seeds {seeds}", rows, budgets, ("sliced W2", "MMD"), metrics(floor_x), defaults)
 
 
 def main():
@@ -178,7 +181,7 @@ def main():
     ap.add_argument("--opt-budgets", type=int, nargs="+", default=[5, 10, 20],
                     help="budgets at which the optimised grids are searched (cached in RUN/grids)")
     ap.add_argument("--probe", type=int, default=256, help="probe batch of the grid search")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="sampling seeds (median over them)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     train_x, held = train_runs(a.cache, a.toy_steps, a.digits_steps, a.runs)
@@ -189,9 +192,9 @@ def main():
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     if "toy" in a.runs:
-        bench_toy(scorelab.load(a.cache / "toy"), K, a.budgets, 4000, a.seed, a.opt_budgets, a.probe)
+        bench_toy(scorelab.load(a.cache / "toy"), K, a.budgets, 4000, a.seeds, a.opt_budgets, a.probe)
     if "digits" in a.runs:
-        bench_digits(scorelab.load(a.cache / "digits"), K, a.budgets, 1000, a.seed, a.opt_budgets, a.probe,
+        bench_digits(scorelab.load(a.cache / "digits"), K, a.budgets, 1000, a.seeds, a.opt_budgets, a.probe,
                      train_x, held)
 
 
