@@ -81,7 +81,7 @@ def scorelab_runs(run, n, nfe, seed, opt_budgets, probe):
             continue
         g = torch.Generator().manual_seed(seed)
         out[f"sl:{label}"] = sample(run.score, run.sde, (n, *run.data_shape), method, nfe, generator=g, **opts).x
-        if method in OPT and nfe in opt_budgets:
+        if label in OPT and nfe in opt_budgets:
             t0 = time.time()
             grid = optimized_grid(run.score, run.sde, nfe, method, dims=run.data_shape, probe=probe,
                                   cache_dir=run.run_dir / "grids")
