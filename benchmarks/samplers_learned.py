@@ -100,7 +100,11 @@ def peer_runs(K, run, n, nfe, seed):
     out = {k: x for k, (x, _) in peers.k_diffusion_runs(K, run.score, run.sde, shape, nfe, seed, sigma_min=lo,
                                                           sigma_max=hi).items()}
     betas = None if _is_ddpm(run.sde) else peers.betas_for(run.sde)
-    out.update({k: x for k, (x, _) in peers.diffusers_vp_runs(run.score, run.sde, shape, nfe, seed,
+    T = run.sde.T
+
+    def score_to_T(x, t):  # DDPM's k = 999 is t = 1.0034 of VPSDE(0.1, 20); a run's score refuses t > T
+        return run.score(x, t.clamp(max=T))
+    out.update({k: x for k, (x, _) in peers.diffusers_vp_runs(score_to_T, run.sde, shape, nfe, seed,
                                                                betas=betas).items()})
     if isinstance(run.sde, VESDE):
         out.update({k: x for k, (x, _) in peers.diffusers_ve_pc(run.score, run.sde, shape, nfe, seed, sigma_min=lo,
@@ -183,6 +187,8 @@ def main():
     ap.add_argument("--probe", type=int, default=256, help="probe batch of the grid search")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="sampling seeds (median over them)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--digits-run", default="digits", help="the digits run's directory name inside --cache")
+    ap.add_argument("--digits-n", type=int, default=1000, help="digits samples per sampler")
     a = ap.parse_args()
     train_x, held = train_runs(a.cache, a.toy_steps, a.digits_steps, a.runs)
     if a.train_only:
@@ -194,7 +200,7 @@ def main():
     if "toy" in a.runs:
         bench_toy(scorelab.load(a.cache / "toy"), K, a.budgets, 4000, a.seeds, a.opt_budgets, a.probe)
     if "digits" in a.runs:
-        bench_digits(scorelab.load(a.cache / "digits"), K, a.budgets, 1000, a.seeds, a.opt_budgets, a.probe,
+        bench_digits(scorelab.load(a.cache / a.digits_run), K, a.budgets, a.digits_n, a.seeds, a.opt_budgets, a.probe,
                      train_x, held)
 
 
