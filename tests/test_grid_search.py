@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,3 +87,24 @@ def test_refuses_methods_it_cannot_optimise(method, opts):
     sde = VESDE(0.002, 80.0)
     with pytest.raises(ValueError, match="optimized grid"):
         optimized_grid(Score(sde), sde, 6, method, **FAST, **opts)
+
+
+def test_cli_sample_with_an_optimized_grid_keeps_it_in_the_run(tmp_path):
+    from helpers import TINY, invoke, one_line_error
+
+    data = tmp_path / "pts.npy"
+    np.save(data, np.random.default_rng(2).standard_normal((50, 2)).astype(np.float32))
+    run = tmp_path / "run"
+    assert invoke("train", "toy", "--set", f"data.path={data}", "--set", "train.steps=2", *TINY,
+                  "--out", run).exit_code == 0
+    args = ("sample", run, "--method", "unipc", "--nfe", "4", "-n", "8", "--quiet", "--opt", "grid=optimized")
+    res = invoke(*args, "--out", tmp_path / "a.npy")
+    assert res.exit_code == 0, res.output
+    files = list((run / "grids").glob("grid-unipc-nfe4-*.json"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    assert invoke(*args, "--out", tmp_path / "b.npy").exit_code == 0  # read back, not rewritten
+    assert files[0].stat().st_mtime_ns == stamp
+    assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+    one_line_error(invoke("sample", run, "--method", "ancestral", "--nfe", "4", "-n", "8", "--quiet", "--opt",
+                          "grid=optimized", "--out", tmp_path / "c.npy"), "deterministic")
