@@ -275,9 +275,10 @@ def _labels(cfg: dict, n: int, given) -> torch.Tensor | None:
 
         y = None if isinstance(given, torch.Tensor) else from_dataset(given)[1]
     if y is None:
-        raise ValueError(f"model.num_classes={k} needs class labels, but the data {cfg['data']['name'] or cfg['data']['path']!r} "
-                         "has none: use a labelled data set (digits, fashion_mnist, a mixture toy, an image folder with "
-                         "one subfolder per class) or give data.labels: FILE.npy with data.path.")
+        source = cfg["data"]["name"] or cfg["data"]["path"]
+        raise ValueError(f"model.num_classes={k} needs class labels, but the data {source!r} has none: use a labelled "
+                         "data set (digits, fashion_mnist, a mixture toy, an image folder with a subfolder per class) "
+                         "or give data.labels: FILE.npy with data.path.")
     y = y.long()
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
         raise ValueError(f"the data's labels range over [{int(y.min())}, {int(y.max())}] but model.num_classes={k}; "
