@@ -20,9 +20,10 @@ toy config with model.num_classes=8, label dropout 0.1, 2000 steps). Share = fra
 sampler, nfe 200) whose most responsible component is the requested one; its binomial noise is at most 0.011.
 ``--digits-run DIR`` adds the class-conditional digits run: the share of CFG samples that a clean classifier
 (``train_classifier(..., sde=None)`` on the digits train split, its test accuracy printed) labels as the
-requested class, per guidance scale.
+requested class, per guidance scale; with ``--digits-classifier CLF`` (``scorelab classifier RUN --out CLF``)
+also classifier guidance of the run's unconditional score.
 
-    .venv/bin/python benchmarks/conditional.py --guided [--digits-run runs/digits_cond]
+    .venv/bin/python benchmarks/conditional.py --guided [--digits-run runs/digits_cond [--digits-classifier CLF]]
 """
 
 from __future__ import annotations
@@ -113,11 +114,11 @@ def guided_toy(n: int = 2000, nfe: int = 200) -> None:
                   + f" {sec:8.1f}", flush=True)
 
 
-def guided_digits(run_dir: str, per_class: int = 100, nfe: int = 100) -> None:
+def guided_digits(run_dir: str, clf_dir: str | None = None, per_class: int = 100, nfe: int = 100) -> None:
     import scorelab as sl
-    from scorelab.classifier import accuracy, predict, train_classifier
+    from scorelab.classifier import accuracy, load_for_run, predict, train_classifier
     from scorelab.data import digits
-    from scorelab.guidance import classifier_free
+    from scorelab.guidance import classifier_free, classifier_guided
 
     run = sl.load(run_dir)
     tr, te = digits("train"), digits("test")
@@ -127,17 +128,22 @@ def guided_digits(run_dir: str, per_class: int = 100, nfe: int = 100) -> None:
           f"({time.perf_counter() - t0:.0f} s); run {run_dir} at step {run.step}")
     print(f"share of CFG samples ({per_class} per class, nfe {nfe}, default sampler) the clean classifier labels "
           "as the requested class")
-    print(f"{'guidance':>8} {'share':>6} {'min class':>9} {'confidence':>10} {'sec':>6}")
-    for w in (0.0, 1.0, 2.0, 4.0):
+    noisy = None if clf_dir is None else load_for_run(clf_dir, run)
+    print(f"{'kind':>10} {'guidance':>8} {'share':>6} {'min class':>9} {'confidence':>10} {'sec':>6}")
+    for kind, w in [("cfg", w) for w in (0.0, 1.0, 2.0, 4.0)] + ([("classifier", w) for w in (1.0, 2.0, 4.0)]
+                                                                  if noisy is not None else []):
         t0, hits, conf = time.perf_counter(), [], []
         for k in range(run.num_classes):
-            score = classifier_free(lambda x, t, k=k: run.score(x, t, k), run.score, w - 1)
+            if kind == "cfg":
+                score = classifier_free(lambda x, t, k=k: run.score(x, t, k), run.score, w - 1)
+            else:  # the unconditional score of the same run (its null class) + a trained noisy classifier
+                score = classifier_guided(run.score, noisy, k, w)
             xs = sl.sample(score, run.sde, (per_class, *run.data_shape), nfe=nfe,
                            generator=torch.Generator().manual_seed(k)).x
             p = predict(clf, xs)
             hits.append(float((p.argmax(1) == k).double().mean()))
             conf.append(float(p.max(1).values.mean()))
-        print(f"{w:8g} {sum(hits) / len(hits):6.3f} {min(hits):9.3f} {sum(conf) / len(conf):10.3f} "
+        print(f"{kind:>10} {w:8g} {sum(hits) / len(hits):6.3f} {min(hits):9.3f} {sum(conf) / len(conf):10.3f} "
               f"{time.perf_counter() - t0:6.0f}", flush=True)
 
 
@@ -146,13 +152,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--guided", action="store_true", help="the guided-share tables instead of imputation")
     ap.add_argument("--digits-run", default=None, help="a class-conditional digits run for the guided table")
+    ap.add_argument("--digits-classifier", default=None, help="its noise-conditional classifier (scorelab classifier)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.guided or args.digits_run:
         if args.guided:
             guided_toy()
         if args.digits_run:
-            guided_digits(args.digits_run)
+            guided_digits(args.digits_run, args.digits_classifier)
         return
     seeds, dims, n, budgets = ((0,), (3, 4), 500, (100,)) if args.quick else ((0, 1, 2), (3, 4, 6), 1000, (100, 400))
     sde = VPSDE()
