@@ -37,10 +37,9 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import batch_view, check_batch, check_finite
+from ._checks import batch_view, check_batch, check_finite, check_sampling_args
 from .samplers import SampleResult, sample, samplers
-from .samplers._common import gaussian
-from .samplers.grids import GRIDS
+from .samplers._common import check_option, gaussian
 from .sde import SDE
 from .smc import impute
 
@@ -101,31 +100,14 @@ def _check_mask(mask, x: torch.Tensor) -> torch.Tensor:
     return m.to(x.dtype).expand(x.shape)
 
 
-def _check_smc(sde: SDE, nfe, generator, options: dict) -> dict:
+def _check_smc(sde: SDE, options: dict) -> dict:
     unknown = sorted(set(options) - set(SMC_OPTIONS))
     if unknown:
         raise TypeError(f"method 'smc' has no option {', '.join(map(repr, unknown))}; its options are "
                         f"{', '.join(SMC_OPTIONS)} (RePaint's resample belongs to method='pc').")
     o = {**SMC_OPTIONS, **options}
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-        raise ValueError(f"nfe (the budget of score evaluations per particle) must be an integer >= 1, got {nfe!r}.")
-    p = o["particles"]
-    if isinstance(p, bool) or not isinstance(p, int) or p < 1:
-        raise ValueError(f"particles must be an integer >= 1 (more particles: closer to the exact conditional), "
-                         f"got {p!r}.")
-    e = o["ess"]
-    if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e <= 1:
-        raise ValueError(f"ess (resample when the effective sample size falls below ess x particles) must be in "
-                         f"[0, 1], got {e!r}.")
-    t = o["eps"]
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < sde.T:
-        raise ValueError(f"eps (the last time of the grid) must be in (0, T = {sde.T}), got {t!r}: the last "
-                         "twist N(x_k; m y, s(eps)^2) needs s(eps) > 0.")
-    if not isinstance(o["grid"], str) or o["grid"] not in GRIDS:
-        raise ValueError(f"unknown grid {o['grid']!r}; choose one of {sorted(GRIDS)}.")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
-                        "for a seed use torch.Generator().manual_seed(seed).")
+    for name, value in o.items():  # ranges by name, as for the samplers' options (ess in [0, 1], eps in (0, T))
+        check_option(name, value, sde, SMC_OPTIONS[name])
     return o
 
 
@@ -151,17 +133,14 @@ def inpaint(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, mask: torch.Tensor, me
     Returns ConditionalResult(x [B, *dims], nfe, steps) with res.x == x exactly where mask == 1 ("smc" returns
     an ``SMCResult`` that adds ``particles``, ``resampled`` and ``ess``).
     """
-    if not callable(score_fn):
-        raise TypeError("score_fn must be a callable score_fn(x, t) -> tensor shaped like x.")
+    check_sampling_args(score_fn, sde, generator, nfe)
     if not isinstance(method, str) or method not in methods():
         raise ValueError(f"Unknown method {method!r}; choose one of {methods()}.")
-    check_batch(x)  # the sde and the options are checked by ``sample`` before anything runs
+    check_batch(x)  # the options are checked (by ``sample`` or ``_check_smc``) before anything runs
     check_finite(x, "x (set the unknown entries to 0: they are ignored)")
     known = _check_mask(mask, x)
     if method == "smc":
-        if not isinstance(sde, SDE):
-            raise TypeError(f"sde must be a scorelab SDE (VESDE, VPSDE, SubVPSDE), got {type(sde).__name__}.")
-        o = _check_smc(sde, nfe, generator, options)
+        o = _check_smc(sde, options)
         with torch.no_grad():
             res = impute(score_fn, sde, x, known, nfe=nfe, generator=generator, **o)
         if not bool(torch.isfinite(res.x).all()):
