@@ -38,8 +38,8 @@ from collections.abc import Callable
 import torch
 
 from ._checks import batch_view, check_batch, check_finite, check_sampling_args
-from .samplers import SampleResult, sample, samplers
-from .samplers._common import check_option, gaussian
+from .samplers import METHODS, SampleResult, sample, samplers
+from .samplers._common import check_option, gaussian, value
 from .sde import SDE
 from .smc import impute
 
@@ -47,8 +47,6 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 ConditionalResult = SampleResult  # x [B, *dims] with the known entries equal to the data; nfe; steps
-
-_DETERMINISTIC = ("ode", "dpm_solver", "edm_heun")  # one smooth path for the known entries: z drawn once
 
 
 DEFAULT_METHOD = "smc"  # consistent: twisted sequential Monte Carlo (MCGdiff, Cardoso et al. 2023), see scorelab.smc
@@ -106,8 +104,8 @@ def _check_smc(sde: SDE, options: dict) -> dict:
         raise TypeError(f"method 'smc' has no option {', '.join(map(repr, unknown))}; its options are "
                         f"{', '.join(SMC_OPTIONS)} (RePaint's resample belongs to method='pc').")
     o = {**SMC_OPTIONS, **options}
-    for name, value in o.items():  # ranges by name, as for the samplers' options (ess in [0, 1], eps in (0, T))
-        check_option(name, value, sde, SMC_OPTIONS[name])
+    for name, v in o.items():  # ranges by name, as for the samplers' options (ess in [0, 1], eps in (0, T))
+        check_option(name, v, sde, SMC_OPTIONS[name])
     return o
 
 
@@ -124,8 +122,8 @@ def inpaint(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, mask: torch.Tensor, me
     ``eps`` (1e-3), ``grid`` ("uniform").
     Baselines, the replacement method (Song et al. 2021; biased where the known part is informative):
     "replacement" (= "pc") or any sampler of ``replacement_methods()``: "pc" (reverse diffusion + one Langevin
-    corrector), "reverse_diffusion", "euler_maruyama", "ancestral", ..., or a deterministic one ("ode",
-    "dpm_solver", "edm_heun": the known entries then follow m(t) x + s(t) z with one z drawn once); their
+    corrector), "reverse_diffusion", "euler_maruyama", "ancestral", ..., or a deterministic one (declared so: "ode",
+    "dpm_solver", "edm_heun", "unipc", ...: the known entries then follow m(t) x + s(t) z with one z); their
     options are the sampler's (``samplers.options_of``), e.g. ``resample`` (RePaint repeats per step).
     nfe: budget of score evaluations (never exceeded). For "smc" it counts evaluations per particle (= steps):
     each is one batched call on B x particles inputs.
@@ -149,7 +147,7 @@ def inpaint(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, mask: torch.Tensor, me
     method = "pc" if method == "replacement" else method
     unknown = 1 - known
     data = x.detach() * known
-    fixed_z = gaussian(x, generator) if method in _DETERMINISTIC else None
+    fixed_z = gaussian(x, generator) if value(METHODS[method].deterministic, options) else None
 
     def replace(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         z = fixed_z if fixed_z is not None else gaussian(xt, generator)

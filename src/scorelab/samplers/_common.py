@@ -43,12 +43,14 @@ class CountedScore:
 
 def method(cost: int | Callable = 1, reserve: int | Callable = 0, grid: str | None = "uniform",
            end: str | float = "eps", steps: Callable | None = None, start: Callable | None = None,
-           begin: str | None = None):
+           begin: str | None = None, deterministic: bool | Callable = False):
     """Declare a method: ``cost`` evaluations per step, ``reserve`` for a final step (numbers or functions of the
     options), default ``grid`` (None: all at the option ``t``), the options giving its ``end`` (time "eps" or
-    level "sigma_min") and ``begin`` (a level; default T), ``steps(nfe, options)``, ``start(sde, options)``."""
+    level "sigma_min") and ``begin`` (a level; default T), ``steps(nfe, options)``, ``start(sde, options)``;
+    ``deterministic`` (or a function of the given options): it draws no noise after x_T (inpainting then noises
+    the known entries with one z, so that they follow one smooth path)."""
     def by_cost(nfe, o):
-        c, r = _value(cost, o), _value(reserve, o)
+        c, r = value(cost, o), value(reserve, o)
         n = (nfe - r) // c
         if n < (0 if r else 1):
             raise ValueError(f"nfe={nfe} is too small for this method with these options: one step costs {c} score "
@@ -57,12 +59,13 @@ def method(cost: int | Callable = 1, reserve: int | Callable = 0, grid: str | No
 
     def wrap(fn):
         fn.cost, fn.reserve, fn.grid, fn.end, fn.begin, fn.start = cost, reserve, grid, end, begin, start
+        fn.deterministic = deterministic
         fn.steps = steps or by_cost
         return fn
     return wrap
 
 
-def _value(v, options):
+def value(v, options):
     return v(options) if callable(v) else v
 
 
@@ -150,5 +153,5 @@ def gaussian(like: torch.Tensor, generator) -> torch.Tensor:
     return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
 
 
-__all__ = ["SampleResult", "BudgetExceeded", "CountedScore", "method", "check_option", "Schedule", "gaussian",
+__all__ = ["SampleResult", "BudgetExceeded", "CountedScore", "method", "value", "check_option", "Schedule", "gaussian",
            "posterior_mean", "check_representable"]

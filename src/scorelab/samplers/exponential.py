@@ -49,7 +49,8 @@ def _steps(nfe, o):
     return evals if o["multistep"] or o["eta"] > 0 else -(-evals // o["order"])
 
 
-@method(steps=_steps, reserve=lambda o: int(o["denoise_to_zero"]), grid="log_snr", end="sigma_min")
+@method(steps=_steps, reserve=lambda o: int(o["denoise_to_zero"]), grid="log_snr", end="sigma_min",
+        deterministic=lambda o: not o.get("eta", 0))
 def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multistep: bool = True,
                sigma_min: float = 0.03, lower_order_final: bool = True, denoise_to_zero: bool = False,
                rho: float = 7.0, eta: float = 0.0):

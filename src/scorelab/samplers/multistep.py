@@ -109,39 +109,29 @@ def _denoise_step(S, i):
 
 # ---- (sigma, x/m) Adams-Bashforth: lms, ipndm ----------------------------------------------------------------
 
-def _score_store(S):
-    return lambda x, sc, i: sc
-
-
-def _sigma_plan(S, orders, coeffs):
-    """coeffs(i, k, sigmas) -> c_ij (newest first) for step i of order k; the plan in x with v_j = score_j."""
+def _adams(score, x, S, callback, order, coeffs):
+    """Adams-Bashforth steps in (sigma, x/m) with the warm start min(order, i + 1): coeffs(i, k, sigmas) -> c_ij
+    (newest first) for step i of order k, carried in x with v_j = score_j."""
     sig, m, s = (S.s64 / S.m64).tolist(), S.m, S.s
     plan = []
-    for i, k in enumerate(orders):
+    for i, k in enumerate(_orders(len(S), order, False)):
         c = coeffs(i, k, sig)
         plan.append((m[i + 1] / m[i], [(i - j, -m[i + 1] * cj * s[i - j]) for j, cj in enumerate(c)]))
-    return plan
+    return _run(score, x, S, lambda x, sc, i: sc, plan, callback)
 
 
-@method(grid="karras", end="sigma_min", begin="sigma_max")
+@method(grid="karras", end="sigma_min", begin="sigma_max", deterministic=True)
 def lms(score, sde, x, times, generator, callback, order: int = 4, sigma_min: float = 0.002,
         sigma_max: float = 80.0, rho: float = 7.0):
-    S = Schedule(sde, times, x)
-
-    def coeffs(i, k, sig):
-        return _lagrange_integrals([sig[i - j] for j in range(k)], sig[i], sig[i + 1], lambda u: u,
-                                   lambda u: np.ones_like(u))
-    return _run(score, x, S, _score_store(S), _sigma_plan(S, _orders(len(S), order, False), coeffs), callback)
+    return _adams(score, x, Schedule(sde, times, x), callback, order, lambda i, k, sig: _lagrange_integrals(
+        [sig[i - j] for j in range(k)], sig[i], sig[i + 1], lambda u: u, np.ones_like))
 
 
-@method(grid="karras", end="sigma_min", begin="sigma_max")
+@method(grid="karras", end="sigma_min", begin="sigma_max", deterministic=True)
 def ipndm(score, sde, x, times, generator, callback, order: int = 3, sigma_min: float = 0.005,
           sigma_max: float = 80.0, rho: float = 7.0):
-    S = Schedule(sde, times, x)
-
-    def coeffs(i, k, sig):
-        return [b * (sig[i + 1] - sig[i]) for b in _IPNDM[k - 1]]
-    return _run(score, x, S, _score_store(S), _sigma_plan(S, _orders(len(S), order, False), coeffs), callback)
+    return _adams(score, x, Schedule(sde, times, x), callback, order,
+                  lambda i, k, sig: [b * (sig[i + 1] - sig[i]) for b in _IPNDM[k - 1]])
 
 
 # ---- data prediction in lambda: unipc, deis ------------------------------------------------------------------
@@ -188,7 +178,7 @@ def _unipc_weights(lam, i, k, variant, corrector):
     return w
 
 
-@method(grid="log_snr", end="sigma_min", begin="sigma_max")
+@method(grid="log_snr", end="sigma_min", begin="sigma_max", deterministic=True)
 def unipc(score, sde, x, times, generator, callback, order: int = 2, variant: str = "bh2",
           use_corrector: bool = True, lower_order_final: bool = True, sigma_min: float = 0.03,
           sigma_max: float = 80.0, rho: float = 7.0):
@@ -209,7 +199,7 @@ def unipc(score, sde, x, times, generator, callback, order: int = 2, variant: st
     return _run(score, x, S, _md_store(S), plan, callback, corr if use_corrector else None)
 
 
-@method(grid="log_snr", end="sigma_min", begin="sigma_max")
+@method(grid="log_snr", end="sigma_min", begin="sigma_max", deterministic=True)
 def deis(score, sde, x, times, generator, callback, order: int = 3, lower_order_final: bool = True,
          sigma_min: float = 0.03, sigma_max: float = 80.0, rho: float = 7.0):
     _at_most_3(order)
