@@ -55,8 +55,8 @@ SMC_OPTIONS = {"particles": 32, "ess": 0.5, "eps": 1e-3, "grid": "uniform"}
 
 def replacement_methods() -> list[str]:
     """The sampling methods usable by the replacement method: every method of ``sample`` that steps in time
-    from T (the fixed-time Langevin samplers have no time to impose the constraint at)."""
-    return [m for m in samplers() if m not in ("langevin", "mala")]
+    from T (not the fixed-time Langevin samplers, declared with no grid: no time to impose the constraint at)."""
+    return [m for m in samplers() if METHODS[m].grid is not None]
 
 
 def methods() -> list[str]:
