@@ -233,6 +233,16 @@ def test_declared_deterministic_methods_draw_no_noise_after_x_T():
     assert not value(METHODS["dpm_solver"].deterministic, {"eta": 1.0})
 
 
+def test_dpm_solver_on_a_grid_ending_at_zero():
+    """The step to sigma = 0 is x = m D (a plan's ``to_zero``): multistep orders 2-3 divided by h = inf there
+    (ZeroDivisionError from 15 steps on, or with lower_order_final=False)."""
+    sde, grid = VPSDE(), torch.linspace(1.0, 0.0, 21, dtype=F64)
+    for kw in ({"order": 2}, {"order": 3, "lower_order_final": False}, {"order": 2, "multistep": False}):
+        res = sample(unit_gaussian_score(sde), sde, (4000, 2), method="dpm_solver", nfe=40, grid=grid,
+                     generator=torch.Generator().manual_seed(0), **kw)
+        assert res.steps == 20 and abs(float(res.x.std()) - 1) < 0.05, kw
+
+
 def test_log_likelihood_checks_the_score_shape_and_finiteness():
     from scorelab.likelihood import log_likelihood
     sde = VPSDE()
