@@ -32,16 +32,14 @@ SOLVERS = (*ADAPTIVE, *FIXED)
 def check_solver_options(sde: SDE, solver: str, rtol: float, atol: float, steps: int | None, eps: float):
     """Validate the ODE options shared by encode/decode/log_likelihood (fixed: steps; adaptive: rtol/atol)."""
     check_sampling_args(None, sde)
-    if solver not in SOLVERS:
-        raise ValueError(f"Unknown solver {solver!r}; choose one of {SOLVERS}.")
+    for name, v in (("solver", solver), ("rtol", rtol), ("atol", atol), ("eps", eps)):  # eps: the data-side end
+        check_option(name, v, sde, 1e-5)
     if solver in ADAPTIVE and steps is not None:
         raise ValueError(f"solver={solver!r} is adaptive and takes rtol/atol, not steps; "
                          f"for a fixed number of steps use one of {FIXED}.")
     if solver not in ADAPTIVE and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"solver={solver!r} is a fixed-step method: pass steps= (a positive integer), "
                          f"got steps={steps!r}.")
-    for name, value in (("rtol", rtol), ("atol", atol), ("eps", eps)):  # eps: the ODE's end at the data side
-        check_option(name, value, sde, 1e-5)
 
 
 def _flow(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t0: float, t1: float, solver: str, rtol: float,
