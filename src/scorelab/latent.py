@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import batch_view, check_batch, check_finite, check_sampling_args
+from ._checks import batch_view, check_batch, check_finite, check_sampling_args, check_sde
 from .samplers._common import CountedScore, check_option
 from .samplers.ode import ProbabilityFlow
 from .sde import SDE
@@ -31,7 +31,7 @@ SOLVERS = (*ADAPTIVE, *FIXED)
 
 def check_solver_options(sde: SDE, solver: str, rtol: float, atol: float, steps: int | None, eps: float):
     """Validate the ODE options shared by encode/decode/log_likelihood (fixed: steps; adaptive: rtol/atol)."""
-    check_sampling_args(None, sde)
+    check_sde(sde)
     for name, v in (("solver", solver), ("rtol", rtol), ("atol", atol), ("eps", eps)):  # eps: the data-side end
         check_option(name, v, sde, 1e-5)
     if solver in ADAPTIVE and steps is not None:
