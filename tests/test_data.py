@@ -167,12 +167,23 @@ def test_get_dataset_names_and_errors():
 # ---- images ----
 
 def test_digits():
-    d = digits()
+    d = digits("all")
     assert d.x.shape == (1797, 1, 8, 8) and d.x.dtype == torch.float32
     assert float(d.x.min()) == 0 and float(d.x.max()) == 16 and d.levels == 17
     assert torch.equal(d.x, d.x.round())
     assert d.y.shape == (1797,) and set(d.y.tolist()) == set(range(10))
-    assert get_dataset("digits").shape == (1797, 1, 8, 8)
+    assert get_dataset("digits").shape == (1498, 1, 8, 8)  # the train split by default
+
+
+def test_digits_split_is_fixed_disjoint_and_covers_every_class():
+    train, test, full = digits("train"), digits("test"), digits("all")
+    assert train.x.shape[0] == 1498 and test.x.shape[0] == 299
+    assert torch.equal(test.x, full.x[5::6]) and torch.equal(test.y, full.y[5::6])
+    assert torch.equal(torch.cat([train.x, test.x]).sort(0).values, full.x.sort(0).values)
+    assert set(test.y.tolist()) == set(range(10)) and set(train.y.tolist()) == set(range(10))
+    assert torch.equal(get_dataset("digits", split="test"), test.x)
+    with pytest.raises(ValueError, match="split must be one of"):
+        digits("validation")
 
 
 def write_idx(path: Path, arr: np.ndarray, magic_type=0x08, truncate=0):

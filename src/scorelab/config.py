@@ -370,6 +370,14 @@ def build_sde(section: dict):
     return SDES[section["type"]](**args)
 
 
+def sde_section(sde) -> dict:
+    """The inverse of ``build_sde``: a VESDE / VPSDE / SubVPSDE -> its sde section."""
+    kind = next((k for k, cls in SDES.items() if type(sde) is cls), None)
+    if kind is None:
+        raise TypeError(f"expected a VESDE, VPSDE or SubVPSDE, got {type(sde).__name__}.")
+    return {"type": kind, **{k: getattr(sde, k) for k in SDE_FIELDS[kind]}}
+
+
 def build_model(section: dict, sde, data_shape: tuple[int, ...]):
     """model section + the per-example data shape [*dims] -> a ScoreModel (network built from torch's global RNG,
     so seed it first)."""

@@ -247,14 +247,28 @@ class ImageData(NamedTuple):
     levels: int
 
 
-def digits() -> ImageData:
-    """scikit-learn's 8x8 handwritten digits (bundled, no download): x [1797, 1, 8, 8] in {0, ..., 16}
-    (levels = 17), y in {0, ..., 9}."""
+DIGITS_SPLITS = ("train", "test", "all")
+
+
+def digits(split: str = "train") -> ImageData:
+    """scikit-learn's 8x8 handwritten digits (bundled, no download): x [N, 1, 8, 8] in {0, ..., 16}
+    (levels = 17), y in {0, ..., 9}.
+
+    The split is fixed and needs no random draw: every sixth image (index % 6 == 5) is the test split
+    (299 images, every class present), the other 1498 the train split; ``"all"`` gives the 1797 images.
+    """
     from ._extras import require
 
+    if split not in DIGITS_SPLITS:
+        raise ValueError(f"split must be one of {list(DIGITS_SPLITS)} for digits, got {split!r}.")
     d = require("sklearn.datasets", "data", "the digits data set (scikit-learn)").load_digits()
     x = torch.from_numpy(d.images.astype(np.float32)).reshape(-1, 1, 8, 8)
-    return ImageData(x, torch.from_numpy(d.target.astype(np.int64)), 17)
+    y = torch.from_numpy(d.target.astype(np.int64))
+    if split != "all":
+        test = torch.arange(x.shape[0]) % 6 == 5
+        keep = test if split == "test" else ~test
+        x, y = x[keep], y[keep]
+    return ImageData(x, y, 17)
 
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist installs
@@ -295,9 +309,9 @@ def _idx_path(root: Path, stem: str) -> Path | None:
 
 def fashion_mnist(split: str = "train", root=FASHION_MNIST_ROOT) -> ImageData:
     """Fashion-MNIST (Xiao et al. 2017) from the IDX files under ``root``: x [N, 1, 28, 28] in
-    {0, ..., 255} (levels = 256), y in {0, ..., 9}; N = 60000 (train) or 10000 (test)."""
+    {0, ..., 255} (levels = 256), y in {0, ..., 9}; N = 60000 (train) or 10000 (test, the official test set)."""
     if split not in _IDX_FILES:
-        raise ValueError(f"split must be one of {sorted(_IDX_FILES)}, got {split!r}.")
+        raise ValueError(f"split must be one of {sorted(_IDX_FILES)} for fashion_mnist, got {split!r}.")
     root = Path(root)
     prefix = _IDX_FILES[split]
     img_path = _idx_path(root, f"{prefix}-images-idx3-ubyte")

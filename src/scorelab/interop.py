@@ -255,15 +255,6 @@ def _invert_decreasing(y: torch.Tensor, table: torch.Tensor, xs: torch.Tensor) -
 
 
 # --------------------------------------------------------------------------- runs from Python
-def _sde_section(sde: SDE) -> dict:
-    from .config import SDE_FIELDS, SDES
-
-    kind = next((k for k, cls in SDES.items() if type(sde) is cls), None)
-    if kind is None:
-        raise TypeError(f"save_run needs a VESDE, VPSDE or SubVPSDE, got {type(sde).__name__}.")
-    return {"type": kind, **{k: getattr(sde, k) for k in SDE_FIELDS[kind]}}
-
-
 def _model_type(net: torch.nn.Module) -> str:
     from .models import EnergyNet, MLPScoreNet, UNet
 
@@ -291,7 +282,7 @@ def save_run(model: torch.nn.Module, run_dir: str | Path, data_shape, *, model_c
     Written by scorelab.checkpoint (atomic safetensors + JSON, no pickle). Returns the run directory.
     """
     from . import checkpoint as ckpt
-    from .config import build_model, build_sde, scaler_state, validate
+    from .config import build_model, build_sde, scaler_state, sde_section, validate
 
     if ckpt.has_checkpoint(run_dir) and not overwrite:
         raise ValueError(f"{str(run_dir)!r} already holds a run; choose another directory or pass overwrite=True.")
@@ -302,7 +293,7 @@ def save_run(model: torch.nn.Module, run_dir: str | Path, data_shape, *, model_c
     given = dict(config or {})
     section = {**(model_config or {}), "type": _model_type(net), "parameterization": model.parameterization}
     given["model"] = section
-    given["sde"] = _sde_section(sde)
+    given["sde"] = sde_section(sde)
     given.setdefault("data", {"name": "external"})  # trained outside scorelab's data loaders
     cfg = validate(given)
     rebuilt = build_model(cfg["model"], build_sde(cfg["sde"]), data_shape)
