@@ -39,7 +39,7 @@ import torch
 
 from ._checks import batch_view, check_batch, check_finite, check_sampling_args
 from .samplers import METHODS, SampleResult, sample, samplers
-from .samplers._common import check_option, gaussian, value
+from .samplers._common import check_options, gaussian, value
 from .sde import SDE
 from .smc import impute
 
@@ -98,17 +98,6 @@ def _check_mask(mask, x: torch.Tensor) -> torch.Tensor:
     return m.to(x.dtype).expand(x.shape)
 
 
-def _check_smc(sde: SDE, options: dict) -> dict:
-    unknown = sorted(set(options) - set(SMC_OPTIONS))
-    if unknown:
-        raise TypeError(f"method 'smc' has no option {', '.join(map(repr, unknown))}; its options are "
-                        f"{', '.join(SMC_OPTIONS)} (RePaint's resample belongs to method='pc').")
-    o = {**SMC_OPTIONS, **options}
-    for name, v in o.items():  # ranges by name, as for the samplers' options (ess in [0, 1], eps in (0, T))
-        check_option(name, v, sde, SMC_OPTIONS[name])
-    return o
-
-
 def inpaint(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, mask: torch.Tensor, method: str = DEFAULT_METHOD,
             nfe: int = 400, generator: torch.Generator | None = None, **options) -> ConditionalResult:
     """Sample the entries of x where mask == 0 given those where mask == 1.
@@ -134,11 +123,11 @@ def inpaint(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, mask: torch.Tensor, me
     check_sampling_args(score_fn, sde, generator, nfe)
     if not isinstance(method, str) or method not in methods():
         raise ValueError(f"Unknown method {method!r}; choose one of {methods()}.")
-    check_batch(x)  # the options are checked (by ``sample`` or ``_check_smc``) before anything runs
+    check_batch(x)  # the options are checked (by ``sample`` or below) before anything runs
     check_finite(x, "x (set the unknown entries to 0: they are ignored)")
     known = _check_mask(mask, x)
     if method == "smc":
-        o = _check_smc(sde, options)
+        o = check_options("method 'smc'", options, SMC_OPTIONS, sde, " (RePaint's resample belongs to method='pc')")
         with torch.no_grad():
             res = impute(score_fn, sde, x, known, nfe=nfe, generator=generator, **o)
         if not bool(torch.isfinite(res.x).all()):

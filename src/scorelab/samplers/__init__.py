@@ -17,7 +17,7 @@ import torch
 from .._checks import check_sampling_args
 from ..sde import SDE
 from . import exponential, karras, langevin, multistep, ode, pc
-from ._common import CHOICES, BudgetExceeded, CountedScore, SampleResult, check_option, check_representable, sigma_of
+from ._common import CHOICES, BudgetExceeded, CountedScore, SampleResult, check_options, check_representable, sigma_of
 from .grids import GRIDS, end_time, make_grid
 from .steps import CORRECTORS, PREDICTORS
 
@@ -62,15 +62,9 @@ def options_of(name: str) -> dict:
 
 def _bind(name: str, sde: SDE, options: dict) -> dict:
     """Options checked against the method's signature and, by name, for range; returns them with defaults."""
-    fn, known = METHODS[name], options_of(name)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise TypeError(f"method {name!r} has no option {', '.join(map(repr, unknown))}; its options are "
-                        f"{', '.join(known) or 'none'} (see help({fn.__module__}.{fn.__name__})).")
-    opts = {**known, **options}
-    for key, value in opts.items():
-        check_option(key, value, sde, known[key])
-    return opts
+    fn = METHODS[name]
+    return check_options(f"method {name!r}", options, options_of(name), sde,
+                         f" (see help({fn.__module__}.{fn.__name__}))")
 
 
 def _shape(shape):

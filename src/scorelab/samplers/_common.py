@@ -81,6 +81,19 @@ FLAGS = ("multistep", "lower_order_final", "denoise_to_zero", "denoise", "use_co
 CHOICES: dict = {}  # option name -> table of allowed names
 
 
+def check_options(who: str, options: dict, known: dict, sde, hint: str = "") -> dict:
+    """``options`` checked against the ``known`` {name: default} of ``who`` and, by name, for range (one
+    ``TypeError``/``ValueError`` line); returns them completed with the defaults."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"{who} has no option {', '.join(map(repr, unknown))}; its options are "
+                        f"{', '.join(known) or 'none'}{hint}.")
+    opts = {**known, **options}
+    for name, v in opts.items():
+        check_option(name, v, sde, known[name])
+    return opts
+
+
 def check_option(name, v, sde, default) -> None:
     """One ``ValueError``/``TypeError`` line for an option out of range; options not listed pass unchecked
     (``eps`` may be 0 where its default is: the ancestral sampler ends at t = 0)."""
@@ -153,5 +166,5 @@ def gaussian(like: torch.Tensor, generator) -> torch.Tensor:
     return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
 
 
-__all__ = ["SampleResult", "BudgetExceeded", "CountedScore", "method", "value", "check_option", "Schedule", "gaussian",
-           "posterior_mean", "check_representable"]
+__all__ = ["SampleResult", "BudgetExceeded", "CountedScore", "method", "value", "check_options", "check_option",
+           "Schedule", "gaussian", "posterior_mean", "check_representable"]
