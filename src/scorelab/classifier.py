@@ -222,7 +222,7 @@ def save_classifier(clf: Classifier, path: str | Path, info: dict | None = None)
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
     """(classifier in eval mode, its ``info``) from a file written by ``save_classifier``."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     from .config import build_sde
@@ -240,7 +240,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
         sde = None if cfg["sde"] is None else build_sde(cfg["sde"])
         clf = Classifier(cfg["shape"], cfg["num_classes"], sde=sde, width=cfg["width"])
         clf.load_state_dict(tensors)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
         raise ValueError(f"{path}: not a readable scorelab classifier ({' '.join(str(err).split())[:160]}).") from None
     return clf.to(device).eval(), info
 

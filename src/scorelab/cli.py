@@ -535,12 +535,14 @@ def figures(out, quick, only, seed, quiet):
 @click.option("--batch-size", default=100, show_default=True, type=int, help="Images per likelihood solve.")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
               help="Folder of the reference classifier (default: $SCORELAB_CACHE or ~/.cache/scorelab).")
+@click.option("--classifier-steps", default=None, type=int,
+              help="Training steps of the reference classifier (default: per data set; part of its cache key).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:k].")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @one_line_errors
-def evaluate(run_dir, data_path, out, count, nll_n, method, nfe, exact, tol, batch_size, cache_dir, device, seed,
-             quiet):
+def evaluate(run_dir, data_path, out, count, nll_n, method, nfe, exact, tol, batch_size, cache_dir, classifier_steps,
+             device, seed, quiet):
     """Vector runs: NLL, sliced Wasserstein and MMD (with floors) on held-out data; moment KL / mode TV against
     the exact mixture for the built-in mixture toys. Image runs: bits/dim of the test split (Hutchinson, or
     --exact) with its standard error and the per-pixel histogram baseline; the Frechet distance in the features
@@ -561,7 +563,7 @@ def evaluate(run_dir, data_path, out, count, nll_n, method, nfe, exact, tol, bat
     extra = {}
     if len(run.data_shape) == 3:
         extra = {"divergence": "exact" if exact else "hutchinson", "tol": tol, "batch_size": batch_size,
-                 "cache": cache_dir, "progress": not quiet}
+                 "cache": cache_dir, "progress": not quiet, "classifier_steps": classifier_steps}
     elif exact:
         raise ValueError("--exact applies to image runs (vector runs always use the exact divergence).")
     res = run_evaluate(run, data_path, n=count, nll_n=nll_n, method=method, nfe=nfe, seed=seed, **extra)
