@@ -579,8 +579,9 @@ def evaluate(run_dir, data_path, out, count, nll_n, method, nfe, exact, tol, bat
         c = res["classifier"]
         click.echo(f"reference classifier: {c['data']} {c['split']} split, {c['steps']} steps, test accuracy "
                    f"{c['test_accuracy']:.4f}")
-    if res.get("note"):
-        click.echo(res["note"])
+    for key in ("note", "warning"):
+        if res.get(key):
+            click.echo(f"{key}: {res[key]}")
     if out:
         click.echo(f"wrote {write_json(res, out)}")
 

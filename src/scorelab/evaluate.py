@@ -274,6 +274,10 @@ def evaluate_images(run, data=None, *, n: int = 4000, nll_n: int = 500, method: 
     order = torch.randperm(len(x_test), generator=g)
     train = _image_sets()[name](split="train") if name in _image_sets() else None
     rows, result = [], {"run": str(run.run_dir), "data": label, "n_test": int(len(x_test))}
+    info = getattr(run, "data_info", None)
+    if data is None and isinstance(info, dict) and info.get("split") not in (None, "train"):
+        result["warning"] = (f"the run was trained on the {info['split']!r} split, which holds the test images: "
+                             "these numbers are not held out (train with data.split=train)")
 
     # ---- bits/dim
     if nll_n:
