@@ -443,19 +443,26 @@ def likelihood(run_dir, data_path, bits_per_dim, bits, divergence, batch_size, t
     levels = (run.data_levels() or 256) if bits is None else 2**bits
     g = torch.Generator(device=dev).manual_seed(seed)
     values, nfe = [], 0
-    for lo, hi in tqdm(_batches(len(x), batch_size), desc="likelihood", unit="batch",
-                       disable=_progress_disabled(quiet), leave=False):
-        xb = x[lo:hi]
-        if bits_per_dim:
-            a, b = (1.0, 0.0) if run.scaler is None else _affine(run.scaler, xb)
-            res = bpd_fn(run.score, run.sde, xb, levels=levels, scaler=(a * levels, b), generator=g,
-                         divergence=divergence, rtol=tol, atol=tol)
-            values.append(res.bpd.detach().cpu())
-        else:
-            res = log_likelihood(run.score, run.sde, run.to_model(xb), generator=g, divergence=divergence,
-                                 rtol=tol, atol=tol)
-            values.append(res.nll.detach().cpu())
-        nfe += res.nfe
+    T, eps = float(run.sde.T), 1e-5  # the solve runs from eps (log_likelihood's default) to T
+    with tqdm(total=len(x), desc="likelihood", unit="ex", disable=_progress_disabled(quiet), leave=False) as bar:
+        for lo, hi in _batches(len(x), batch_size):
+            xb = x[lo:hi]
+
+            def advance(t, lo=lo, size=hi - lo):  # the bar moves with the solver's time inside a batch
+                target = lo + size * min(max((t - eps) / (T - eps), 0.0), 1.0)
+                if target > bar.n:
+                    bar.update(target - bar.n)
+
+            opts = {"divergence": divergence, "rtol": tol, "atol": tol, "callback": None if quiet else advance}
+            if bits_per_dim:
+                a, b = (1.0, 0.0) if run.scaler is None else _affine(run.scaler, xb)
+                res = bpd_fn(run.score, run.sde, xb, levels=levels, scaler=(a * levels, b), generator=g, **opts)
+                values.append(res.bpd.detach().cpu())
+            else:
+                res = log_likelihood(run.score, run.sde, run.to_model(xb), generator=g, **opts)
+                values.append(res.nll.detach().cpu())
+            nfe += res.nfe
+            bar.update(hi - bar.n)
     v = torch.cat(values)
     if bits_per_dim:
         click.echo(f"bits/dim: {float(v.mean()):.4f} over {len(x)} examples ({nfe} score evaluations)")
