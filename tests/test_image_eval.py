@@ -215,3 +215,17 @@ def test_grid_quantises_to_levels_and_save_images_never_overwrites(tmp_path):
 
     with Image.open(p) as im:
         assert im.size == (7 * 19, 7 * 19)
+
+
+def test_corrupt_or_missing_png_is_one_line(digits_run, tmp_path):
+    bad, trunc = tmp_path / "bad.png", tmp_path / "trunc.png"
+    bad.write_bytes(b"not a png")
+    from scorelab import plots
+
+    good = plots.save_image_grid(torch.zeros(1, 1, 8, 8), tmp_path / "good.png", padding=0)
+    trunc.write_bytes(good.read_bytes()[:40])
+    for path in (bad, trunc, tmp_path / "missing.png"):
+        res = CliRunner().invoke(main, ["inpaint", str(digits_run), "--input", str(path), "--mask", str(good),
+                                        "--out", str(tmp_path / "o.npy"), "--device", "cpu"])
+        assert res.exit_code == 2 and res.output.startswith("error: --input"), res.output
+        assert res.output.strip().count("\n") == 0

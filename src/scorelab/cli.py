@@ -609,8 +609,13 @@ def _read_inpaint_file(path: str, what: str):
         from ._extras import require
 
         Image = require("PIL.Image", "plots", "reading .png files")
-        with Image.open(p) as im:
-            arr = np.asarray(im.convert("L") if im.mode in ("1", "L", "LA", "P", "I", "I;16") else im.convert("RGB"))
+        try:
+            with Image.open(p) as im:
+                arr = np.asarray(im.convert("L") if im.mode in ("1", "L", "LA", "P", "I", "I;16")
+                                 else im.convert("RGB"))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # corrupt or truncated
+            raise ValueError(f"{what} {path!r} is not a readable PNG image ({' '.join(str(err).split())[:120]}); "
+                             "check the file or export it again.") from None
         arr = arr.astype(np.float32) / 255.0
         arr = arr[None, None] if arr.ndim == 2 else arr.transpose(2, 0, 1)[None]
         return torch.from_numpy(np.ascontiguousarray(arr))
