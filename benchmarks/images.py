@@ -15,6 +15,13 @@
 
 Every command prints the device (name, CUDA version) and the date; timings on a shared machine are medians of
 what one run saw, so quote ratios.
+
+Measured 2026-11-24 17:46 UTC, CPU, 1 torch thread, 2 cores shared with other jobs (load average 6-10),
+main's configs (`throughput --steps 40 4 --n 64 --nfe 20`; no GPU this session):
+
+    | config        | batch | train img/s | sampler   | nfe | sample img/s (n=64) | ms/eval |
+    | digits        | 128   | 273.7       | ancestral | 20  | 41.28               | 77.5    |
+    | fashion_mnist | 128   | 5.9         | ancestral | 20  | 1.04                | 3071.5  |
 """
 
 from __future__ import annotations
