@@ -587,6 +587,10 @@ def evaluate(run_dir, data_path, out, count, nll_n, method, nfe, exact, tol, bat
         c = res["classifier"]
         click.echo(f"reference classifier: {c['data']} {c['split']} split, {c['steps']} steps, test accuracy "
                    f"{c['test_accuracy']:.4f}")
+    if res.get("frechet_floor_draws"):
+        f = res["frechet_floor_draws"]
+        click.echo(f"Frechet floor: mean of {f['n_draws']} train subsets, std {f['std']:.3g} "
+                   f"(range {f['min']:.3g} to {f['max']:.3g})")
     for key in ("note", "warning"):
         if res.get(key):
             click.echo(f"{key}: {res[key]}")
