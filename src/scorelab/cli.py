@@ -5,10 +5,11 @@ without a traceback (click's own usage errors exit 2 as well).
     scorelab train CONFIG.yaml [--set key=value ...] --out RUN_DIR [--resume]
     scorelab demo [--quick] [--out DIR]
     scorelab sample RUN_DIR --method NAME --nfe N -n COUNT --out FILE(.npy|.png) [--opt key=value ...]
-                    [--batch-size B] [--device auto|cpu|cuda] [--quiet]
+                    [--batch-size B] [--device auto|cpu|cuda] [--individual DIR] [--quiet]
     scorelab samplers                    # every method with its options and defaults
     scorelab likelihood RUN_DIR --data FILE.npy [--bits-per-dim] [--batch-size B] [--device D]
     scorelab denoise RUN_DIR --data noisy.npy --sigma S --out clean.npy [--device D]
+    scorelab evaluate RUN_DIR [--data FILE] [--out FILE.json] [--exact] [--device D]
     scorelab figures [--out DIR] [--quick] [--only NAME ...]
     scorelab inpaint RUN_DIR --input FILE(.npy|.png) --mask FILE(.npy|.png) --out FILE(.npy|.png) [--method smc]
     scorelab sample RUN_DIR --class K|all [--guidance W] [--classifier DIR] ...   # guided / class-conditional
@@ -312,7 +313,10 @@ class _EvalProgress:
 @click.option("--batch-size", type=int, default=None, help="Samples per batch (default: all in one batch).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:k].")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npy (or .png for images).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Output .npy, or .png for images: a grid, each image upscaled to >= 56 px, in the data's range.")
+@click.option("--individual", "individual", default=None, type=click.Path(file_okay=False),
+              help="Images only: also write each sample as its own PNG into this folder (never overwrites).")
 @click.option("--class", "klass", default=None, metavar="K|all",
               help="Sample class K (a class-conditional run, or any run with --classifier); 'all': -n per class, "
                    "in class order (a .png then has one row per class).")
@@ -324,7 +328,8 @@ class _EvalProgress:
                    "classifier guidance.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @one_line_errors
-def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, klass, guidance, classifier_dir, quiet):
+def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, individual, klass, guidance,
+           classifier_dir, quiet):
     """Sample a trained run; writes the samples in data units (the run's scaling undone).
 
     Batches draw from one generator in turn, so the same --seed and --batch-size give the same samples."""
@@ -336,6 +341,8 @@ def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, kla
     from .samplers import sample as draw
 
     _check_out_file(out, (".npy", ".png"))
+    if individual is not None:
+        _check_individual_dir(individual)
     if nfe is None:
         from .samplers import DEFAULT_NFE as nfe
     if method is None:
@@ -362,6 +369,8 @@ def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, kla
     shape = (count, *run.data_shape)
     if out.lower().endswith(".png") and not (len(shape) == 4 or (len(shape) == 2 and shape[1] == 2)):
         raise ValueError("--out .png needs images [n, C, H, W] or 2-D points; use .npy for other data.")
+    if individual is not None and len(shape) != 4:
+        raise ValueError("--individual writes images [n, C, H, W]; this run's samples are not images.")
     if method == "mala":  # MALA's accept/reject needs the energy, which only an energy model has
         if run.config["model"]["parameterization"] != "energy":
             raise ValueError("--method mala needs a run trained with model.type=energy (it uses the energy in its "
@@ -386,11 +395,17 @@ def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, kla
                 parts.append(run.to_data(res.x).cpu())
                 used += res.nfe
     x = torch.cat(parts)
-    if out.endswith(".png"):
+    if x.ndim == 4 and (individual is not None or out.lower().endswith(".png")):
+        from . import plots
+
+        view = {"value_range": run.data_range(), "levels": run.data_levels(), "min_size": GRID_MIN_PIXELS}
+        if individual is not None:
+            plots.save_images(x, individual, **view)
+    if out.lower().endswith(".png"):
         from . import plots
 
         if x.ndim == 4:
-            plots.save_image_grid(x, out, nrow=count if len(scores) > 1 else max(1, int(count**0.5)))
+            plots.save_image_grid(x, out, nrow=count if len(scores) > 1 else max(1, math.ceil(count**0.5)), **view)
         elif x.ndim == 2 and x.shape[1] == 2:
             plots.samples_scatter({method: x}, path=out)
         else:
@@ -399,7 +414,8 @@ def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, kla
         with open(out, "wb") as f:  # exactly the named file (np.save on a name would append .npy)
             np.save(f, x.numpy())
     what = "" if klass is None else f" of class {klass}" + (f", guidance {guidance:g}" if guidance is not None else "")
-    click.echo(f"wrote {len(x)} samples{what} ({used} score evaluations) to {out}")
+    click.echo(f"wrote {len(x)} samples{what} ({used} score evaluations) to {out}"
+               + (f" and one PNG each to {individual}" if individual is not None else ""))
 
 
 def _guided_scores(run, klass: str, guidance, classifier_dir) -> dict:
@@ -433,6 +449,19 @@ def _guided_scores(run, klass: str, guidance, classifier_dir) -> dict:
     # classifier-free with gamma = w: uncond + w (cond - uncond) = classifier_free(cond, uncond, w - 1)
     return {k: classifier_free(functools.partial(run.score, y=k), run.score, w - 1) for k in classes}
 
+GRID_MIN_PIXELS = 56  # short side of one image in a written grid (8x8 digits are drawn 7x larger)
+
+
+def _check_individual_dir(folder: str) -> None:
+    """Before any work: --individual names a folder that can be created and holds no sample-*.png yet."""
+    from pathlib import Path
+
+    _check_out_dir(folder)
+    p = Path(folder)
+    if p.is_dir() and any(p.glob("sample-*.png")):
+        raise ValueError(f"--individual {folder!r} already holds sample-*.png files; choose an empty or new folder "
+                         "(nothing is overwritten).")
+
 
 @main.command("samplers", short_help="List the sampling methods with their options and defaults.")
 def list_samplers():
@@ -449,7 +478,8 @@ def list_samplers():
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False), help=".npy/.csv in data units.")
 @click.option("--bits-per-dim", is_flag=True, help="Integer image data: report bits/dim with dequantisation.")
-@click.option("--bits", default=8, show_default=True, type=int, help="Bit depth of the data for --bits-per-dim.")
+@click.option("--bits", default=None, type=int,
+              help="Bit depth of the data for --bits-per-dim (default: the run's levels, e.g. 17 for digits, else 8).")
 @click.option("--divergence", default="exact", type=click.Choice(["exact", "hutchinson"]), show_default=True)
 @click.option("--batch-size", default=256, show_default=True, type=int, help="Examples per ODE solve.")
 @click.option("--tol", default=1e-5, show_default=True, type=float, help="rtol = atol of the adaptive ODE solver.")
@@ -465,29 +495,35 @@ def likelihood(run_dir, data_path, bits_per_dim, bits, divergence, batch_size, t
     from .likelihood import bits_per_dim as bpd_fn
     from .likelihood import log_likelihood
 
-    if bits_per_dim and not 1 <= bits <= 32:
+    if bits_per_dim and bits is not None and not 1 <= bits <= 32:
         raise ValueError(f"--bits must be a bit depth in [1, 32], got {bits}.")
     _check_seed(seed)
     dev = _device(device)
     run = _load_run(run_dir, dev)
-    x = _load_data(data_path).to(dev)
-    if tuple(x.shape[1:]) != run.data_shape:
-        raise ValueError(f"--data has examples of shape {tuple(x.shape[1:])}, the run was trained on {run.data_shape}.")
+    x = run.check_data(_load_data(data_path), "--data").to(dev)
+    levels = (run.data_levels() or 256) if bits is None else 2**bits
     g = torch.Generator(device=dev).manual_seed(seed)
     values, nfe = [], 0
-    for lo, hi in tqdm(_batches(len(x), batch_size), desc="likelihood", unit="batch",
-                       disable=_progress_disabled(quiet), leave=False):
-        xb = x[lo:hi]
-        if bits_per_dim:
-            a, b = (1.0, 0.0) if run.scaler is None else _affine(run.scaler, xb)
-            res = bpd_fn(run.score, run.sde, xb, bits=bits, scaler=(a * 2**bits, b), generator=g,
-                         divergence=divergence, rtol=tol, atol=tol)
-            values.append(res.bpd.detach().cpu())
-        else:
-            res = log_likelihood(run.score, run.sde, run.to_model(xb), generator=g, divergence=divergence,
-                                 rtol=tol, atol=tol)
-            values.append(res.nll.detach().cpu())
-        nfe += res.nfe
+    T, eps = float(run.sde.T), 1e-5  # the solve runs from eps (log_likelihood's default) to T
+    with tqdm(total=len(x), desc="likelihood", unit="ex", disable=_progress_disabled(quiet), leave=False) as bar:
+        for lo, hi in _batches(len(x), batch_size):
+            xb = x[lo:hi]
+
+            def advance(t, lo=lo, size=hi - lo):  # the bar moves with the solver's time inside a batch
+                target = lo + size * min(max((t - eps) / (T - eps), 0.0), 1.0)
+                if target > bar.n:
+                    bar.update(target - bar.n)
+
+            opts = {"divergence": divergence, "rtol": tol, "atol": tol, "callback": None if quiet else advance}
+            if bits_per_dim:
+                a, b = (1.0, 0.0) if run.scaler is None else _affine(run.scaler, xb)
+                res = bpd_fn(run.score, run.sde, xb, levels=levels, scaler=(a * levels, b), generator=g, **opts)
+                values.append(res.bpd.detach().cpu())
+            else:
+                res = log_likelihood(run.score, run.sde, run.to_model(xb), generator=g, **opts)
+                values.append(res.nll.detach().cpu())
+            nfe += res.nfe
+            bar.update(hi - bar.n)
     v = torch.cat(values)
     if bits_per_dim:
         click.echo(f"bits/dim: {float(v.mean()):.4f} over {len(x)} examples ({nfe} score evaluations)")
@@ -522,7 +558,7 @@ def denoise(run_dir, data_path, sigma, out, device):
     _check_out_file(out, (".npy",))
     dev = _device(device)
     run = _load_run(run_dir, dev)
-    y = run.to_model(_load_data(data_path).to(dev))
+    y = run.to_model(run.check_data(_load_data(data_path), "--data", noise=abs(sigma)).to(dev))
     x = run.to_data(tweedie_denoise(run.score, run.sde, y, sigma))
     with open(out, "wb") as f:  # exactly the named file
         np.save(f, x.detach().cpu().numpy())
@@ -549,21 +585,38 @@ def figures(out, quick, only, seed, quiet):
     click.echo(f"report: {res['report'][1]}")
 
 
-@main.command(short_help="Held-out NLL and sample-vs-data distances (with floors) of a run.")
+@main.command(short_help="Held-out NLL / bits/dim and sample-vs-data distances (with floors) of a run.")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--data", "data_path", default=None, type=click.Path(dir_okay=False),
-              help="Held-out .npy/.csv [N, d] (default: fresh draws of the run's built-in synthetic data set).")
+              help="Held-out .npy/.csv in data units (default: the test split of a built-in image set, or fresh "
+                   "draws of the run's built-in synthetic data set).")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the results as JSON here.")
-@click.option("-n", "count", default=4000, show_default=True, type=int, help="Held-out points used.")
-@click.option("--nll-n", default=500, show_default=True, type=int, help="Points whose NLL is computed (0: skip).")
+@click.option("-n", "count", default=4000, show_default=True, type=int,
+              help="Held-out points used (images: samples drawn, at most the test set's size).")
+@click.option("--nll-n", default=500, show_default=True, type=int,
+              help="Points whose NLL (images: bits/dim) is computed (0: skip).")
 @click.option("--method", default=None, type=_MethodChoice(), help="Sampler (default: scorelab's default sampling).")
 @click.option("--nfe", default=None, type=int, help="Budget of score evaluations of --method.")
+@click.option("--exact", is_flag=True,
+              help="Images: the exact divergence for bits/dim (D backward passes per step) instead of Hutchinson.")
+@click.option("--tol", default=1e-4, show_default=True, type=float,
+              help="Images: rtol = atol of the likelihood ODE (1e-5: Song et al. 2021's, twice the time).")
+@click.option("--batch-size", default=100, show_default=True, type=int, help="Images per likelihood solve.")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+              help="Folder of the reference classifier (default: $SCORELAB_CACHE or ~/.cache/scorelab).")
+@click.option("--classifier-steps", default=None, type=int,
+              help="Training steps of the reference classifier (default: per data set; part of its cache key).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:k].")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 @one_line_errors
-def evaluate(run_dir, data_path, out, count, nll_n, method, nfe, device, seed):
-    """NLL, sliced Wasserstein and MMD (with floors) of a vector-data run on held-out data; moment KL / mode TV
-    against the exact mixture for the built-in mixture toys."""
+def evaluate(run_dir, data_path, out, count, nll_n, method, nfe, exact, tol, batch_size, cache_dir, classifier_steps,
+             device, seed, quiet):
+    """Vector runs: NLL, sliced Wasserstein and MMD (with floors) on held-out data; moment KL / mode TV against
+    the exact mixture for the built-in mixture toys. Image runs: bits/dim of the test split (Hutchinson, or
+    --exact) with its standard error and the per-pixel histogram baseline; the Frechet distance in the features
+    of a reference classifier trained on the same data set (cached), with its floor (train vs test) and a
+    Gaussian baseline; the classifier's confidence and entropy on samples vs test images."""
     from .evaluate import evaluate as run_evaluate
     from .evaluate import write_json
     from .report import format_table
@@ -571,10 +624,37 @@ def evaluate(run_dir, data_path, out, count, nll_n, method, nfe, device, seed):
     if out:
         _check_out_file(out, (".json",))
     _check_seed(seed)
-    res = run_evaluate(_load_run(run_dir, _device(device)), data_path, n=count, nll_n=nll_n, method=method, nfe=nfe,
-                       seed=seed)
+    if count < 1 or nll_n < 0:
+        raise ValueError(f"-n must be >= 1 and --nll-n >= 0, got {count} and {nll_n}.")
+    if not tol > 0:
+        raise ValueError(f"--tol must be > 0, got {tol}.")
+    run = _load_run(run_dir, _device(device))
+    extra = {}
+    if len(run.data_shape) == 3:
+        extra = {"divergence": "exact" if exact else "hutchinson", "tol": tol, "batch_size": batch_size,
+                 "cache": cache_dir, "progress": not quiet, "classifier_steps": classifier_steps}
+    elif exact:
+        raise ValueError("--exact applies to image runs (vector runs always use the exact divergence).")
+    res = run_evaluate(run, data_path, n=count, nll_n=nll_n, method=method, nfe=nfe, seed=seed, **extra)
     click.echo(f"{res['run']}: {res['n_samples']} samples ({res['sampler']}, nfe {res['nfe']}) vs {res['data']}")
     click.echo(format_table(res["rows"]))
+    if "bits_per_dim" in res:
+        b = res["bits_per_dim"]
+        click.echo(f"bits/dim {b['bpd']:.4f} +- {b['se']:.4f} ({b['divergence']}, {b['n']} images, "
+                   f"{b['seconds']:.0f} s, {b['nfe']} score evaluations); baselines: per-pixel histogram "
+                   + (f"{b['histogram']:.4f}" if b["histogram"] is not None else "n/a")
+                   + f", uniform {b['uniform']:.4f}")
+    if res.get("classifier"):
+        c = res["classifier"]
+        click.echo(f"reference classifier: {c['data']} {c['split']} split, {c['steps']} steps, test accuracy "
+                   f"{c['test_accuracy']:.4f}")
+    if res.get("frechet_floor_draws"):
+        f = res["frechet_floor_draws"]
+        click.echo(f"Frechet floor: mean of {f['n_draws']} train subsets, std {f['std']:.3g} "
+                   f"(range {f['min']:.3g} to {f['max']:.3g})")
+    for key in ("note", "warning"):
+        if res.get(key):
+            click.echo(f"{key}: {res[key]}")
     if out:
         click.echo(f"wrote {write_json(res, out)}")
 
@@ -595,8 +675,13 @@ def _read_inpaint_file(path: str, what: str):
         from ._extras import require
 
         Image = require("PIL.Image", "plots", "reading .png files")
-        with Image.open(p) as im:
-            arr = np.asarray(im.convert("L") if im.mode in ("1", "L", "LA", "P", "I", "I;16") else im.convert("RGB"))
+        try:
+            with Image.open(p) as im:
+                arr = np.asarray(im.convert("L") if im.mode in ("1", "L", "LA", "P", "I", "I;16")
+                                 else im.convert("RGB"))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # corrupt or truncated
+            raise ValueError(f"{what} {path!r} is not a readable PNG image ({' '.join(str(err).split())[:120]}); "
+                             "check the file or export it again.") from None
         arr = arr.astype(np.float32) / 255.0
         arr = arr[None, None] if arr.ndim == 2 else arr.transpose(2, 0, 1)[None]
         return torch.from_numpy(np.ascontiguousarray(arr))
@@ -658,6 +743,7 @@ def inpaint(run_dir, input_path, mask_path, out, method, nfe, particles, device,
     if not fits:
         raise ValueError(f"--mask has shape {tuple(mask.shape)}, which matches neither --input {tuple(x.shape)} nor "
                          f"one example {shape}; give a mask shaped like the input (1 = known, 0 = to fill).")
+    run.check_data(torch.where(mask > 0.5, x, torch.full((), float("nan"))), "--input", noise=None)
     mask = (mask > 0.5).to(dev).expand(x.shape)
     data = torch.where(mask, x.to(dev), torch.zeros((), device=dev))  # unknown entries may be NaN in the file
     z = run.to_model(data)

@@ -33,6 +33,9 @@ def sample_probes(x: torch.Tensor, n_probes: int = 1, kind: str = "rademacher",
 
 def vjp(y: torch.Tensor, x: torch.Tensor, v: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
     """v^T (dy/dx) for a stack of cotangents v [M, B, *dims] in one batched backward: [M, B, *dims]."""
+    if v.shape[0] == 1:  # one cotangent: a plain backward, without the batching machinery (faster)
+        (out,) = torch.autograd.grad(y, x, grad_outputs=v[0], create_graph=create_graph)
+        return out[None]
     (out,) = torch.autograd.grad(y, x, grad_outputs=v, is_grads_batched=True, create_graph=create_graph)
     return out
 

@@ -61,7 +61,8 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, generator: torc
                    divergence: str = "exact", n_probes: int = 1, probe: str = "rademacher",
                    solver: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
                    eps: float = 1e-5, dtype: torch.dtype | None = None,
-                   prior: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LikelihoodResult:
+                   prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   callback: Callable[[float], None] | None = None) -> LikelihoodResult:
     """-log p_eps(x) [B] by the probability-flow ODE and the instantaneous change of variables.
 
     x [B, *dims]; ``divergence`` "exact" (D vector-Jacobian products per evaluation) or "hutchinson"
@@ -73,6 +74,9 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, generator: torc
     Checked: x non-empty and finite, the solve in float32 or float64 (half precision cannot hold the solver's
     tolerances), every score evaluation shaped like x, and the result finite (a NaN/inf score, or x far outside
     the data the score was trained on, is a ValueError rather than a NaN or inf likelihood).
+
+    ``callback(t)``, if given, is called with the time (a float) of every evaluation of the joint field, e.g.
+    to advance a progress bar over [eps, T] (one host read of t per evaluation, only then).
     """
     if not callable(score_fn):
         raise TypeError("score_fn must be a callable score_fn(x, t) -> tensor shaped like x.")
@@ -103,7 +107,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, generator: torc
     counted = CountedScore(score_fn)  # checks the score's output shape on every call
     B = x.shape[0]
     probes = (sample_probes(x, n_probes, probe, generator) if divergence == "hutchinson" else None)
-    field = _JointFlow(ProbabilityFlow(counted, sde), probes)
+    field = _JointFlow(ProbabilityFlow(counted, sde), probes, callback)
     with torch.no_grad():
         try:
             z, delta = solve(field, (x, x.new_zeros(B)), float(eps), sde.T, solver, rtol, atol, steps)
@@ -124,8 +128,8 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, generator: torc
 class _JointFlow:
     """d/dt [x, delta] = [f~(x, t), div f~(x, t)] for the solvers of ``scorelab.solvers`` (fixed-step and adaptive)."""
 
-    def __init__(self, flow: ProbabilityFlow, probes):
-        self.flow, self.probes = flow, probes
+    def __init__(self, flow: ProbabilityFlow, probes, callback=None):
+        self.flow, self.probes, self.callback = flow, probes, callback
 
     def prepare(self, stage_times, times):
         self.flow.prepare(stage_times, times)
@@ -139,9 +143,13 @@ class _JointFlow:
         return f.detach(), div.detach()
 
     def __call__(self, i, j, state):
+        if self.callback is not None:
+            self.callback(self.flow.t[i][j])  # prepare() stored the stage times as Python floats
         return self._joint(lambda v: self.flow(i, j, (v,))[0], state[0])
 
     def at(self, t, state):
+        if self.callback is not None:
+            self.callback(float(t))
         return self._joint(lambda v: self.flow.at(t, v), state[0])
 
 
@@ -170,29 +178,32 @@ def _affine_of(scaler, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def dequantize(x: torch.Tensor, bits: int = 8, scaler=(2.0, -1.0), generator: torch.Generator | None = None,
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               levels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Uniform dequantisation of integer data: y = a (x + U) / L + b with U ~ Uniform[0, 1), L = 2^bits.
 
     x [B, *dims] holds integers in {0, ..., L-1} (any dtype). Returns y [B, *dims] and the log-Jacobian
     log|dy/dv| = sum_i log|a_i| - D log L [B] of the map from v = x + U to y. The default scaler maps to
-    [-1, 1): scale 2, shift -1.
+    [-1, 1): scale 2, shift -1. ``levels`` (e.g. 17 for the 0..16 digits) replaces L = 2^bits when given.
     """
-    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 32:
+    if levels is not None:
+        if not isinstance(levels, int) or isinstance(levels, bool) or levels < 2:
+            raise ValueError(f"levels must be an integer >= 2 (the number of quantisation levels), got {levels!r}.")
+    elif not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 32:
         raise ValueError(f"bits must be an integer bit depth in [1, 32] (levels = 2^bits), got {bits!r}.")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor of integers [B, *dims], got {type(x).__name__}.")
     if x.ndim < 2:
         raise ValueError(f"x must have shape [B, *dims], got {tuple(x.shape)}.")
-    L = 2**bits
+    L = 2**bits if levels is None else levels
     xf = x.to(torch.float64) if not x.is_floating_point() else x
     if not bool(torch.isfinite(xf).all()):
         raise ValueError("x contains NaN or inf; bits/dim needs integer data in {0, ..., 2^bits - 1}.")
     if bool((xf != torch.round(xf)).any()):
-        raise ValueError(f"x must hold integers in {{0, ..., {L - 1}}} (raw {bits}-bit data, before any scaling); "
+        raise ValueError(f"x must hold integers in {{0, ..., {L - 1}}} (raw {L}-level data, before any scaling); "
                          "got non-integer values. Pass the quantised data, not data already scaled to [0, 1].")
     lo, hi = float(xf.min()), float(xf.max())
     if lo < 0 or hi > L - 1:
-        raise ValueError(f"x must lie in {{0, ..., {L - 1}}} for bits={bits}, got values in [{lo:g}, {hi:g}].")
+        raise ValueError(f"x must lie in {{0, ..., {L - 1}}} ({L} levels), got values in [{lo:g}, {hi:g}].")
     dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
     xf = xf.to(dtype)
     noise = torch.rand(xf.shape, generator=generator, dtype=dtype, device=xf.device)
@@ -218,7 +229,8 @@ class BitsPerDimResult:
 
 
 def bits_per_dim(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, bits: int = 8, scaler=(2.0, -1.0),
-                 generator: torch.Generator | None = None, n_dequant: int = 1, **options) -> BitsPerDimResult:
+                 generator: torch.Generator | None = None, n_dequant: int = 1, levels: int | None = None,
+                 **options) -> BitsPerDimResult:
     """Bits per dimension of integer data x [B, *dims] in {0, ..., 2^bits - 1} under the model.
 
     Each draw dequantises x (``dequantize``), maps it to model space with ``scaler`` (a (scale, shift) pair
@@ -228,6 +240,7 @@ def bits_per_dim(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, bits: int = 8, sc
         bpd = (-log p_y(y) - sum_i log|a_i| + D log 2^bits) / (D log 2).
 
     Averaging over ``n_dequant`` draws estimates the variational bound E_U[...] >= -log2 P(x) / D.
+    ``levels`` replaces 2^bits for data with another number of levels (17 for the 0..16 digits).
     """
     if not isinstance(n_dequant, int) or isinstance(n_dequant, bool) or n_dequant < 1:
         raise ValueError(f"n_dequant must be a positive integer, got {n_dequant!r}.")
@@ -235,7 +248,7 @@ def bits_per_dim(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, bits: int = 8, sc
     bpd = nll = 0.0
     nfe = 0
     for _ in range(n_dequant):
-        y, log_jac = dequantize(x, bits, scaler, generator)
+        y, log_jac = dequantize(x, bits, scaler, generator, levels=levels)
         res = log_likelihood(score_fn, sde, y, generator=generator, **options)
         bpd = bpd + nll_to_bpd(res.nll, log_jac.to(res.nll.dtype), D)
         nll = nll + res.nll

@@ -57,6 +57,7 @@ __all__ = [
     "grid_array",
     "image_grid",
     "save_image_grid",
+    "save_images",
     "loss_curves",
     "bar_weights",
     "energy_landscape",
@@ -408,10 +409,13 @@ def trajectories(paths, times, log_prob_fn: LogProbFn | None = None, background_
 # ---------------------------------------------------------------------------------------------------------
 
 def grid_array(images, nrow: int = 8, value_range: tuple[float, float] | None = None, padding: int = 2,
-               pad_value: float = 1.0) -> np.ndarray:
+               pad_value: float = 1.0, levels: int | None = None) -> np.ndarray:
     """Tile images [n, C, H, W] (C = 1 or 3) into one uint8 array [H', W', C], ``nrow`` images per row.
 
-    Values are mapped from ``value_range`` (default: the batch's min and max) to 0..255, clipped outside it.
+    Values are mapped from ``value_range`` (default: the batch's min and max; pass the data's range, e.g. the
+    run's, so the contrast is the data's and not the batch's) to 0..255, clipped outside it; with ``levels``
+    they are first rounded to that many equally spaced values in the range (17 for the 0..16 digits), as the
+    data is quantised. NaN is drawn at the bottom of the range.
     With r = ceil(n / nrow) rows and c = min(n, nrow) columns: H' = r H + (r + 1) padding,
     W' = c W + (c + 1) padding. ``pad_value`` in [0, 1] is the border's grey level (1 = white).
     """
@@ -436,7 +440,11 @@ def grid_array(images, nrow: int = 8, value_range: tuple[float, float] | None = 
         lo, hi = (float(v) for v in value_range)
     if not hi > lo:
         hi = lo + 1.0  # a constant image: draw it at the bottom of the range rather than divide by zero
+    if levels is not None and (not isinstance(levels, int) or isinstance(levels, bool) or levels < 2):
+        raise ValueError(f"levels must be an integer >= 2 (quantisation levels of the data), got {levels!r}.")
     x = np.clip(np.nan_to_num((x - lo) / (hi - lo), nan=0.0), 0.0, 1.0)
+    if levels is not None:
+        x = np.round(x * (levels - 1)) / (levels - 1)
     cols, rows = min(n, nrow), math.ceil(n / nrow)
     out = np.full((rows * H + (rows + 1) * padding, cols * W + (cols + 1) * padding, C), float(pad_value))
     for k in range(n):
@@ -465,22 +473,66 @@ def image_grid(images, nrow: int = 8, value_range: tuple[float, float] | None = 
     return _finish(fig, path)
 
 
-def save_image_grid(images, path, nrow: int = 8, value_range: tuple[float, float] | None = None,
-                    padding: int = 2, upscale: int = 1) -> Path:
-    """Write ``grid_array(images, ...)`` to a PNG with Pillow at native pixel size (times ``upscale``, nearest
-    neighbour), e.g. for ``scorelab sample --out x.png``. Returns the path."""
-    Image = require("PIL.Image", "plots", "writing image grids")
-
-    if not isinstance(upscale, int) or upscale < 1:
+def _upscale_for(images, upscale: int, min_size: int | None) -> int:
+    if not isinstance(upscale, int) or isinstance(upscale, bool) or upscale < 1:
         raise ValueError(f"upscale must be an integer >= 1, got {upscale!r}.")
-    g = grid_array(images, nrow, value_range, padding)
+    if min_size is None:
+        return upscale
+    if not isinstance(min_size, int) or isinstance(min_size, bool) or min_size < 1:
+        raise ValueError(f"min_size must be a positive number of pixels, got {min_size!r}.")
+    h, w = np.shape(images)[-2:]
+    return max(upscale, math.ceil(min_size / max(1, min(h, w))))
+
+
+def _png(g: np.ndarray, upscale: int):
+    Image = require("PIL.Image", "plots", "writing image grids")
     img = Image.fromarray(g[..., 0], mode="L") if g.shape[2] == 1 else Image.fromarray(g, mode="RGB")
     if upscale > 1:
         img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
+    return img
+
+
+def save_image_grid(images, path, nrow: int = 8, value_range: tuple[float, float] | None = None,
+                    padding: int = 2, upscale: int = 1, levels: int | None = None,
+                    min_size: int | None = None) -> Path:
+    """Write ``grid_array(images, nrow, value_range, padding, levels=levels)`` to a PNG with Pillow at native
+    pixel size times ``upscale`` (nearest neighbour), or larger so that each image is at least ``min_size``
+    pixels on its short side (``scorelab sample --out x.png`` asks for 56). Returns the path."""
+    factor = _upscale_for(images, upscale, min_size)
+    img = _png(grid_array(images, nrow, value_range, padding, levels=levels), factor)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     img.save(p, format="PNG")
     return p
+
+
+def save_images(images, folder, prefix: str = "sample", value_range: tuple[float, float] | None = None,
+                levels: int | None = None, upscale: int = 1, min_size: int | None = None) -> list[Path]:
+    """Write each image of [n, C, H, W] as its own PNG ``folder/<prefix>-00000.png``, ... (mapped and quantised
+    like ``grid_array``, one ``value_range`` for all: default the batch's min and max). ``folder`` is created;
+    a file that already exists there is never overwritten: a ValueError before anything is written."""
+    x = _np(images, "images")
+    if x.ndim != 4:
+        raise ValueError(f"images must have shape [n, C, H, W], got {tuple(x.shape)}.")
+    if value_range is None:
+        finite = x[np.isfinite(x)]
+        value_range = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{str(folder)!r} exists and is not a folder; name a folder for the images.")
+    digits = max(5, len(str(len(x) - 1)))
+    paths = [folder / f"{prefix}-{k:0{digits}d}.png" for k in range(len(x))]
+    taken = [p for p in paths if p.exists()]
+    if taken:
+        raise ValueError(f"{str(taken[0])!r} already exists ({len(taken)} of the {len(paths)} image files do); "
+                         "choose an empty or new folder, nothing is overwritten.")
+    factor = _upscale_for(x, upscale, min_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, p in enumerate(paths):
+        img = _png(grid_array(x[k:k + 1], 1, value_range, 0, levels=levels), factor)
+        with open(p, "xb") as fh:  # exclusive create: a file that appeared meanwhile is not overwritten
+            img.save(fh, format="PNG")
+    return paths
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -55,6 +55,63 @@ class Run:
         """Model units (samples, denoised data) -> data units."""
         return self.scaler.inverse(x) if self.scaler is not None else x
 
+    def data_range(self) -> tuple[float, float] | None:
+        """(lo, hi) of the data the run was trained on, in data units: ``data_info["range"]`` when the run records
+        it, else the scaler's inverse of the config's ``data.scale`` target; None when neither is known."""
+        info = getattr(self, "data_info", None)
+        if isinstance(info, dict) and info.get("range") is not None:
+            lo, hi = info["range"]
+            return float(lo), float(hi)
+        target = self.config.get("data", {}).get("scale")
+        if self.scaler is None or target is None:
+            return None
+        ends = self.scaler.inverse(torch.tensor([[float(target[0])], [float(target[1])]], dtype=torch.float64))
+        return float(ends.min()), float(ends.max())
+
+    def data_levels(self) -> int | None:
+        """Quantisation levels of the run's data (``data_info["levels"]``; 17 for digits, 256 for Fashion-MNIST
+        when not recorded), None for continuous data."""
+        info = getattr(self, "data_info", None)
+        if isinstance(info, dict) and "levels" in info:
+            return None if info["levels"] is None else int(info["levels"])
+        return {"digits": 17, "fashion_mnist": 256}.get(self.config.get("data", {}).get("name"))
+
+    def check_data(self, x: torch.Tensor, what: str = "data", noise: float = 0.0) -> torch.Tensor:
+        """Refuse, with one ValueError line, data unlike the run's: another example shape (28x28 for an 8x8
+        run, channels last), NaN/inf, or values outside the run's data range (0..255 data for a 0..16 run; a
+        margin of half the range, plus 5 ``noise`` stds given in model units, e.g. denoise's sigma). Entries that
+        are NaN are skipped when ``noise`` is None (inpainting's unknowns). Returns x."""
+        if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point or x.ndim < 1:
+            raise TypeError(f"{what} must be a floating tensor [N, *dims].")
+        shape = tuple(self.data_shape)
+        got = tuple(x.shape[1:])
+        if got != shape:
+            hint = ""
+            if len(got) == len(shape) == 3 and got == (shape[1], shape[2], shape[0]):
+                hint = " The channel axis is last: give [N, C, H, W] (x.transpose(0, 3, 1, 2))."
+            elif len(got) == len(shape) == 3:
+                hint = f" Resize or choose the run trained on {got[-2]}x{got[-1]} images."
+            raise ValueError(f"{what} has examples of shape {list(got)}; this run was trained on "
+                             f"{list(shape)}, so give [N, {', '.join(map(str, shape))}].{hint}")
+        vals = x if noise is not None else x[~torch.isnan(x)]
+        if not bool(torch.isfinite(vals).all()):
+            raise ValueError(f"{what} contains NaN/inf; drop or impute those examples first.")
+        rng = self.data_range()
+        if rng is None or vals.numel() == 0:
+            return x
+        lo, hi = rng
+        margin = 0.5 * (hi - lo)
+        if noise and self.scaler is not None:
+            margin += 5 * float(noise) / float(self.scaler.scale.abs().min())
+        elif noise:
+            margin += 5 * float(noise)
+        vlo, vhi = float(vals.min()), float(vals.max())
+        if vlo < lo - margin or vhi > hi + margin:
+            raise ValueError(f"{what} has values in [{vlo:g}, {vhi:g}], but this run was trained on data in "
+                             f"[{lo:g}, {hi:g}]; give data in the run's units (e.g. rescale 0..255 pixels to "
+                             f"{lo:g}..{hi:g}).")
+        return x
+
     @property
     def num_classes(self) -> int:
         """K for a class-conditional run (labels 0..K-1), 0 for an unconditional one."""
