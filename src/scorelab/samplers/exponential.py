@@ -6,9 +6,10 @@ ODE's exact solution is  x_t = (s_t / s_s) x_s + m_t int_{lambda_s}^{lambda_t} e
 Approximating D by a polynomial in lambda gives, with phi_1 = expm1(-h), phi_2 = phi_1 / h + 1,
 phi_3 = phi_2 / h - 1/2:
 
-    x_t = (s_t / s_s) x_s - m_t phi_1 D_0 + m_t phi_2 D_1 - m_t phi_3 D_2
+    x_t = (s_t / s_s) x_s - m_t phi_1 D_0 + m_t phi_2 D_1 - 2 m_t phi_3 D_2
 
-where D_1, D_2 are the first/second divided differences of D in lambda (zero for order 1, the DDIM step).
+where D_1 ~ h D' and D_2 ~ h^2 D'' / 2 come from the first/second divided differences of D in lambda (zero for
+order 1, the DDIM step; m_t int_0^h e^{u - h} u^2 / 2 du D'' = -2 m_t phi_3 h^2 D'' / 2).
 Multistep (DPM-Solver++(2M)/(3M)) takes them from previous steps (one evaluation per step, lower orders for
 the first steps); singlestep ((2S)/(3S)) from intermediate points at lambda_s + h/2 (order 2) or
 h/3, 2h/3 (order 3).
@@ -20,7 +21,7 @@ Options: order 1-3, multistep (True) or singlestep (False), sigma_min (end noise
 below), lower_order_final (use order <= 2 on the last steps when there are fewer than 15, as DPM-Solver does,
 for stability), denoise_to_zero (spend the last evaluation
 on x0_hat at the final time, i.e. a first-order step to sigma = 0), eta > 0 (stochastic SDE-DPM-Solver++,
-multistep order <= 2; eta = 1 follows the reverse SDE); the grid (``sample(grid=...)``) defaults to "log_snr".
+multistep order 1-3, SDE-DPM-Solver++(1M/2M/3M); eta = 1 follows the reverse SDE); the grid (``sample(grid=...)``) defaults to "log_snr".
 
 Defaults (order 2 multistep, log-SNR grid, sigma_min = 0.03) are what measured best at 10-20 evaluations on the
 exact-score benchmark (docs/samplers.md): stopping at sigma_min leaves noise whose moment error is
@@ -55,8 +56,8 @@ def _steps(nfe, o):
 def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multistep: bool = True,
                sigma_min: float = 0.03, lower_order_final: bool = True, denoise_to_zero: bool = False,
                rho: float = 7.0, eta: float = 0.0):
-    if order > 3 or (eta > 0 and (order == 3 or not multistep)):
-        raise ValueError(f"order must be 1, 2 or 3, and eta > 0 (stochastic) works with multistep order 1 or 2; "
+    if order not in (1, 2, 3) or (eta > 0 and not multistep):
+        raise ValueError(f"order must be 1, 2 or 3, and eta > 0 (stochastic) works with multistep=True; "
                          f"got eta={eta}, order={order}, multistep={multistep}.")
     S = Schedule(sde, times, x)
     N, m, s = len(S), S.m, S.s
@@ -98,9 +99,11 @@ def _multistep_plan(S, h, orders):
         if k >= 2:
             r0 = hl[i - 1] / hl[i]  # d10 = (D_i - D_{i-1}) / r0 ~ h dD/dlambda
             if k == 3:  # divided differences over lambda_{i-2}, lambda_{i-1}, lambda_i (DPM-Solver++(3M))
+                # D_1 = d10 + r0 (d10 - d11) / (r0 + rb) ~ h D', D_2 = (d10 - d11) / (r0 + rb) ~ h^2 D'' / 2, so
+                # D_2's weight is -2 phi_3 (the reference implementations' -phi_3 leaves an O(h^3) local error)
                 rb = hl[i - 2] / hl[i]  # d11 = (D_{i-1} - D_{i-2}) / rb
-                a = phi2[i] * (1 + r0 / (r0 + rb)) - phi3[i] / (r0 + rb)  # weight of d10
-                b = phi2[i] * r0 / (r0 + rb) - phi3[i] / (r0 + rb)  # minus the weight of d11
+                a = phi2[i] * (1 + r0 / (r0 + rb)) - 2 * phi3[i] / (r0 + rb)  # weight of d10
+                b = phi2[i] * r0 / (r0 + rb) - 2 * phi3[i] / (r0 + rb)  # minus the weight of d11
                 c = [-phi1[i] + a / r0, -a / r0 - b / rb, b / rb]
             else:
                 c = [-phi1[i] + phi2[i] / r0, -phi2[i] / r0]
@@ -133,22 +136,45 @@ def _singlestep(score, sde, x, mD0, E0, i, k, lam, S, x_next, phi1, phi2):
 
 
 def _sde_dpm_solver(score, x, S, h, generator, callback, order, eta):
-    """SDE-DPM-Solver++(1/2M) (Lu et al. 2022b; eta = 1 is the reverse SDE), with e = eta h:
+    """SDE-DPM-Solver++(1M/2M/3M) (Lu et al. 2022b; eta = 1 is the reverse SDE, eta = 0 the probability-flow ODE).
+    With y = x / m the eta-family is dy/dlambda = (1 + eta)(D - y) + noise, whose exact solution over a step is
 
-        x_t = (s_t / s_s) e^{-e} x_s + m_t (1 - e^{-h - e}) [D_0 + (1 / (2 r)) (D_0 - D_-1)] + s_t sqrt(1 - e^{-2e}) z
+        x_t = (s_t / s_s) e^{-eta h} x_s + m_t int_0^h (1 + eta) e^{-(1 + eta)(h - u)} D(lambda_s + u) du
+              + s_t sqrt(1 - e^{-2 eta h}) z.
 
-    r = h_prev / h; the bracket's correction (second order) is dropped on the first step."""
-    m, s, hl = S.m, S.s, h.tolist()
+    With D = D_0 + u D' + u^2 D'' / 2 and H = (1 + eta) h the integral is, term by term,
+    -phi_1(H) D_0 + phi_2(H) (h D') - 2 phi_3(H) (h^2 D'' / 2), the ODE's phis at H (the u^k weights scale as
+    (1 + eta)^-k). Order 3 (3M) takes h D' and h^2 D'' / 2 from the divided differences over the last three
+    evaluations (as the ODE 3M above, whose D_2 is also h^2 D'' / 2), its second step phi_2(H) (D_0 - D_-1) / r,
+    r = h_prev / h, so that eta = 0 is the ODE 3M; order 2 (2M) keeps the midpoint form
+    m_t (1 - e^{-H}) [D_0 + (1 / (2 r)) (D_0 - D_-1)]. Lower orders on the first steps only (lower_order_final
+    is the ODE's option)."""
+    N, m, s, hl = len(S), S.m, S.s, h.tolist()
+    H = (1 + eta) * h
+    phi1, phi2, phi3 = (p.tolist() for p in _phis(H))
     carry = (S.s64[1:] / S.s64[:-1] * torch.exp(-eta * h)).tolist()
-    gain = (-torch.expm1(-(1 + eta) * h)).tolist()
     noise = (S.s64[1:] * torch.sqrt(-torch.expm1(-2 * eta * h))).tolist()
-    prev = None
-    for i in range(len(S)):
-        mD0 = posterior_mean(x, score(x, S.tb(i, x)), 1.0, s[i])
-        E0 = (m[i + 1] / m[i]) * mD0
-        if prev is not None and order > 1:
-            E0 = E0 + (0.5 * hl[i] / hl[i - 1]) * (E0 - (m[i + 1] / m[i - 1]) * prev)
-        x = axpy(axpy(carry[i] * x, E0, gain[i]), gaussian(x, generator), noise[i], inplace=True)
-        prev = mD0
+    coefs = []  # weights of m_{i+1} D_{i-j}, j = 0, 1, 2
+    for i, k in enumerate(warm_orders(N, order, False)):
+        g = -phi1[i]
+        if k == 1:
+            c = [g]
+        elif k == 2:
+            r0 = hl[i - 1] / hl[i]
+            w = phi2[i] / r0 if order == 3 else 0.5 * g / r0
+            c = [g + w, -w]
+        else:
+            r0, rb = hl[i - 1] / hl[i], hl[i - 2] / hl[i]
+            a = phi2[i] + (phi2[i] * r0 - 2 * phi3[i]) / (r0 + rb)  # weight of d10 = (D_0 - D_-1) / r0
+            b = (phi2[i] * r0 - 2 * phi3[i]) / (r0 + rb)  # minus the weight of d11 = (D_-1 - D_-2) / rb
+            c = [g + a / r0, -a / r0 - b / rb, b / rb]
+        coefs.append(c)
+    mDs: list = []
+    for i, c in enumerate(coefs):
+        mDs = [posterior_mean(x, score(x, S.tb(i, x)), 1.0, s[i])] + mDs[:2]
+        x_next = carry[i] * x
+        for j, cj in enumerate(c):
+            x_next = axpy(x_next, mDs[j], cj * m[i + 1] / m[i - j], inplace=True)
+        x = axpy(x_next, gaussian(x, generator), noise[i], inplace=True) if eta > 0 else x_next
         x = callback(i, S.t_d[i + 1], x)
     return x
