@@ -67,6 +67,8 @@ def train_runs(cache: Path, toy_steps: int, digits_steps: int, runs=("toy", "dig
 OURS = [("ancestral", "ancestral", {}), ("euler_maruyama", "euler_maruyama", {}), ("dpm_solver", "dpm_solver", {}),
         ("sde-dpm2M", "dpm_solver", {"eta": 1.0}),
         ("sde-dpm2M/smin.002", "dpm_solver", {"eta": 1.0, "sigma_min": 0.002}),
+        ("sde-dpm3M", "dpm_solver", {"eta": 1.0, "order": 3}),
+        ("sde-dpm3M/smin.002", "dpm_solver", {"eta": 1.0, "order": 3, "sigma_min": 0.002}),
         ("unipc", "unipc", {}), ("ipndm", "ipndm", {}), ("deis", "deis", {}), ("lms", "lms", {}),
         ("edm_heun", "edm_heun", {})]
 OPT = ("unipc", "dpm_solver", "ipndm", "deis")
@@ -89,7 +91,8 @@ def scorelab_runs(run, n, nfe, seed, opt_budgets, probe):
             out[f"sl:{label}+opt"] = sample(run.score, run.sde, (n, *run.data_shape), method, nfe, generator=g,
                                             grid=grid, **opts).x
             print(f"  [grid] {label} nfe {nfe}: {time.time() - t0:.0f} s (0 when cached)", flush=True)
-    out["default"] = f"sl:{default_method(nfe)}"
+    d = default_method(nfe)
+    out["default"] = f"sl:{ {'sde_dpm_solver': 'sde-dpm2M'}.get(d, d)}"  # sde_dpm_solver = dpm_solver(eta=1)
     return out
 
 

@@ -84,7 +84,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="order"):
         sample(score, sde, (4, 2), method="dpm_solver", nfe=10, order=4)
     with pytest.raises(ValueError, match="eta"):
-        sample(score, sde, (4, 2), method="dpm_solver", nfe=10, order=3, eta=1.0)
+        sample(score, sde, (4, 2), method="dpm_solver", nfe=10, order=2, eta=1.0, multistep=False)
 
 
 def test_dopri5_counts_and_converges():
@@ -247,8 +247,10 @@ def test_order_of_convergence(sde, method, opts, nfes):
         x = sample(gmm.score_fn(sde), sde, shape, method=method, nfe=nfe, generator=gen(3), dtype=F64, **opts).x
         errs.append(float((x - exact).abs().max()))
     slope = _slope(nfes, errs)
-    # at least the declared order (midpoint is third order on this Gaussian flow in EDM's variables)
-    assert order - 0.35 < slope < order + 1.1 or (slope > order and errs[-1] < 1e-9), (slope, errs)
+    # at least the declared order (midpoint is third order on this Gaussian flow in EDM's variables; 3M reaches 4
+    # on VP / sub-VP, where the warm-up's error is small at these budgets: tests/test_sde_dpm.py measures it alone)
+    top = 2.6 if method == "dpm_solver" and opts["order"] == 3 and opts.get("multistep", True) else 1.1
+    assert order - 0.35 < slope < order + top or (slope > order and errs[-1] < 1e-9), (slope, errs)
 
 
 def test_fixed_step_solvers_declare_their_order_on_a_closed_form_ode():
@@ -296,8 +298,9 @@ def test_no_method_uses_the_budget_default():
 
     sde = VESDE(0.01, 10.0)
     score = lambda x, t: -x / (1.0 + sde.marginal_std(t.double()).float()[:, None] ** 2)  # N(0, I) data
-    assert [default_method(n) for n in (5, 10, 20, DEFAULT_NFE)] == ["ipndm", "unipc", "ancestral", "ancestral"]
-    for nfe in (5, 10, 30):
+    assert [default_method(n) for n in (5, 10, 20, 99, 100, DEFAULT_NFE)] == \
+        ["ipndm", "unipc", "sde_dpm_solver", "sde_dpm_solver", "ancestral", "ancestral"]
+    for nfe in (5, 10, 30, 100):
         g = lambda: torch.Generator().manual_seed(1)
         got = sample(score, sde, (64, 2), nfe=nfe, generator=g())
         ref = sample(score, sde, (64, 2), method=default_method(nfe), nfe=nfe, generator=g())

@@ -144,3 +144,14 @@ def test_matches_k_diffusion_dpmpp_3m_sde_in_distribution():
     assert abs(sorted(ours)[1] - sorted(theirs)[1]) < 2 * spread, (ours, theirs, floor)
     assert max(ours) < 3 * spread + 1e-3, (ours, floor)
     assert math.isfinite(sum(ours))
+
+
+def test_sde_dpm_solver_is_dpm_solver_with_eta_1():
+    """The name ``default_method`` gives from 20 evaluations: the same draws as dpm_solver(eta=1), any order."""
+    sde = VESDE(0.01, 10.0)
+    for opts in ({}, {"order": 3, "sigma_min": 0.002}):
+        g = lambda: torch.Generator().manual_seed(2)
+        a = sample(_score(sde), sde, (16, 1), method="sde_dpm_solver", nfe=20, generator=g(), dtype=F64, **opts).x
+        b = sample(_score(sde), sde, (16, 1), method="dpm_solver", nfe=20, generator=g(), dtype=F64, eta=1.0,
+                   **opts).x
+        assert torch.equal(a, b)

@@ -21,7 +21,8 @@ Options: order 1-3, multistep (True) or singlestep (False), sigma_min (end noise
 below), lower_order_final (use order <= 2 on the last steps when there are fewer than 15, as DPM-Solver does,
 for stability), denoise_to_zero (spend the last evaluation
 on x0_hat at the final time, i.e. a first-order step to sigma = 0), eta > 0 (stochastic SDE-DPM-Solver++,
-multistep order 1-3, SDE-DPM-Solver++(1M/2M/3M); eta = 1 follows the reverse SDE); the grid (``sample(grid=...)``) defaults to "log_snr".
+multistep order 1-3, SDE-DPM-Solver++(1M/2M/3M); eta = 1 follows the reverse SDE; ``sde_dpm_solver`` is this
+method with eta = 1 by default); the grid (``sample(grid=...)``) defaults to "log_snr".
 
 Defaults (order 2 multistep, log-SNR grid, sigma_min = 0.03) are what measured best at 10-20 evaluations on the
 exact-score benchmark (docs/samplers.md): stopping at sigma_min leaves noise whose moment error is
@@ -83,6 +84,18 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
         x = posterior_mean(x, score(x, S.tb(N, x)), m[N], s[N])
     return x
 
+
+
+@method(steps=lambda nfe, o: _steps(nfe, {**o, "multistep": True}), reserve=lambda o: int(o["denoise_to_zero"]),
+        grid="log_snr", end="sigma_min", deterministic=lambda o: o.get("eta", 1.0) == 0)
+def sde_dpm_solver(score, sde, x, times, generator, callback, order: int = 2, sigma_min: float = 0.03,
+                   denoise_to_zero: bool = False, eta: float = 1.0):
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022b): ``dpm_solver`` with eta = 1 (the reverse SDE) as its default, a
+    name of its own so that ``default_method`` can name it; order 3 is SDE-DPM-Solver++(3M). Same draws as
+    ``dpm_solver(eta=eta, order=order, ...)``. sigma_min = 0.03 and order 2: docs/samplers.md, "Default method
+    from 20 evaluations"."""
+    return dpm_solver(score, sde, x, times, generator, callback, order=order, sigma_min=sigma_min,
+                      denoise_to_zero=denoise_to_zero, eta=eta)
 
 def _multistep_plan(S, h, orders):
     """DPM-Solver++(kM) as a plan (``multistep.run_plan``): x_{i+1} = (s'/s) x_i + sum_j c_j (m' / m_j) m_j D_j over
