@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_data import fake_fashion
 
 from scorelab.config import build_data, load_config, load_data
 from scorelab.data import channels_last_hint, digits, fashion_mnist, load_dataset
+from test_data import fake_fashion
 
 
 def digits_section(**kw):

@@ -118,7 +118,8 @@ def test_bf16_autocast_on_the_cpu(tmp_path):
     assert all(p.dtype == torch.float32 for p in [*bf.model.parameters(), *bf.ema.parameters()])
     assert not same_weights(bf.model, fp.model)
     # the trajectories are close: bf16 rounds the network, it does not change what is learned in 6 steps
-    diffs = [float((a - b).detach().abs().max()) for a, b in zip(bf.model.parameters(), fp.model.parameters(), strict=True)]
+    pairs = zip(bf.model.parameters(), fp.model.parameters(), strict=True)
+    diffs = [float((a - b).detach().abs().max()) for a, b in pairs]
     assert max(diffs) < 0.05
 
 
