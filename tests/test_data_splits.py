@@ -100,3 +100,15 @@ def test_channels_last_refused_with_one_line(tmp_path):
     assert channels_last_hint((5, 28, 28, 1)) is not None and channels_last_hint((5, 32, 32, 4)) is not None
     with pytest.raises(ValueError, match="data.layout must be one of"):
         load_config({"data": {"name": "digits", "layout": "nhwc"}})
+
+
+def test_a_path_named_like_a_builtin_set_is_the_path(tmp_path, monkeypatch):
+    from PIL import Image
+
+    (tmp_path / "digits").mkdir()
+    for k in range(2):
+        Image.fromarray(np.full((5, 5), 40 * k, np.uint8), mode="L").save(tmp_path / "digits" / f"{k}.png")
+    monkeypatch.chdir(tmp_path)
+    x, _, info = load_data(load_config({"data": {"path": "digits", "scale": [-1, 1]}})["data"])
+    assert x.shape == (2, 1, 5, 5) and info["levels"] == 256 and info["range"] == [0.0, 255.0]
+    assert info["source"] == "digits" and info["split"] is None

@@ -541,7 +541,8 @@ def load_data(section: dict, x: torch.Tensor | None = None) -> tuple[torch.Tenso
     source = section["path"] if section["path"] is not None else section["name"]
     info = None
     if x is None:
-        x, info = load_dataset(source, n=section["n"], generator=g, split=section.get("split"))
+        where = Path(source) if section["path"] is not None else source  # a path never means a built-in name
+        x, info = load_dataset(where, n=section["n"], generator=g, split=section.get("split"))
     source = source or "given to train(data=...)"
     if not isinstance(x, torch.Tensor):
         x = torch.as_tensor(x)
