@@ -145,9 +145,39 @@ def test_resume_accepts_runs_older_than_the_new_keys():
 
     new = load_config(tiny_digits(sample_nfe=20))
     old = json.loads(json.dumps(new))
-    for sec, key in (("data", "split"), ("data", "layout"), ("train", "precision"), ("train", "sample_every"),
+    for sec, key in (("data", "split"), ("data", "layout"), ("data", "dequantize"), ("train", "precision"),
+                     ("train", "sample_every"),
                      ("train", "sample_nfe")):
         del old[sec][key]
     assert _config_diff(old, new) == []
     new["train"]["precision"] = "bf16"
     assert _config_diff(old, new) == [("train", "precision")]
+
+
+def test_dequantized_training(tmp_path):
+    """data.dequantize adds U[0, 1) data units (one bin: 2/16 in [-1, 1] for digits) from the loss generator, so
+    the run trains on another path than without it and still resumes bit for bit; data without known levels
+    refuses it."""
+    from scorelab.config import load_data
+    from scorelab.train import dequantization_width
+
+    cfg = tiny_digits()
+    cfg["data"]["dequantize"] = True
+    from scorelab.config import load_config
+
+    section = load_config(cfg)["data"]
+    _, scaler, info = load_data(section)
+    assert dequantization_width(section, info, scaler) == pytest.approx(0.125)
+    assert dequantization_width(section, info, None) == 1.0
+    assert dequantization_width({**section, "dequantize": False}, info, scaler) is None
+    with pytest.raises(ValueError, match="data.dequantize=true needs quantised data"):
+        dequantization_width(section, {**info, "levels": None}, scaler)
+    cfg["train"]["steps"] = 4
+    full = train(cfg, tmp_path / "full", progress=False)
+    plain = train(tiny_digits(steps=4), tmp_path / "plain", progress=False)
+    assert not same_weights(full.model, plain.model)
+    cfg["train"]["steps"] = 2
+    train(cfg, tmp_path / "part", progress=False)
+    cfg["train"]["steps"] = 4
+    resumed = train(cfg, tmp_path / "part", resume=True, progress=False)
+    assert same_weights(full.model, resumed.model) and same_weights(full.ema, resumed.ema)

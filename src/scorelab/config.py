@@ -3,7 +3,7 @@
 A config has five sections; every key is checked (unknown keys, wrong types and out-of-range values are a
 ValueError that names the key and the valid choices), and missing keys take the published defaults below.
 
-    data:      name (a built-in data set) or path (.npy/.csv/image folder), n, scale, split, layout
+    data:      name (a built-in data set) or path (.npy/.csv/image folder), n, scale, split, layout, dequantize
     sde:       type ve | vp | subvp, plus that process's constructor arguments
     model:     type mlp | unet | energy, parameterization, plus that network's constructor arguments
     objective: name (a key of scorelab.objectives.OBJECTIVES), plus that objective's options
@@ -126,6 +126,8 @@ DATA_FIELDS = {
     "seed": _Field((int,), 0),                          # draws of the synthetic data sets
     "split": _Field((str,), None, nullable=True),       # train | test | all: built-in image sets only (None: train)
     "layout": _Field((str,), "auto", choices=("auto", "nchw")),  # auto: refuse channels-last [N, H, W, C] images
+    "dequantize": _Field((bool,), False),               # train on x + U[0, 1) per value of quantised data: the
+                                                        # continuous density that bits/dim measures (Theis et al. 2016)
 }
 
 SDE_FIELDS = {

@@ -76,7 +76,8 @@ RESUMABLE_CHANGES = {("train", "steps"), ("train", "log_every"), ("train", "ckpt
                      ("train", "tensorboard"), ("train", "threads"), ("train", "sample_every"),
                      ("train", "sample_nfe")}
 # keys added after runs were written: a saved config without one trained as if it held this value
-ADDED_KEYS = {("data", "split"): None, ("data", "layout"): "auto", ("train", "precision"): "auto",
+ADDED_KEYS = {("data", "split"): None, ("data", "layout"): "auto", ("data", "dequantize"): False,
+              ("train", "precision"): "auto",
               ("train", "sample_every"): 0, ("train", "sample_nfe"): 20}
 SAMPLES_DIR = "samples"
 SAMPLE_GRID = 64  # images in a periodic sample grid (8 x 8)
@@ -306,6 +307,7 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, l
 
     data, scaler, data_info = load_data(cfg["data"]) if given is None else _given_data(given, cfg["data"])
     data = data.to(dd.device)
+    bin_width = dequantization_width(cfg["data"], data_info, scaler)
     if tc["sample_every"] and data.ndim != 4:
         raise ValueError(f"train.sample_every={tc['sample_every']} writes image grids, but the data has examples of "
                          f"shape {list(data.shape[1:])}, not [C, H, W]; set train.sample_every=0.")
@@ -457,6 +459,8 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, l
                 group["lr"] = lr
             idx = torch.randint(0, data.shape[0], (tc["batch_size"],), generator=index_gen)
             x = data[idx[dd.rank * shard:(dd.rank + 1) * shard].to(dd.device)]
+            if bin_width is not None:  # uniform dequantisation: x + U[0, 1) in data units
+                x = x + bin_width * torch.rand(x.shape, generator=loss_gen, device=dd.device)
             loss = objective(seam, x, generator=loss_gen).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -514,6 +518,22 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, l
     model.eval()
     ema.eval()
     return TrainResult(model=model, ema=ema, step=max(start, tc["steps"]), run_dir=out, last_loss=last_loss)
+
+
+def dequantization_width(section: dict, data_info: dict, scaler) -> float | None:
+    """data.dequantize: the width of one quantisation bin in model units (data units: 1), else None. Needs data
+    whose levels are known (data_info["levels"]: the built-in image sets, image folders)."""
+    if not section.get("dequantize"):
+        return None
+    if data_info.get("levels") is None:
+        raise ValueError(f"data.dequantize=true needs quantised data with known levels (the built-in image sets or "
+                         f"an image folder); {data_info.get('source')!r} has none: set data.dequantize=false.")
+    if scaler is None:
+        return 1.0
+    scale = scaler.scale.flatten()
+    if scale.numel() != 1:
+        raise ValueError("data.dequantize=true needs one scale for all values (data.scale: [lo, hi]).")
+    return float(scale[0])
 
 
 def write_sample_grid(out: Path, step: int, ema: torch.nn.Module, sde, data_info: dict, scaler, tc: dict) -> Path:
