@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from scorelab.conditional import inpaint
 from scorelab.samplers import METHODS, sample, samplers
+from scorelab.samplers._common import value
 from scorelab.samplers.pc import predictor_only
 from scorelab.samplers.steps import PREDICTORS
 from scorelab.sde import VESDE, VPSDE, SubVPSDE
@@ -217,6 +218,29 @@ def test_a_new_step_works_in_pc_as_a_method_and_in_inpainting(monkeypatch):
         assert torch.equal(out[:, 0], data[:, 0]) and abs(float(out[:, 1].std()) - 1) < 0.06, kw
     # the original is left alone
     assert "pf_euler" not in samplers() or METHODS["pf_euler"].__name__ == "pf_euler"
+
+
+def test_declared_deterministic_methods_draw_no_noise_after_x_T():
+    """The declaration inpainting relies on (one z for the known entries): true of exactly ODE_METHODS."""
+    sde, x_T = VPSDE(), torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    for name in samplers():
+        if name in ("langevin", "mala"):
+            continue
+        runs = [sample(unit_gaussian_score(sde), sde, None, method=name, nfe=20, x_init=x_T,
+                       generator=torch.Generator().manual_seed(seed)).x for seed in (1, 2)]
+        declared = bool(value(METHODS[name].deterministic, {}))
+        assert torch.equal(*runs) == (name in ODE_METHODS) == declared, name
+    assert not value(METHODS["dpm_solver"].deterministic, {"eta": 1.0})
+
+
+def test_dpm_solver_on_a_grid_ending_at_zero():
+    """The step to sigma = 0 is x = m D (a plan's ``to_zero``): multistep orders 2-3 divided by h = inf there
+    (ZeroDivisionError from 15 steps on, or with lower_order_final=False)."""
+    sde, grid = VPSDE(), torch.linspace(1.0, 0.0, 21, dtype=F64)
+    for kw in ({"order": 2}, {"order": 3, "lower_order_final": False}, {"order": 2, "multistep": False}):
+        res = sample(unit_gaussian_score(sde), sde, (4000, 2), method="dpm_solver", nfe=40, grid=grid,
+                     generator=torch.Generator().manual_seed(0), **kw)
+        assert res.steps == 20 and abs(float(res.x.std()) - 1) < 0.05, kw
 
 
 def test_log_likelihood_checks_the_score_shape_and_finiteness():

@@ -72,3 +72,23 @@ def check_positive(value: float, name: str) -> float:
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
     return float(value)
+
+
+def check_sde(sde) -> None:
+    from .sde import SDE
+
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a scorelab SDE (VESDE, VPSDE, SubVPSDE), got {type(sde).__name__}.")
+
+
+def check_sampling_args(score_fn, sde, generator=None, nfe=1) -> None:
+    """The arguments every sampling entry point shares: a score callable, a scorelab SDE, a torch.Generator or
+    None, a budget of score evaluations."""
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe (the budget of score evaluations) must be an integer >= 1, got {nfe!r}.")
+    if not callable(score_fn):
+        raise TypeError("score_fn must be a callable score_fn(x, t) -> tensor shaped like x.")
+    check_sde(sde)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
+                        "for a seed use torch.Generator().manual_seed(seed).")

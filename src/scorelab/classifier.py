@@ -245,5 +245,78 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
     return clf.to(device).eval(), info
 
 
+# ---- noise-conditional classifiers for a run's process and data (``scorelab classifier RUN_OR_CONFIG --out DIR``)
+
+CLASSIFIER_FILE = "classifier.safetensors"  # inside the classifier directory
+
+
+def train_for_run(source, *, steps: int = 2000, seed: int = 0, width: int = 32, batch_size: int = 128,
+                  overrides=(), device: str | torch.device = "cpu", progress: bool = False) -> tuple[Classifier, dict]:
+    """A noise-conditional classifier p_t(y | x_t) for the process and labelled data of a run directory or a
+    training config (bundled name or .yaml, with ``overrides``): trained by ``train_classifier`` on the data in
+    the units the score model sees (data.scale applied), labels from the data set (``config.build_labels``).
+    Returns (classifier, info); info records the process, data section and example shape it was trained for,
+    which ``load_for_run`` checks against the run it is to guide."""
+    from . import checkpoint as ckpt
+    from .config import build_data, build_labels, build_sde, load_config
+
+    p = Path(str(source))
+    if p.is_dir() and (p / ckpt.META_NAME).is_file():
+        if overrides:
+            raise ValueError("--set overrides apply to a config, not to a trained run; give the config instead.")
+        cfg = ckpt.read_meta(p)["config"]
+    else:
+        cfg = load_config(source, overrides)
+    x, _ = build_data(cfg["data"])
+    y = build_labels(cfg["data"], x.shape[0])
+    if y is None:
+        src = cfg["data"]["name"] or cfg["data"]["path"]
+        raise ValueError(f"the data {src!r} has no class labels to train a classifier on; use a labelled data set "
+                         "(digits, fashion_mnist, a mixture toy) or give data.labels: FILE.npy with data.path.")
+    sde = build_sde(cfg["sde"])
+    threads = torch.get_num_threads()
+    if (cfg.get("train") or {}).get("threads"):  # the config's CPU threads (small networks: 1 is fastest)
+        torch.set_num_threads(cfg["train"]["threads"])
+    try:
+        clf = train_classifier(x, y, sde=sde, steps=steps, batch_size=batch_size, width=width, seed=seed,
+                               device=device, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+    info = {"sde": cfg["sde"], "data": cfg["data"], "data_shape": list(x.shape[1:]), "steps": steps, "seed": seed,
+            "num_examples": int(x.shape[0])}
+    return clf, info
+
+
+def load_for_run(path: str | Path, run) -> Classifier:
+    """The noise-conditional classifier in ``path`` (a directory written by ``scorelab classifier``, or its
+    .safetensors file) on the run's device, refused with one ValueError line unless it was trained for the
+    run's process, example shape and data scaling."""
+    from .config import sde_section
+
+    path = Path(path)
+    file = path / CLASSIFIER_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise ValueError(f"no classifier at {str(path)!r} (expected {CLASSIFIER_FILE} in the directory written by "
+                         "`scorelab classifier RUN --out DIR`).")
+    clf, info = load_classifier(file, run.device)
+    fix = f"train one for this run: scorelab classifier {run.run_dir} --out DIR"
+    if clf.sde is None:
+        raise ValueError(f"{path} is a clean classifier (trained without noise); guidance needs a noise-conditional "
+                         f"one: {fix}.")
+    mine, theirs = sde_section(clf.sde), sde_section(run.sde)
+    if mine != theirs:
+        show = ", ".join(f"{k}={v}" for k, v in mine.items())
+        raise ValueError(f"the classifier {path} was trained for another process ({show}) than the run's "
+                         f"({', '.join(f'{k}={v}' for k, v in theirs.items())}); {fix}.")
+    if tuple(clf.shape) != tuple(run.data_shape):
+        raise ValueError(f"the classifier {path} was trained on examples of shape {list(clf.shape)}, the run on "
+                         f"{list(run.data_shape)}; {fix}.")
+    scale = (info.get("data") or {}).get("scale")
+    if scale != run.config["data"].get("scale"):
+        raise ValueError(f"the classifier {path} saw data scaled to {scale}, the run to "
+                         f"{run.config['data'].get('scale')}; {fix}.")
+    return clf
+
+
 __all__ = ["Classifier", "train_classifier", "predict", "features", "accuracy", "save_classifier",
-           "load_classifier"]
+           "load_classifier", "train_for_run", "load_for_run", "CLASSIFIER_FILE"]

@@ -11,6 +11,9 @@ without a traceback (click's own usage errors exit 2 as well).
     scorelab denoise RUN_DIR --data noisy.npy --sigma S --out clean.npy [--device D]
     scorelab figures [--out DIR] [--quick] [--only NAME ...]
     scorelab inpaint RUN_DIR --input FILE(.npy|.png) --mask FILE(.npy|.png) --out FILE(.npy|.png) [--method smc]
+    scorelab sample RUN_DIR --class K|all [--guidance W] [--classifier DIR] ...   # guided / class-conditional
+    scorelab classifier RUN_DIR|CONFIG --out DIR [--steps N]     # a noise-conditional classifier for guidance
+    scorelab colorize RUN_DIR --input GRAY(.npy|.png) --out FILE(.npy|.png)       # runs on RGB images
     scorelab --version | -h
 
 Nothing heavy is imported at start-up (torch, matplotlib load inside the commands), so ``--help`` is instant.
@@ -22,6 +25,7 @@ Multi-process data parallel: ``torchrun --nproc_per_node 2 -m scorelab.cli train
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 
@@ -308,13 +312,21 @@ class _EvalProgress:
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:k].")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npy (or .png for images).")
+@click.option("--class", "klass", default=None, metavar="K|all",
+              help="Sample class K (a class-conditional run, or any run with --classifier); 'all': -n per class, "
+                   "in class order (a .png then has one row per class).")
+@click.option("--guidance", default=None, type=float,
+              help="Guidance scale w >= 0 (default 1: the conditional itself). Class-conditional runs: "
+                   "classifier-free, s(x) + w (s(x|y) - s(x)); with --classifier: s(x) + w grad log p_t(y|x).")
+@click.option("--classifier", "classifier_dir", default=None, type=click.Path(),
+              help="A noise-conditional classifier for this run's process (`scorelab classifier RUN --out DIR`): "
+                   "classifier guidance.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @one_line_errors
-def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, quiet):
+def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, klass, guidance, classifier_dir, quiet):
     """Sample a trained run; writes the samples in data units (the run's scaling undone).
 
     Batches draw from one generator in turn, so the same --seed and --batch-size give the same samples."""
-    import math
 
     import numpy as np
     import torch
@@ -335,10 +347,16 @@ def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, qui
         raise ValueError(f"--nfe {nfe} is beyond any useful budget (at most {MAX_NFE}; samplers converge within a "
                          "few thousand evaluations).")
     _check_seed(seed)
+    if guidance is not None and not (guidance >= 0 and math.isfinite(guidance)):
+        raise ValueError(f"--guidance must be a finite scale >= 0 (0: unconditional, 1: the conditional, > 1: "
+                         f"sharper), got {guidance}.")
+    if klass is None and (guidance is not None or classifier_dir is not None):
+        raise ValueError("--guidance and --classifier need --class K (the class to guide towards).")
     options = parse_method_options(method, opts)
     chunks = _batches(count, batch_size)
     dev = _device(device)
     run = _load_run(run_dir, dev)
+    scores = {None: run.score} if klass is None else _guided_scores(run, klass, guidance, classifier_dir)
     _check_memory(4.0 * (chunks[0][1] - chunks[0][0]) * math.prod(run.data_shape) * 4, f"-n {count}")
     shape = (count, *run.data_shape)
     if out.lower().endswith(".png") and not (len(shape) == 4 or (len(shape) == 2 and shape[1] == 2)):
@@ -350,19 +368,20 @@ def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, qui
         options["energy_fn"] = run.model.energy
     g = torch.Generator(device=dev).manual_seed(seed)
     parts, used = [], 0
-    with tqdm(total=nfe * len(chunks), desc=f"sample {method}", unit="eval", disable=_progress_disabled(quiet),
-              leave=False) as bar:
-        for lo, hi in chunks:
-            res = draw(_EvalProgress(run.score, bar), run.sde, (hi - lo, *run.data_shape), method=method, nfe=nfe,
-                       generator=g, **options)
-            parts.append(run.to_data(res.x).cpu())
-            used += res.nfe
+    with tqdm(total=nfe * len(chunks) * len(scores), desc=f"sample {method}", unit="eval",
+              disable=_progress_disabled(quiet), leave=False) as bar:
+        for score in scores.values():
+            for lo, hi in chunks:
+                res = draw(_EvalProgress(score, bar), run.sde, (hi - lo, *run.data_shape), method=method, nfe=nfe,
+                           generator=g, **options)
+                parts.append(run.to_data(res.x).cpu())
+                used += res.nfe
     x = torch.cat(parts)
     if out.endswith(".png"):
         from . import plots
 
         if x.ndim == 4:
-            plots.save_image_grid(x, out, nrow=max(1, int(count**0.5)))
+            plots.save_image_grid(x, out, nrow=count if len(scores) > 1 else max(1, int(count**0.5)))
         elif x.ndim == 2 and x.shape[1] == 2:
             plots.samples_scatter({method: x}, path=out)
         else:
@@ -370,7 +389,40 @@ def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, qui
     else:
         with open(out, "wb") as f:  # exactly the named file (np.save on a name would append .npy)
             np.save(f, x.numpy())
-    click.echo(f"wrote {count} samples ({used} score evaluations) to {out}")
+    what = "" if klass is None else f" of class {klass}" + (f", guidance {guidance:g}" if guidance is not None else "")
+    click.echo(f"wrote {len(x)} samples{what} ({used} score evaluations) to {out}")
+
+
+def _guided_scores(run, klass: str, guidance, classifier_dir) -> dict:
+    """{class: score function} for --class K|all: classifier-free guidance for a class-conditional run, classifier
+    guidance with --classifier; every bad combination is one ValueError line."""
+    from .guidance import classifier_free, classifier_guided
+
+    w = 1.0 if guidance is None else float(guidance)
+    clf = None
+    if classifier_dir is not None:
+        from .classifier import load_for_run
+
+        clf = load_for_run(classifier_dir, run)
+        n_classes, where = clf.num_classes, f"the classifier {classifier_dir}"
+    elif not run.num_classes:
+        raise ValueError(f"{run.run_dir} has no labels (trained without model.num_classes), so --class needs "
+                         "--classifier DIR (`scorelab classifier RUN --out DIR`), or train with model.num_classes=K.")
+    else:
+        n_classes, where = run.num_classes, "this run"
+    if klass == "all":
+        classes = list(range(n_classes))
+    else:
+        try:
+            classes = [int(klass)]
+        except ValueError:
+            raise ValueError(f"--class must be a class index or 'all', got {klass!r}.") from None
+        if not 0 <= classes[0] < n_classes:
+            raise ValueError(f"--class {klass} is out of range: {where} has {n_classes} classes, 0..{n_classes - 1}.")
+    if clf is not None:
+        return {k: classifier_guided(run.score, clf, k, w) for k in classes}
+    # classifier-free with gamma = w: uncond + w (cond - uncond) = classifier_free(cond, uncond, w - 1)
+    return {k: classifier_free(functools.partial(run.score, y=k), run.score, w - 1) for k in classes}
 
 
 @main.command("samplers", short_help="List the sampling methods with their options and defaults.")
@@ -614,6 +666,99 @@ def inpaint(run_dir, input_path, mask_path, out, method, nfe, particles, device,
             np.save(f, y.numpy())
     if not quiet:
         click.echo(f"wrote {len(y)} completed examples ({res.nfe} score evaluations, method {method}) to {out}")
+
+
+@main.command("classifier", short_help="Train a noise-conditional classifier p_t(y | x_t) for guidance.")
+@click.argument("source")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write the classifier to.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config overrides (SOURCE a config).")
+@click.option("--steps", default=2000, show_default=True, type=int, help="Training steps (Adam, cosine lr).")
+@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--width", default=32, show_default=True, type=int, help="Network width.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:k].")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@one_line_errors
+def classifier(source, out, overrides, steps, batch_size, width, device, seed, quiet):
+    """Train a noise-conditional classifier on the labelled data and process of SOURCE (a run directory or a
+    config), saved with the process it was trained for; guide a run of that process with
+    `scorelab sample RUN --class K --classifier DIR`."""
+    from pathlib import Path
+
+    from .classifier import CLASSIFIER_FILE, save_classifier, train_for_run
+
+    _check_out_dir(out)
+    _check_seed(seed)
+    for name, v in (("--steps", steps), ("--batch-size", batch_size), ("--width", width)):
+        if v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v}.")
+    if (Path(out) / CLASSIFIER_FILE).exists():
+        raise ValueError(f"{out} already holds a classifier; choose a new --out directory.")
+    clf, info = train_for_run(source, steps=steps, seed=seed, width=width, batch_size=batch_size,
+                              overrides=overrides, device=_device(device), progress=not quiet)
+    path = save_classifier(clf, Path(out) / CLASSIFIER_FILE, info)
+    click.echo(f"trained a {clf.num_classes}-class noise-conditional classifier ({steps} steps, process "
+               f"{info['sde']['type']}); wrote {path}")
+
+
+@main.command(short_help="Colour grey images with a run trained on RGB images (consistent SMC by default).")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
+              help="Grey images in data units: .npy [N, 1, H, W], [N, H, W] or [H, W], or a .png (pixels / 255).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npy (or .png).")
+@click.option("--method", default="smc", show_default=True, help="smc (consistent), replacement, or a sampler.")
+@click.option("--nfe", default=400, show_default=True, type=int, help="Score evaluations (per particle for smc).")
+@click.option("--particles", default=None, type=int, help="Particles per image (smc only; default 32).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:k].")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--quiet", is_flag=True, help="No summary line.")
+@one_line_errors
+def colorize(run_dir, input_path, out, method, nfe, particles, device, seed, quiet):
+    """Sample RGB images whose channel mean is the grey --input, with a run trained on RGB images; writes them in
+    data units."""
+    import numpy as np
+    import torch
+
+    from .conditional import colorize as colour
+
+    _check_out_file(out, (".npy", ".png"))
+    _check_seed(seed)
+    if nfe < 1 or nfe > MAX_NFE:
+        raise ValueError(f"--nfe must be in [1, {MAX_NFE}], got {nfe}.")
+    options = {}
+    if particles is not None:
+        if method != "smc":
+            raise ValueError(f"--particles belongs to --method smc, not {method!r}; drop it or use --method smc.")
+        options["particles"] = particles
+    dev = _device(device)
+    run = _load_run(run_dir, dev)
+    shape = tuple(run.data_shape)
+    if len(shape) != 3 or shape[0] != 3:
+        kind = "grey images" if len(shape) == 3 and shape[0] == 1 else "data"
+        raise ValueError(f"colorize needs a run trained on RGB images [3, H, W]; {run_dir} was trained on {kind} of "
+                         f"shape {list(shape)}, which have no colour to sample.")
+    gray = _read_inpaint_file(input_path, "--input")
+    if gray.ndim == 4 and gray.shape[1] == 3 and input_path.lower().endswith(".png"):
+        gray = gray.mean(1, keepdim=True)  # a colour .png: its grey (channel-mean) image
+    if tuple(gray.shape[-2:]) != shape[1:] or gray.ndim not in (2, 3, 4) or (gray.ndim == 4 and gray.shape[1] != 1):
+        raise ValueError(f"--input has shape {tuple(gray.shape)}; give grey images [N, 1, {shape[1]}, {shape[2]}], "
+                         f"[N, {shape[1]}, {shape[2]}] or one [{shape[1]}, {shape[2]}] (the run's image size).")
+    gray = gray.reshape(-1, 1, *shape[1:]).to(dev)
+    if not bool(torch.isfinite(gray).all()):
+        raise ValueError("--input holds NaN/inf; every grey pixel must be known.")
+    z = run.to_model(gray.expand(-1, 3, -1, -1)).mean(1, keepdim=True)  # the run's scaling, applied per channel
+    g = torch.Generator(device=dev).manual_seed(seed)
+    res = colour(run.score, run.sde, z, generator=g, method=method, nfe=nfe, **options)
+    y = run.to_data(res.x).detach().cpu()
+    if out.lower().endswith(".png"):
+        from . import plots
+
+        plots.save_image_grid(y, out, nrow=max(1, int(len(y) ** 0.5)))
+    else:
+        with open(out, "wb") as f:  # exactly the named file
+            np.save(f, y.numpy())
+    if not quiet:
+        click.echo(f"wrote {len(y)} colourised images ({res.nfe} score evaluations, method {method}) to {out}")
 
 
 if __name__ == "__main__":  # torchrun -m scorelab.cli train ...

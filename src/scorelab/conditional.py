@@ -37,10 +37,9 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import batch_view, check_batch, check_finite
-from .samplers import SampleResult, sample, samplers
-from .samplers._common import gaussian
-from .samplers.grids import GRIDS
+from ._checks import batch_view, check_batch, check_finite, check_sampling_args
+from .samplers import METHODS, SampleResult, sample, samplers
+from .samplers._common import check_options, gaussian, value
 from .sde import SDE
 from .smc import impute
 
@@ -49,8 +48,6 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 ConditionalResult = SampleResult  # x [B, *dims] with the known entries equal to the data; nfe; steps
 
-_DETERMINISTIC = ("ode", "dpm_solver", "edm_heun")  # one smooth path for the known entries: z drawn once
-
 
 DEFAULT_METHOD = "smc"  # consistent: twisted sequential Monte Carlo (MCGdiff, Cardoso et al. 2023), see scorelab.smc
 SMC_OPTIONS = {"particles": 32, "ess": 0.5, "eps": 1e-3, "grid": "uniform"}
@@ -58,8 +55,8 @@ SMC_OPTIONS = {"particles": 32, "ess": 0.5, "eps": 1e-3, "grid": "uniform"}
 
 def replacement_methods() -> list[str]:
     """The sampling methods usable by the replacement method: every method of ``sample`` that steps in time
-    from T (the fixed-time Langevin samplers have no time to impose the constraint at)."""
-    return [m for m in samplers() if m not in ("langevin", "mala")]
+    from T (not the fixed-time Langevin samplers, declared with no grid: no time to impose the constraint at)."""
+    return [m for m in samplers() if METHODS[m].grid is not None]
 
 
 def methods() -> list[str]:
@@ -101,34 +98,6 @@ def _check_mask(mask, x: torch.Tensor) -> torch.Tensor:
     return m.to(x.dtype).expand(x.shape)
 
 
-def _check_smc(sde: SDE, nfe, generator, options: dict) -> dict:
-    unknown = sorted(set(options) - set(SMC_OPTIONS))
-    if unknown:
-        raise TypeError(f"method 'smc' has no option {', '.join(map(repr, unknown))}; its options are "
-                        f"{', '.join(SMC_OPTIONS)} (RePaint's resample belongs to method='pc').")
-    o = {**SMC_OPTIONS, **options}
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-        raise ValueError(f"nfe (the budget of score evaluations per particle) must be an integer >= 1, got {nfe!r}.")
-    p = o["particles"]
-    if isinstance(p, bool) or not isinstance(p, int) or p < 1:
-        raise ValueError(f"particles must be an integer >= 1 (more particles: closer to the exact conditional), "
-                         f"got {p!r}.")
-    e = o["ess"]
-    if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e <= 1:
-        raise ValueError(f"ess (resample when the effective sample size falls below ess x particles) must be in "
-                         f"[0, 1], got {e!r}.")
-    t = o["eps"]
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < sde.T:
-        raise ValueError(f"eps (the last time of the grid) must be in (0, T = {sde.T}), got {t!r}: the last "
-                         "twist N(x_k; m y, s(eps)^2) needs s(eps) > 0.")
-    if not isinstance(o["grid"], str) or o["grid"] not in GRIDS:
-        raise ValueError(f"unknown grid {o['grid']!r}; choose one of {sorted(GRIDS)}.")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
-                        "for a seed use torch.Generator().manual_seed(seed).")
-    return o
-
-
 def inpaint(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, mask: torch.Tensor, method: str = DEFAULT_METHOD,
             nfe: int = 400, generator: torch.Generator | None = None, **options) -> ConditionalResult:
     """Sample the entries of x where mask == 0 given those where mask == 1.
@@ -142,8 +111,8 @@ def inpaint(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, mask: torch.Tensor, me
     ``eps`` (1e-3), ``grid`` ("uniform").
     Baselines, the replacement method (Song et al. 2021; biased where the known part is informative):
     "replacement" (= "pc") or any sampler of ``replacement_methods()``: "pc" (reverse diffusion + one Langevin
-    corrector), "reverse_diffusion", "euler_maruyama", "ancestral", ..., or a deterministic one ("ode",
-    "dpm_solver", "edm_heun": the known entries then follow m(t) x + s(t) z with one z drawn once); their
+    corrector), "reverse_diffusion", "euler_maruyama", "ancestral", ..., or a deterministic one (declared so: "ode",
+    "dpm_solver", "edm_heun", "unipc", ...: the known entries then follow m(t) x + s(t) z with one z); their
     options are the sampler's (``samplers.options_of``), e.g. ``resample`` (RePaint repeats per step).
     nfe: budget of score evaluations (never exceeded). For "smc" it counts evaluations per particle (= steps):
     each is one batched call on B x particles inputs.
@@ -151,17 +120,14 @@ def inpaint(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, mask: torch.Tensor, me
     Returns ConditionalResult(x [B, *dims], nfe, steps) with res.x == x exactly where mask == 1 ("smc" returns
     an ``SMCResult`` that adds ``particles``, ``resampled`` and ``ess``).
     """
-    if not callable(score_fn):
-        raise TypeError("score_fn must be a callable score_fn(x, t) -> tensor shaped like x.")
+    check_sampling_args(score_fn, sde, generator, nfe)
     if not isinstance(method, str) or method not in methods():
         raise ValueError(f"Unknown method {method!r}; choose one of {methods()}.")
-    check_batch(x)  # the sde and the options are checked by ``sample`` before anything runs
+    check_batch(x)  # the options are checked (by ``sample`` or below) before anything runs
     check_finite(x, "x (set the unknown entries to 0: they are ignored)")
     known = _check_mask(mask, x)
     if method == "smc":
-        if not isinstance(sde, SDE):
-            raise TypeError(f"sde must be a scorelab SDE (VESDE, VPSDE, SubVPSDE), got {type(sde).__name__}.")
-        o = _check_smc(sde, nfe, generator, options)
+        o = check_options("method 'smc'", options, SMC_OPTIONS, sde, " (RePaint's resample belongs to method='pc')")
         with torch.no_grad():
             res = impute(score_fn, sde, x, known, nfe=nfe, generator=generator, **o)
         if not bool(torch.isfinite(res.x).all()):
@@ -170,7 +136,7 @@ def inpaint(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, mask: torch.Tensor, me
     method = "pc" if method == "replacement" else method
     unknown = 1 - known
     data = x.detach() * known
-    fixed_z = gaussian(x, generator) if method in _DETERMINISTIC else None
+    fixed_z = gaussian(x, generator) if value(METHODS[method].deterministic, options) else None
 
     def replace(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         z = fixed_z if fixed_z is not None else gaussian(xt, generator)

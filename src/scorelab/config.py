@@ -128,6 +128,7 @@ DATA_FIELDS = {
     "layout": _Field((str,), "auto", choices=("auto", "nchw")),  # auto: refuse channels-last [N, H, W, C] images
     "dequantize": _Field((bool,), False),               # train on x + U[0, 1) per value of quantised data: the
                                                         # continuous density that bits/dim measures (Theis et al. 2016)
+    "labels": _Field((str,), None, nullable=True),      # .npy of int class labels [N] for data.path (class-cond.)
 }
 
 SDE_FIELDS = {
@@ -149,14 +150,18 @@ _MLP = {  # widths for 2-D toys; Fourier scale 16 as NCSN++ (Song et al. 2021)
     "parameterization": _Field((str,), "score", choices=_PARAM), "sigma_data": _SIGMA_DATA,
     "hidden": _pos_int(128), "depth": _pos_int(3), "embed_dim": _pos_int(32),
     "fourier_scale": _pos_float(16.0),
+    # class-conditional: K classes + a null class, trained with label dropout (Ho & Salimans 2021); null = none
+    "num_classes": _Field((int,), None, nullable=True, min=2),
 }
 MODEL_FIELDS = {
     "mlp": _MLP,
-    "energy": {**_MLP, "parameterization": _Field((str,), "energy", choices=("energy",))},
+    "energy": {**{k: v for k, v in _MLP.items() if k != "num_classes"},
+               "parameterization": _Field((str,), "energy", choices=("energy",))},
     "unet": {  # a trimmed DDPM/NCSN++ U-Net (Ho et al. 2020; Song et al. 2021)
         "parameterization": _Field((str,), "score", choices=_PARAM[:4]), "sigma_data": _SIGMA_DATA,
         "base_channels": _pos_int(32), "channel_mults": _Field((list,), [1, 2]),
         "num_res_blocks": _pos_int(1), "attn_at_lowest": _Field((bool,), True), "embed_dim": _pos_int(128),
+        "num_classes": _Field((int,), None, nullable=True, min=2),
     },
 }
 
@@ -411,6 +416,8 @@ def build_model(section: dict, sde, data_shape: tuple[int, ...]):
     from .models import EnergyNet, MLPScoreNet, ScoreModel, UNet
 
     args = {k: v for k, v in section.items() if k not in ("type", "parameterization", "sigma_data")}
+    if "num_classes" in args:
+        args["num_classes"] = args["num_classes"] or 0
     kind = section["type"]
     if kind == "unet":
         if len(data_shape) != 3:
@@ -438,13 +445,47 @@ def build_objective(section: dict, data_section: dict | None = None, sde=None) -
     name = section.get("name")
     if name not in OBJECTIVES:
         raise ValueError(f"objective.name must be one of {sorted(OBJECTIVES)}, got {name!r}.")
-    options = {k: v for k, v in section.items() if k != "name"}
+    options = {k: v for k, v in section.items() if k not in ("name", "label_dropout")}
+    label_dropout(section)
     options = _check_option_types(name, OBJECTIVES[name], options)
     if name == "esm":
         options = _esm_target(options, data_section)
         if sde is not None:
             options["target_score"].bind(sde)
     return make_objective(name, **options)
+
+
+LABEL_DROPOUT = 0.1  # p_uncond of classifier-free guidance training (Ho & Salimans 2021 found 0.1-0.2 best)
+
+
+def label_dropout(section: dict) -> float:
+    """objective.label_dropout: the probability that a class-conditional model sees the null class instead of
+    the label (default 0.1, Ho & Salimans 2021); it trains the unconditional score in the same network."""
+    p = section.get("label_dropout", LABEL_DROPOUT)
+    if isinstance(p, str):
+        try:
+            p = float(p)
+        except ValueError:
+            pass
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise ValueError(f"objective.label_dropout must be a probability in [0, 1), e.g. 0.1 (Ho & Salimans 2021); "
+                         f"got {_short(p)}.")
+    return float(p)
+
+
+def build_labels(section: dict, n: int) -> torch.Tensor | None:
+    """The int64 class labels [n] of the data section's examples, in the order ``build_data`` gives them, or None
+    when the data set has none: digits / fashion_mnist labels, mixture components of the mixture toys, or the
+    ``data.labels`` .npy file beside a ``data.path`` array."""
+    from .data import data_labels
+
+    g = torch.Generator().manual_seed(section["seed"])
+    source = section["path"] if section["path"] is not None else section["name"]
+    y = data_labels(source, section.get("labels"), n=section["n"], generator=g,
+                    **({"split": section["split"]} if section.get("split") is not None else {}))
+    if y is not None and y.shape[0] != n:
+        raise ValueError(f"data {source!r}: {y.shape[0]} labels for {n} examples; give one label per example.")
+    return y
 
 
 def _check_option_types(name: str, fn, options: dict) -> dict:

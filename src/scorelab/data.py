@@ -650,9 +650,53 @@ def get_dataset(name_or_path, n: int | None = None, generator: torch.Generator |
                      "[N, *dims].")
 
 
+def _read_labels(path) -> torch.Tensor:
+    y = read_npy(path)
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise ValueError(f"data.labels {str(path)!r} must be a 1-D .npy array of integer class labels [N], got dtype "
+                         f"{y.dtype} and shape {list(y.shape)}; save it with np.save(f, y.astype(np.int64)).")
+    y = torch.from_numpy(y.astype(np.int64))
+    if y.numel() and int(y.min()) < 0:
+        raise ValueError(f"data.labels {str(path)!r} holds a negative label ({int(y.min())}); labels are class "
+                         "indices 0, ..., K - 1.")
+    return y
+
+
+def data_labels(name_or_path, labels=None, n: int | None = None, generator: torch.Generator | None = None,
+                **kw) -> torch.Tensor | None:
+    """The int64 class labels [N] that go with ``get_dataset(name_or_path, n, generator, **kw)`` (the same random
+    subset when a fresh generator with the same seed is given), or None for a data set without labels.
+
+    Mixture toys: the component of each draw; digits / fashion_mnist: their labels; an image folder with one
+    subfolder per class: the class index; a .npy/.csv file: the labels in the .npy file ``labels`` (one per row).
+    """
+    if labels is not None:
+        if not isinstance(name_or_path, (str, Path)) or Path(name_or_path).suffix.lower() not in (".npy", ".csv"):
+            raise ValueError(f"data.labels goes with a data.path array (.npy/.csv), not with {name_or_path!r} (its "
+                             "labels, if any, come with the data set).")
+        y, rows = _read_labels(labels), load_array(name_or_path).shape[0]
+        if y.shape[0] != rows:
+            raise ValueError(f"data.labels {str(labels)!r} holds {y.shape[0]} labels but {str(name_or_path)!r} has "
+                             f"{rows} examples; give one label per row.")
+        return _subset(y, n, generator)
+    if isinstance(name_or_path, (str, Path)) and Path(name_or_path).is_dir():
+        folder = Path(name_or_path)
+        if _image_files(folder) or not _class_dirs(folder):
+            return None
+        return _subset(load_labeled_image_folder(folder).y, n, generator)
+    if name_or_path in _MIXTURES:
+        gmm = toy_mixture(name_or_path)  # the first draw of gmm.sample: the components
+        return torch.multinomial(gmm.weights, DEFAULT_TOY_SIZE if n is None else _check_n(n), replacement=True,
+                                 generator=generator)
+    if name_or_path in _IMAGE_SETS:
+        return _subset(_IMAGE_SETS[name_or_path](**kw).y, n, generator)
+    return None
+
+
 __all__ = [
     "TOYS", "toy_mixture", "ring_mixture", "grid_mixture", "two_modes_mixture", "swiss_roll", "moons",
     "checkerboard", "circles", "load_array", "ImageData", "digits", "fashion_mnist", "read_idx",
     "AffineScaler", "get_dataset", "dataset_names", "load_image_folder", "load_labeled_image_folder",
-    "LabeledImages", "from_dataset", "load_dataset", "data_info", "IMAGE_SPLITS", "channels_last_hint",
+    "LabeledImages", "from_dataset", "data_labels", "load_dataset", "data_info", "IMAGE_SPLITS",
+    "channels_last_hint",
 ]

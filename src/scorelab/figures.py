@@ -17,9 +17,11 @@ Every ``fig_*`` function runs one small, seeded CPU experiment, draws one PNG in
 
 from __future__ import annotations
 
+import csv
 import functools
 import io
 import math
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -32,12 +34,11 @@ from ._checks import batch_view
 from .data import digits, toy_mixture
 from .ladders import geometric_sigmas
 from .metrics import mixture_error
-from .models import EnergyNet, MLPScoreNet, ScoreModel
-from .objectives import denoising_score_matching, ncsn_loss, sliced_score_matching
 from .oracle import GaussianMixture
 from .report import Report
 from .samplers import sample
 from .sde import SDE, VESDE, VPSDE
+from .train import train
 from .tweedie import denoise
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -80,35 +81,21 @@ def _save(fig, out_dir, name: str) -> Path:
 
 
 def _compose(figs: list, path: Path, direction: str = "row") -> Path:
-    """Renders matplotlib Figures (from scorelab.plots) side by side ("row") or stacked ("column") into one
-    PNG, so each experiment stays one image."""
-    from ._extras import require
+    """Renders matplotlib Figures (from scorelab.plots) side by side ("row") or stacked ("column") on white, top-
+    or left-aligned, into one PNG written by ``plots.save_image_grid``, so each experiment stays one image."""
+    import matplotlib.image
 
-    Image = require("PIL.Image", "plots", "scorelab figures (Pillow)")
     images = []
     for f in figs:
         buf = io.BytesIO()
         f.savefig(buf, format="png")
         buf.seek(0)
-        images.append(Image.open(buf).convert("RGB"))
-    if direction == "row":
-        size = (sum(im.width for im in images), max(im.height for im in images))
-    else:
-        size = (max(im.width for im in images), sum(im.height for im in images))
-    canvas = Image.new("RGB", size, "white")
-    offset = 0
-    for im in images:
-        canvas.paste(im, (offset, 0) if direction == "row" else (0, offset))
-        offset += im.width if direction == "row" else im.height
-    canvas.save(path, format="PNG")
-    return Path(path)
-
-
-def _grid(lo: float, hi: float, n: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """An n x n grid over [lo, hi]^2: points [n*n, 2] float64 and the meshgrid X, Y for plotting."""
-    g = torch.linspace(lo, hi, n, dtype=torch.float64)
-    X, Y = torch.meshgrid(g, g, indexing="xy")
-    return torch.stack([X.flatten(), Y.flatten()], 1), X.numpy(), Y.numpy()
+        images.append(matplotlib.image.imread(buf, format="png")[..., :3].transpose(2, 0, 1))  # [3, H, W]
+    axis = 2 if direction == "row" else 1  # the images are joined along it and padded along the other
+    size = max(im.shape[3 - axis] for im in images)
+    images = [np.pad(im, [(0, 0)] + [(0, size - im.shape[3 - axis]) if a == 3 - axis else (0, 0) for a in (1, 2)],
+                     constant_values=1.0) for im in images]
+    return plots.save_image_grid(np.concatenate(images, axis)[None], path, nrow=1, value_range=(0, 1), padding=0)
 
 
 def _time_of(sde: SDE, sigma: float, dtype=torch.float64) -> torch.Tensor:
@@ -116,23 +103,20 @@ def _time_of(sde: SDE, sigma: float, dtype=torch.float64) -> torch.Tensor:
     return sde.t_from_std_ratio(torch.tensor(float(sigma), dtype=torch.float64)).to(dtype)
 
 
-def _fit(model: torch.nn.Module, loss_fn, draw: Callable[[int], torch.Tensor], steps: int, batch: int,
-         lr: float, generator: torch.Generator) -> list[float]:
-    """Adam on mean(loss_fn(model, x, generator)) with fresh data x = draw(batch) every step and a learning rate
-    decaying linearly to lr / 10 (the last steps average out the minibatch noise); returns the loss of every
-    step. Gradients are clipped at norm 1e3 only to keep a diverging run finite for the plot."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = []
-    for i in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr * (1 - 0.9 * i / steps)
-        loss = loss_fn(model, draw(batch), generator).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1e3)
-        opt.step()
-        losses.append(loss.item())
-    return losses
+def _train(sde: dict, model: dict, objective: dict, data: torch.Tensor, batch: int, seed: int):
+    """Trains a 64-wide, 2-layer network through the project's one training path (``scorelab.train.train`` with
+    ``data=``, into a temporary run directory): Adam at lr 3e-3 decaying by a cosine, no warm-up, gradients
+    clipped at norm 1e3 only to keep a diverging run finite for the plot, the loss logged at every step. ``data``
+    holds steps x batch fresh draws (each seen about once). Returns (the trained ScoreModel, the step losses)."""
+    steps = data.shape[0] // batch
+    cfg = {"data": {}, "sde": sde, "model": {"hidden": 64, "depth": 2, **model}, "objective": objective,
+           "train": {"steps": steps, "batch_size": batch, "lr": 3e-3, "warmup": 0, "lr_schedule": "cosine",
+                     "grad_clip": 1e3, "ema_decay": 0.0, "seed": seed, "log_every": 1, "ckpt_every": steps,
+                     "device": "cpu", "threads": 1}}
+    with tempfile.TemporaryDirectory() as run_dir:
+        res = train(cfg, run_dir, data=data, progress=False)
+        with open(Path(run_dir) / "log.csv", newline="") as f:
+            return res.model, [float(row["loss"]) for row in csv.DictReader(f)]
 
 
 class _Paths:
@@ -170,12 +154,11 @@ def fig_learned_score(out_dir, quick: bool = False, seed: int = 0) -> Figure:
     """A score network trained by DSM at sigma = 0.5 on 0.2 N((-5,-5), I) + 0.8 N((5,5), I), compared with the
     exact score of the same perturbed density p_sigma on a grid: accurate near the modes, wrong far from them."""
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # network initialisation
     gmm, sde, sigma = toy_mixture("two_modes"), VESDE(sigma_min=0.01, sigma_max=20.0), 0.5
-    model = ScoreModel(MLPScoreNet(2, hidden=64, depth=2), sde)
     steps = 500 if quick else 2000
-    _fit(model, lambda m, x, gen: denoising_score_matching(m, x, gen, sigma=sigma),
-         lambda n: gmm.sample(n, generator=g, dtype=torch.float32), steps, 256, 3e-3, g)
+    model, _ = _train({"type": "ve", "sigma_min": 0.01, "sigma_max": 20.0}, {"type": "mlp"},
+                      {"name": "dsm", "sigma": sigma}, gmm.sample(steps * 256, generator=g, dtype=torch.float32),
+                      256, seed)
 
     low = 1e-4  # "low density": below this fraction of the peak of p_sigma
     fig, err = plots.score_error_map(model.score, gmm.score_fn(sde), lambda x, t: gmm.log_prob(x, t, sde),
@@ -205,22 +188,11 @@ def fig_manifold(out_dir, quick: bool = False, seed: int = 0) -> Figure:
     """Sliced score matching on points of the circle of radius 2 (a 1-D manifold in 2-D): with the raw data the
     score is undefined off the curve and the objective is unbounded below; perturbing the data with a little
     Gaussian noise (sigma = 0.1) makes it a proper density and the loss settles."""
-    sde, sigma = VESDE(sigma_min=0.01, sigma_max=10.0), 0.1
-    steps = 400 if quick else 1200
-
-    def circle(gen):
-        def draw(n):
-            a = 2 * math.pi * torch.rand(n, generator=gen)
-            return 2.0 * torch.stack([a.cos(), a.sin()], 1)
-        return draw
-
-    runs = {}
-    for perturb in (False, True):
-        g = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        model = ScoreModel(MLPScoreNet(2, hidden=64, depth=2), sde)
-        runs[perturb] = _fit(model, lambda m, x, gen, p=perturb: sliced_score_matching(
-            m, x, gen, sigma=sigma, perturb=p), circle(g), steps, 128, 3e-3, g)
+    sigma, steps = 0.1, 400 if quick else 1200
+    a = 2 * math.pi * torch.rand(steps * 128, generator=torch.Generator().manual_seed(seed))
+    circle = 2.0 * torch.stack([a.cos(), a.sin()], 1)
+    runs = {p: _train({"type": "ve", "sigma_min": 0.01, "sigma_max": 10.0}, {"type": "mlp"},
+                      {"name": "ssm", "sigma": sigma, "perturb": p}, circle, 128, seed)[1] for p in (False, True)}
     half = steps // 2
     bound = 10 * float(np.median(np.abs(runs[True][half:])))  # ten times the settled noisy-loss scale
     n = {"sigma": sigma, "train_steps": steps, "bound": bound}
@@ -304,7 +276,6 @@ def fig_sigma_ladder(out_dir, quick: bool = False, seed: int = 0) -> Figure:
     """Exact densities p_sigma and scores of the two-mode mixture for four noise levels of a geometric ladder."""
     gmm, sde = toy_mixture("two_modes"), VESDE(sigma_min=0.01, sigma_max=25.0)
     sigmas = geometric_sigmas(20.0, 0.5, 4).tolist()[::-1]
-    pts, X, Y = _grid(-12.0, 12.0, 121)
     u = torch.linspace(-12.0, 12.0, 2401, dtype=torch.float64)
     diag = torch.stack([u, u], 1)  # the line through both modes
     n = {"sigmas": sigmas, "gap_drop": [], "n_modes": [], "peak_at": []}
@@ -405,33 +376,20 @@ def fig_sde_trajectories(out_dir, quick: bool = False, seed: int = 0) -> Figure:
 # ---------------------------------------------------------------------------------------------------------
 
 
-class _ScaledEnergy(torch.nn.Module):
-    """E(x, c) = net(x, c) / s with c = log s: the energy of p_sigma grows like |x|^2 / (2 s^2), so the network
-    only has to produce an O(1 / s) quantity, as the "score" parameterisation's net predicts s * score."""
-
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return self.net(x, c) * torch.exp(-c)
-
-
 @_single_threaded
 def fig_ebm(out_dir, quick: bool = False, seed: int = 0) -> Figure:
     """An EnergyNet (score = -grad_x E) trained by noise-conditional DSM on the two-mode mixture over a small
     ladder, its energy landscape at the smallest noise level, and annealed-Langevin samples with its score."""
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     gmm, sde = toy_mixture("two_modes"), VESDE(sigma_min=0.01, sigma_max=20.0)
-    sigmas = geometric_sigmas(20.0, 0.5, 8)  # the sampler's ladder below runs over the same levels
-    model = ScoreModel(_ScaledEnergy(EnergyNet(2, hidden=64, depth=2)), sde, parameterization="energy")
-    steps = 400 if quick else 3000
-    losses = _fit(model, lambda m, x, gen: ncsn_loss(m, x, gen, sigmas=sigmas),
-                  lambda b: gmm.sample(b, generator=g, dtype=torch.float32), steps, 256, 3e-3, g)
+    sigmas = geometric_sigmas(20.0, 0.5, 8)  # NCSN's ladder (the objective's L = 8 to 0.5); the sampler's below
+    steps = 1000 if quick else 3000  # quick: the fewest steps at which -E tracked log p (corr > 0.8, seeds 0-2)
+    model, losses = _train({"type": "ve", "sigma_min": 0.01, "sigma_max": 20.0}, {"type": "energy"},
+                           {"name": "ncsn", "L": len(sigmas), "sigma_min": float(sigmas[-1])},
+                           gmm.sample(steps * 256, generator=g, dtype=torch.float32), 256, seed)
     sig_min = float(sigmas[-1])
     t = _time_of(sde, sig_min)
-    pts, X, Y = _grid(-10.0, 10.0, 81)
+    pts = plots._grid((-10.0, 10.0), (-10.0, 10.0), 81, torch.float64)[0]
     with torch.no_grad():
         energy = model.energy(pts.float(), t.float().expand(pts.shape[0])).double()
     logp = gmm.log_prob(pts, t.expand(pts.shape[0]), sde)
@@ -460,8 +418,8 @@ def fig_ebm(out_dir, quick: bool = False, seed: int = 0) -> Figure:
     exact = plots.energy_landscape(lambda x: shown(-gmm.log_prob(x, tf.expand(x.shape[0]), sde)), (-10, 10),
                                    (-10, 10), title="exact -log p_sigma(x) - min")
     path = _compose([learned, exact], Path(out_dir) / "fig6_ebm.png")
-    caption = (f"An energy-based model trained by score matching. An MLP energy E(x, sigma) = net(x, sigma) / "
-               f"sigma, whose score is -grad_x E, trained by noise-conditional denoising score matching "
+    caption = (f"An energy-based model trained by score matching. An MLP energy E(x, sigma), whose score is "
+               f"-grad_x E, trained by noise-conditional denoising score matching "
                f"({steps} steps, 8 levels 20 -> {sig_min:.3g}) on 0.2 N((-5,-5), I) + 0.8 N((5,5), I); the "
                f"partition function never appears. Where the data are (log p within 20 nats of its peak) -E "
                f"correlates with the exact "

@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import batch_view, check_batch, check_finite
-from .samplers._common import CountedScore
+from ._checks import batch_view, check_batch, check_finite, check_sampling_args, check_sde
+from .samplers._common import CountedScore, check_option
 from .samplers.ode import ProbabilityFlow
 from .sde import SDE
 from .solvers import ADAPTIVE, solve
@@ -31,29 +31,20 @@ SOLVERS = (*ADAPTIVE, *FIXED)
 
 def check_solver_options(sde: SDE, solver: str, rtol: float, atol: float, steps: int | None, eps: float):
     """Validate the ODE options shared by encode/decode/log_likelihood (fixed: steps; adaptive: rtol/atol)."""
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a scorelab SDE (VESDE/VPSDE/SubVPSDE), got {type(sde).__name__}.")
-    if solver not in SOLVERS:
-        raise ValueError(f"Unknown solver {solver!r}; choose one of {SOLVERS}.")
-    if solver in ADAPTIVE:
-        if steps is not None:
-            raise ValueError(f"solver={solver!r} is adaptive and takes rtol/atol, not steps; "
-                             f"for a fixed number of steps use one of {FIXED}.")
-        for name, tol in (("rtol", rtol), ("atol", atol)):
-            if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-                raise ValueError(f"{name} must be a positive number, got {tol!r}.")
-    elif isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    check_sde(sde)
+    for name, v in (("solver", solver), ("rtol", rtol), ("atol", atol), ("eps", eps)):  # eps: the data-side end
+        check_option(name, v, sde, 1e-5)
+    if solver in ADAPTIVE and steps is not None:
+        raise ValueError(f"solver={solver!r} is adaptive and takes rtol/atol, not steps; "
+                         f"for a fixed number of steps use one of {FIXED}.")
+    if solver not in ADAPTIVE and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"solver={solver!r} is a fixed-step method: pass steps= (a positive integer), "
                          f"got steps={steps!r}.")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
-        raise ValueError(f"eps (the start time of the ODE) must lie in (0, T={sde.T}), got {eps!r}; "
-                         "use a small positive value such as 1e-5 (the score is singular at t = 0).")
 
 
 def _flow(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t0: float, t1: float, solver: str, rtol: float,
           atol: float, steps: int | None, eps: float, name: str) -> tuple[torch.Tensor, int]:
-    if not callable(score_fn):
-        raise TypeError("score_fn must be a callable score_fn(x, t) -> tensor shaped like x.")
+    check_sampling_args(score_fn, sde)
     check_batch(x, name)
     check_finite(x, name)
     check_solver_options(sde, solver, rtol, atol, steps, eps)

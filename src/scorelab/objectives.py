@@ -28,6 +28,11 @@ Denoising objectives (Vincent 2011): with the target -(x_t - m x) / s^2 = -z / s
              std2 weighting on the same draws
 
 Random draws happen in a fixed order (times, then noise z, then probes) from ``generator``.
+
+Class-conditional models (Ho & Salimans 2021): every objective trains s_theta(x_t, t | y) when it is given
+``conditioned(model, y)``, a model whose score carries the batch's labels; ``drop_labels`` replaces each label
+by the null class with probability p_uncond (label dropout), so the one network also learns the unconditional
+score s_theta(x_t, t) = s_theta(x_t, t | null) that classifier-free guidance mixes in.
 """
 
 from __future__ import annotations
@@ -311,6 +316,30 @@ def ddpm_loss(model, x: torch.Tensor, generator: torch.Generator | None = None, 
     xt, z, _ = _perturb(model, x, t, generator)
     eps_hat = score_to_eps(model.score(xt, t), xt, t, model.sde)
     return _reduce((z - eps_hat) ** 2, reduce)
+
+
+# ---------------------------------------------------------------- labels (class-conditional models)
+class conditioned:  # noqa: N801 (reads as a function: conditioned(model, y))
+    """model with its labels bound: ``score(x, t) = model.score(x, t, y)``, ``sde`` (and ``sigma_data``) passed
+    through, so every objective above trains the conditional score unchanged. y: [B] int64, the null class
+    (model.num_classes) where a label was dropped."""
+
+    def __init__(self, model, y: torch.Tensor):
+        self.model, self.y, self.sde = model, y, model.sde
+        self.sigma_data = getattr(model, "sigma_data", None)
+
+    def score(self, x: torch.Tensor, t) -> torch.Tensor:
+        return self.model.score(x, t, self.y)
+
+
+def drop_labels(y: torch.Tensor, p_uncond: float, num_classes: int,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """y [B] with each label replaced by the null class ``num_classes`` with probability p_uncond (one uniform
+    draw per example from ``generator``; none when p_uncond = 0). Ho & Salimans 2021: p_uncond 0.1-0.2."""
+    if p_uncond <= 0:
+        return y
+    u = torch.rand(y.shape[0], generator=generator, device=y.device)
+    return torch.where(u < p_uncond, torch.full_like(y, num_classes), y)
 
 
 # ---------------------------------------------------------------- the table

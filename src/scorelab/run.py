@@ -9,6 +9,9 @@
     run.step             # training steps behind the weights
     run.data_info        # the training data: {"shape", "range" (data units), "levels", "source", "split"}, or
                          # None for runs written without it
+    run.num_classes      # K for a class-conditional run (model.num_classes), 0 otherwise
+    run.score(x, t, y)   # class-conditional runs: grad_x log p_t(x | y), y an int or [B] labels; y=None is the
+                         # unconditional score of the same network (its null class, trained by label dropout)
 
 Only JSON and safetensors are read (see scorelab.checkpoint); nothing is unpickled.
 
@@ -55,17 +58,47 @@ class Run:
         """Model units (samples, denoised data) -> data units."""
         return self.scaler.inverse(x) if self.scaler is not None else x
 
-    def score(self, x: torch.Tensor, t) -> torch.Tensor:
+    @property
+    def num_classes(self) -> int:
+        """K for a class-conditional run (labels 0..K-1), 0 for an unconditional one."""
+        return int(getattr(self.model, "num_classes", 0) or 0)
+
+    def score(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
         """The EMA model's score grad_x log p_t(x), shaped like x [B, *dims]; t a [B] tensor or a number.
+        y (class-conditional runs): an int or [B] integer labels in [0, num_classes) for grad_x log p_t(x | y);
+        None gives the unconditional score.
 
         The weights are frozen (requires_grad False), so no graph is kept unless x itself requires grad (as
         when a likelihood takes the divergence of the score); an energy model differentiates E internally.
         """
         x_in = x
         x, t = self._check(x, t)
-        out = self.model.score(x, t)
+        if y is not None:
+            y = self.check_label(y, x.shape[0])
+        out = self.model.score(x, t, y) if y is not None else self.model.score(x, t)
         out = out if out.dtype == x_in.dtype else out.to(x_in.dtype)
         return out if x_in.requires_grad else out.detach()
+
+    def check_label(self, y, batch: int | None = None):
+        """y as an int or a [B] long tensor on the run's device, checked against num_classes (a ValueError that
+        says what to do otherwise)."""
+        k = self.num_classes
+        if not k:
+            raise ValueError(f"{self.run_dir} is not class-conditional (trained without model.num_classes): sample "
+                             "it without a class, or guide it with a noise-conditional classifier.")
+        if isinstance(y, bool) or not isinstance(y, (int, torch.Tensor)):
+            raise TypeError(f"y must be an int class label or a [B] tensor of labels, got {type(y).__name__}.")
+        if isinstance(y, torch.Tensor):
+            if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool or y.ndim > 1:
+                raise ValueError(f"y must be integer labels [B], got dtype {y.dtype} and shape {tuple(y.shape)}.")
+            if y.ndim == 1 and batch is not None and y.shape[0] != batch:
+                raise ValueError(f"y has {y.shape[0]} labels for a batch of {batch}; give one per example or an int.")
+            lo, hi = (int(y.min()), int(y.max())) if y.numel() else (0, 0)
+        else:
+            lo = hi = y
+        if lo < 0 or hi >= k:
+            raise ValueError(f"class {lo if lo < 0 else hi} is out of range: this run has {k} classes, 0..{k - 1}.")
+        return y if isinstance(y, int) else y.to(device=self.device, dtype=torch.long)
 
     def _check(self, x, t) -> tuple[torch.Tensor, torch.Tensor | float]:
         check_batch(x)

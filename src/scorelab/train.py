@@ -59,15 +59,18 @@ import yaml
 
 from . import checkpoint as ckpt
 from .config import (
+    build_labels,
     build_model,
     build_objective,
     build_sde,
+    label_dropout,
     load_config,
     load_data,
     measure_sigma_data,
     resolve_device,
     scaler_state,
 )
+from .objectives import conditioned, drop_labels
 
 LOG_NAME = "log.csv"
 LOG_COLUMNS = ("step", "loss", "lr", "grad_norm", "seconds")
@@ -103,7 +106,8 @@ class TrainResult:
 
 
 class _Seam:
-    """What objectives see: ``score`` goes through ``net`` (the DDP wrapper, so gradients get averaged).
+    """What objectives see: ``score`` goes through ``net`` (the DDP wrapper, so gradients get averaged); a
+    class-conditional model gets the batch's labels as ``score(x, t, y)`` (objectives.conditioned).
 
     With ``autocast`` (a device type) the model runs under bf16 autocast: matrix products and convolutions in
     bfloat16, everything the model computes elementwise (noise embedding, preconditioning, the score formula) in
@@ -113,11 +117,12 @@ class _Seam:
     def __init__(self, net, sde, sigma_data=None, autocast: str | None = None):
         self.net, self.sde, self.sigma_data, self.autocast = net, sde, sigma_data, autocast
 
-    def score(self, x, t):
+    def score(self, x, t, y=None):
+        args = (x, t) if y is None else (x, t, y)
         if self.autocast is None:
-            return self.net(x, t)
+            return self.net(*args)
         with torch.autocast(device_type=self.autocast, dtype=torch.bfloat16):
-            out = self.net(x, t)
+            out = self.net(*args)
         return out.float()
 
 
@@ -297,6 +302,29 @@ def _given_data(given, section: dict):
     return load_data({**section, "name": None, "path": None}, x=x.float())
 
 
+def _labels(cfg: dict, n: int, given) -> torch.Tensor | None:
+    """The class labels [n] of a class-conditional model's training data (None for an unconditional one)."""
+    k = cfg["model"].get("num_classes")
+    if not k:
+        return None
+    if given is None:
+        y = build_labels(cfg["data"], n)
+    else:
+        from .data import from_dataset
+
+        y = None if isinstance(given, torch.Tensor) else from_dataset(given)[1]
+    if y is None:
+        source = cfg["data"]["name"] or cfg["data"]["path"]
+        raise ValueError(f"model.num_classes={k} needs class labels, but the data {source!r} has none: use a labelled "
+                         "data set (digits, fashion_mnist, a mixture toy, an image folder with a subfolder per class) "
+                         "or give data.labels: FILE.npy with data.path.")
+    y = y.long()
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
+        raise ValueError(f"the data's labels range over [{int(y.min())}, {int(y.max())}] but model.num_classes={k}; "
+                         f"labels must lie in [0, {k}): set model.num_classes={int(y.max()) + 1}.")
+    return y
+
+
 def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, lock: list,
            given=None) -> TrainResult:
     tc, resume = cfg["train"], meta is not None
@@ -319,6 +347,9 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, l
         model = build_model(cfg["model"], sde, tuple(data.shape[1:])).to(dd.device)
     ema = copy.deepcopy(model).requires_grad_(False)
     objective = build_objective(cfg["objective"], cfg["data"], sde)
+    labels, p_uncond = _labels(cfg, data.shape[0], given), label_dropout(cfg["objective"])
+    if labels is not None:
+        labels = labels.to(dd.device)
     opt = torch.optim.Adam(model.parameters(), lr=tc["lr"], betas=tuple(tc["adam_betas"]), eps=tc["adam_eps"])
     index_gen = torch.Generator().manual_seed(tc["seed"])
     loss_gen = torch.Generator(device=dd.device).manual_seed(loss_seed(tc["seed"], dd.rank))
@@ -351,7 +382,9 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, l
 
     # one throw-away evaluation before anything is written: a bad objective option fails here, not mid-run
     preflight = torch.Generator(device=dd.device).manual_seed(0)
-    probe = objective(_Seam(model, sde, model.sigma_data), data[: min(2, data.shape[0])], generator=preflight)
+    seam = _Seam(model, sde, model.sigma_data)
+    probe = objective(seam if labels is None else conditioned(seam, labels[: min(2, data.shape[0])]),
+                      data[: min(2, data.shape[0])], generator=preflight)
     if probe.shape != (min(2, data.shape[0]),):
         raise ValueError(f"objective {cfg['objective']['name']!r} returned shape {list(probe.shape)}, expected one "
                          "loss per example [B]; check the objective options.")
@@ -458,10 +491,15 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, l
             for group in opt.param_groups:
                 group["lr"] = lr
             idx = torch.randint(0, data.shape[0], (tc["batch_size"],), generator=index_gen)
-            x = data[idx[dd.rank * shard:(dd.rank + 1) * shard].to(dd.device)]
+            mine = idx[dd.rank * shard:(dd.rank + 1) * shard].to(dd.device)
+            x = data[mine]
             if bin_width is not None:  # uniform dequantisation: x + U[0, 1) in data units
                 x = x + bin_width * torch.rand(x.shape, generator=loss_gen, device=dd.device)
-            loss = objective(seam, x, generator=loss_gen).mean()
+            if labels is None:
+                loss = objective(seam, x, generator=loss_gen).mean()
+            else:  # label dropout first, from the loss generator (checkpointed: resume stays exact)
+                y = drop_labels(labels[mine], p_uncond, model.num_classes, loss_gen)
+                loss = objective(conditioned(seam, y), x, generator=loss_gen).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)

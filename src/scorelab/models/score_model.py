@@ -27,6 +27,10 @@ Parameterisations (net = net(x, c), m = m(t), s = s(t)):
                                                 through it: double backprop)
 
 All but "energy" are undefined at s(t) = 0, i.e. at t = 0: evaluate at t >= a small eps.
+
+A class-conditional network (``net.num_classes`` = K > 0, see models/mlp.py) is called as net(x, c, y):
+``score(x, t, y)`` is s(x, t | y) for labels y (an int or [B]) and, with y=None, the unconditional score of
+the same network (its null class, trained by label dropout; Ho & Salimans 2021).
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class ScoreModel(nn.Module):
                 and sigma_data < float("inf")):
             raise ValueError(f"sigma_data (the data's RMS) must be a positive number, got {sigma_data!r}.")
         self.sigma_data = float(sigma_data)  # used by "edm" (and by the EDM loss weighting)
+        self.num_classes = int(getattr(net, "num_classes", 0) or 0)  # K > 0: class-conditional net(x, c, y)
 
     def extra_repr(self) -> str:
         extra = f", sigma_data={self.sigma_data:.4g}" if self.parameterization == "edm" else ""
@@ -78,15 +83,26 @@ class ScoreModel(nn.Module):
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         return t.expand(x.shape[0]) if t.ndim == 0 else t
 
-    def score(self, x: torch.Tensor, t) -> torch.Tensor:
-        """The model's grad_x log p_t(x), shaped like x."""
+    def _net(self, x: torch.Tensor, c: torch.Tensor, y) -> torch.Tensor:
+        if not self.num_classes:
+            if y is not None:
+                raise ValueError("this score model is not class-conditional (no label embedding); sample it "
+                                 "without a class, or train one with model.num_classes.")
+            return self.net(x, c)
+        return self.net(x, c, y)
+
+    def score(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
+        """The model's grad_x log p_t(x), or grad_x log p_t(x | y) for labels y (class-conditional nets), shaped
+        like x."""
         t = self._time(t, x)
         c = self.conditioning(t)
         if self.parameterization == "energy":
+            if y is not None:
+                raise ValueError("an energy model is not class-conditional; call score(x, t) without labels.")
             return self._energy_score(x, c)
         if self.parameterization == "edm":
-            return self._edm_score(x, t)
-        out = self.net(x, c)
+            return self._edm_score(x, t, y)
+        out = self._net(x, c, y)
         if out.shape != x.shape:
             hint = " (a scalar per example: use parameterization='energy')" if out.shape == x.shape[:1] else ""
             raise ValueError(f"net returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}{hint}.")
@@ -96,7 +112,7 @@ class ScoreModel(nn.Module):
             return eps_to_score(out, x, t, self.sde)
         return x0_to_score(out, x, t, self.sde)
 
-    def _edm_score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _edm_score(self, x: torch.Tensor, t: torch.Tensor, y=None) -> torch.Tensor:
         # score_y = (D - y)/sigma^2 = -y/(sigma^2+sd^2) + sd/(sigma sqrt(sigma^2+sd^2)) F, written without the
         # cancellation of D - y at small sigma; score_x = score_y / m.
         m64 = self.sde.marginal_scale(t)
@@ -104,8 +120,8 @@ class ScoreModel(nn.Module):
         sd = self.sigma_data
         norm = torch.sqrt(sigma * sigma + sd * sd)
         m, sig, nrm = (batch_view(v, x) for v in (m64, sigma, norm))
-        y = x / m
-        out = self.net(y / nrm, 0.25 * torch.log(sigma))
+        label, y = y, x / m
+        out = self._net(y / nrm, 0.25 * torch.log(sigma), label)
         if out.shape != x.shape:
             raise ValueError(f"net returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}.")
         return (-y / (nrm * nrm) + (sd / (sig * nrm)) * out) / m
@@ -130,5 +146,5 @@ class ScoreModel(nn.Module):
         t = self._time(t, x)
         return self.net(x, self.conditioning(t))
 
-    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        return self.score(x, t)
+    def forward(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
+        return self.score(x, t, y)

@@ -5,6 +5,9 @@ residual block; residual blocks are GroupNorm -> SiLU -> 3x3 conv, twice, with t
 one resolution per entry of ``channel_mults``, halved by a stride-2 conv; self-attention at the lowest
 resolution; skip connections concatenated on the way up. Upsampling resizes to the stored skip's exact size,
 so odd sizes work (28 -> 14 -> 7 -> 4 on the way down, 4 -> 7 -> 14 -> 28 on the way up; 8 -> 4 -> 2).
+A class-conditional U-Net (``num_classes`` = K > 0) adds a label embedding (K + 1 rows, the last the null
+class) to the noise embedding, as the class-conditional ADM / classifier-free guidance models do (Dhariwal &
+Nichol 2021; Ho & Salimans 2021).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embedding import GaussianFourierEmbedding
+from .mlp import check_num_classes, label_index
 
 
 def _groups(channels: int, max_groups: int = 8) -> int:
@@ -63,12 +67,14 @@ class UNet(nn.Module):
 
     in_channels: image channels; base_channels: width of the first level; channel_mults: width multiplier per
     resolution (one level each, halving the size between levels); num_res_blocks: residual blocks per level
-    and direction; attn_at_lowest: self-attention in the bottleneck; embed_dim: size of the noise embedding.
+    and direction; attn_at_lowest: self-attention in the bottleneck; embed_dim: size of the noise embedding;
+    num_classes: K > 0 for a class-conditional net(x, c, y) (y None: the null class).
     """
 
     def __init__(self, in_channels: int = 1, base_channels: int = 32, channel_mults=(1, 2),
-                 num_res_blocks: int = 1, attn_at_lowest: bool = True, embed_dim: int = 128):
+                 num_res_blocks: int = 1, attn_at_lowest: bool = True, embed_dim: int = 128, num_classes: int = 0):
         super().__init__()
+        self.num_classes = check_num_classes(num_classes)
         for name, v in (("in_channels", in_channels), ("base_channels", base_channels),
                         ("num_res_blocks", num_res_blocks), ("embed_dim", embed_dim)):
             if not isinstance(v, int) or v < 1:
@@ -79,6 +85,7 @@ class UNet(nn.Module):
         self.in_channels = in_channels
         self.embed = nn.Sequential(GaussianFourierEmbedding(embed_dim, 16.0), nn.Linear(embed_dim, embed_dim),
                                    nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+        self.label = nn.Embedding(num_classes + 1, embed_dim) if num_classes else None
         widths = [base_channels * m for m in mults]
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
@@ -111,12 +118,14 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(_groups(ch), ch)
         self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, y=None) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.in_channels:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"UNet was built for images [B, {self.in_channels}, H, W], got {shape}; "
                              "set in_channels to the number of image channels.")
         emb = self.embed(c)
+        if self.label is not None:
+            emb = emb + self.label(label_index(y, x.shape[0], self.num_classes, x.device)).to(emb.dtype)
         h = self.conv_in(x)
         skips = []
         for i, blocks in enumerate(self.down_blocks):

@@ -14,10 +14,11 @@ import types
 
 import torch
 
+from .._checks import check_sampling_args
 from ..sde import SDE
 from . import exponential, karras, langevin, multistep, ode, pc
-from ._common import CHOICES, BudgetExceeded, CountedScore, SampleResult, check_option, check_representable, sigma_of
-from .grids import end_time, make_grid
+from ._common import CHOICES, BudgetExceeded, CountedScore, SampleResult, check_options, check_representable, sigma_of
+from .grids import GRIDS, end_time, make_grid
 from .steps import CORRECTORS, PREDICTORS
 
 # the modules keep their names (``scorelab.samplers.ode`` is the module); the table holds the functions
@@ -50,7 +51,7 @@ def samplers() -> list[str]:
 
 
 CHOICES.update(predictor=PREDICTORS, corrector=CORRECTORS, solver=(*ode.SOLVERS, *ode.ADAPTIVE),
-               variant=("bh1", "bh2"))
+               variant=("bh1", "bh2"), grid=tuple(GRIDS))  # grid: an option of inpaint's smc
 
 
 def options_of(name: str) -> dict:
@@ -61,18 +62,12 @@ def options_of(name: str) -> dict:
 
 def _bind(name: str, sde: SDE, options: dict) -> dict:
     """Options checked against the method's signature and, by name, for range; returns them with defaults."""
-    fn, known = METHODS[name], options_of(name)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise TypeError(f"method {name!r} has no option {', '.join(map(repr, unknown))}; its options are "
-                        f"{', '.join(known) or 'none'} (see help({fn.__module__}.{fn.__name__})).")
-    opts = {**known, **options}
-    for key, value in opts.items():
-        check_option(key, value, sde, known[key])
-    return opts
+    fn = METHODS[name]
+    return check_options(f"method {name!r}", options, options_of(name), sde,
+                         f" (see help({fn.__module__}.{fn.__name__}))")
 
 
-def _shape(shape, x_init):
+def _shape(shape):
     try:
         shape = tuple(operator.index(v) for v in shape)
     except TypeError:
@@ -146,21 +141,13 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     the method (``options_of(method)`` lists them). Returns SampleResult(x [B, *dims], nfe = evaluations used,
     steps).
     """
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-        raise ValueError(f"nfe (the budget of score evaluations) must be an integer >= 1, got {nfe!r}.")
+    check_sampling_args(score_fn, sde, generator, nfe)
     if method is None:
         method = default_method(nfe)
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, one of {samplers()}; got {type(method).__name__}.")
     if method not in METHODS:
         raise ValueError(f"unknown sampling method {method!r}; choose one of {samplers()}.")
-    if not callable(score_fn):
-        raise TypeError("score_fn must be a callable score_fn(x, t) -> tensor shaped like x.")
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a scorelab SDE (VESDE, VPSDE, SubVPSDE), got {type(sde).__name__}.")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
-                        "for a seed use torch.Generator().manual_seed(seed).")
     if dtype not in _DTYPES:
         raise TypeError(f"dtype must be a floating-point torch dtype, got {dtype}.")
     for name, f in (("callback", callback), ("project", project)):
@@ -168,7 +155,7 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
             raise TypeError(f"{name} must be callable or None.")
     if x_init is not None and not isinstance(x_init, torch.Tensor):
         raise TypeError(f"x_init must be a tensor [B, *dims] or None, got {type(x_init).__name__}.")
-    shape = tuple(x_init.shape) if shape is None and x_init is not None else _shape(shape, x_init)
+    shape = tuple(x_init.shape) if shape is None and x_init is not None else _shape(shape)
     fn = METHODS[method]
     opts = _bind(method, sde, options)
     steps = fn.steps(nfe, opts)

@@ -43,12 +43,14 @@ class CountedScore:
 
 def method(cost: int | Callable = 1, reserve: int | Callable = 0, grid: str | None = "uniform",
            end: str | float = "eps", steps: Callable | None = None, start: Callable | None = None,
-           begin: str | None = None):
+           begin: str | None = None, deterministic: bool | Callable = False):
     """Declare a method: ``cost`` evaluations per step, ``reserve`` for a final step (numbers or functions of the
     options), default ``grid`` (None: all at the option ``t``), the options giving its ``end`` (time "eps" or
-    level "sigma_min") and ``begin`` (a level; default T), ``steps(nfe, options)``, ``start(sde, options)``."""
+    level "sigma_min") and ``begin`` (a level; default T), ``steps(nfe, options)``, ``start(sde, options)``;
+    ``deterministic`` (or a function of the given options): it draws no noise after x_T (inpainting then noises
+    the known entries with one z, so that they follow one smooth path)."""
     def by_cost(nfe, o):
-        c, r = _value(cost, o), _value(reserve, o)
+        c, r = value(cost, o), value(reserve, o)
         n = (nfe - r) // c
         if n < (0 if r else 1):
             raise ValueError(f"nfe={nfe} is too small for this method with these options: one step costs {c} score "
@@ -57,47 +59,62 @@ def method(cost: int | Callable = 1, reserve: int | Callable = 0, grid: str | No
 
     def wrap(fn):
         fn.cost, fn.reserve, fn.grid, fn.end, fn.begin, fn.start = cost, reserve, grid, end, begin, start
+        fn.deterministic = deterministic
         fn.steps = steps or by_cost
         return fn
     return wrap
 
 
-def _value(v, options):
+def value(v, options):
     return v(options) if callable(v) else v
 
 
-# ---- option checks by name, shared by every method (choice tables are added by the package) -------------
+# ---- option checks by name, shared by every method and by ``inpaint``'s smc (choice tables added by the package) --
 
 POSITIVE = ("snr", "step_size", "init_std", "rho", "rtol", "atol", "sigma_max")
 INTEGERS = {"order": (1, 4), "corrector_steps": (0, None), "resample": (1, None), "n_levels": (1, None),
-            "steps_per_level": (1, None)}
+            "steps_per_level": (1, None), "particles": (1, None)}
+# (low, high, low allowed, high allowed); "T": the process's T, "sigma(T)": its noise level s(T) / m(T)
+BOUNDED = {"eps": (0, "T", False, False), "t": (0, "T", True, True), "sigma_min": (0, "sigma(T)", False, False),
+           "eta": (0, None, True, False), "ess": (0, 1, True, True)}
 FLAGS = ("multistep", "lower_order_final", "denoise_to_zero", "denoise", "use_corrector")
 CHOICES: dict = {}  # option name -> table of allowed names
 
 
+def check_options(who: str, options: dict, known: dict, sde, hint: str = "") -> dict:
+    """``options`` checked against the ``known`` {name: default} of ``who`` and, by name, for range (one
+    ``TypeError``/``ValueError`` line); returns them completed with the defaults."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"{who} has no option {', '.join(map(repr, unknown))}; its options are "
+                        f"{', '.join(known) or 'none'}{hint}.")
+    opts = {**known, **options}
+    for name, v in opts.items():
+        check_option(name, v, sde, known[name])
+    return opts
+
+
 def check_option(name, v, sde, default) -> None:
-    """One ``ValueError``/``TypeError`` line for an option out of range; options not listed pass unchecked."""
-    if v is None and default is None or name not in (*POSITIVE, *INTEGERS, *FLAGS, *CHOICES, "eps", "t",
-                                                     "sigma_min", "eta"):
+    """One ``ValueError``/``TypeError`` line for an option out of range; options not listed pass unchecked
+    (``eps`` may be 0 where its default is: the ancestral sampler ends at t = 0)."""
+    if v is None and default is None:
         return
-    if name in FLAGS:
-        if not isinstance(v, bool):
-            raise TypeError(f"{name} must be True or False, got {v!r}.")
-        return
-    if name in CHOICES:
-        if not isinstance(v, str) or v not in CHOICES[name]:
-            raise ValueError(f"unknown {name} {v!r}; choose one of {list(CHOICES[name])}.")
-        return
-    lo, hi = INTEGERS.get(name, (0, None))
-    closed = name in INTEGERS or name == "eta" or name == "t" or (name == "eps" and default == 0)
-    hi = {"eps": sde.T, "t": sde.T, "sigma_min": float(sigma_of(sde, sde.T))}.get(name, hi)
-    ok = (isinstance(v, int) if name in INTEGERS else isinstance(v, (int, float))) and not isinstance(v, bool)
-    if not ok or not math.isfinite(v) or v < lo or (v == lo and not closed) or (hi is not None and (
-            v > hi or (v == hi and name not in INTEGERS and name != "t"))):
-        kind = "an integer" if name in INTEGERS else "a finite number"
-        span = f"in [{lo}, {hi}]" if name in INTEGERS else f"{'>=' if closed else '>'} {lo}"
-        raise ValueError(f"{name} must be {kind} {span}{f' and below {hi:.4g}' if hi and name not in INTEGERS else ''}"
-                         f", got {v!r}.")
+    if name in FLAGS and not isinstance(v, bool):
+        raise TypeError(f"{name} must be True or False, got {v!r}.")
+    if name in CHOICES and (not isinstance(v, str) or v not in CHOICES[name]):
+        raise ValueError(f"unknown {name} {v!r}; choose one of {list(CHOICES[name])}.")
+    if name in INTEGERS:
+        lo, hi = INTEGERS[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            raise ValueError(f"{name} must be an integer {f'in [{lo}, {hi}]' if hi else f'>= {lo}'}, got {v!r}.")
+    if name in POSITIVE or name in BOUNDED:
+        lo, hi, lo_in, hi_in = BOUNDED.get(name, (0, None, False, False))
+        lo_in = lo_in or (name == "eps" and default == 0)
+        hi = {"T": sde.T, "sigma(T)": float(sigma_of(sde, sde.T))}.get(hi, hi)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo or (
+                v == lo and not lo_in) or (hi is not None and (v > hi or (v == hi and not hi_in))):
+            top = "" if hi is None else f" and {'<=' if hi_in else 'below'} {hi:.4g}"
+            raise ValueError(f"{name} must be a finite number {'>=' if lo_in else '>'} {lo}{top}, got {v!r}.")
 
 
 def sigma_of(sde, t):
@@ -149,5 +166,5 @@ def gaussian(like: torch.Tensor, generator) -> torch.Tensor:
     return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
 
 
-__all__ = ["SampleResult", "BudgetExceeded", "CountedScore", "method", "check_option", "Schedule", "gaussian",
-           "posterior_mean", "check_representable"]
+__all__ = ["SampleResult", "BudgetExceeded", "CountedScore", "method", "value", "check_options", "check_option",
+           "Schedule", "gaussian", "posterior_mean", "check_representable"]

@@ -34,6 +34,7 @@ import torch
 
 from .._checks import axpy
 from ._common import Schedule, gaussian, method, posterior_mean
+from .multistep import data_store, run_plan, to_zero, warm_orders
 
 
 def _phis(h):
@@ -49,7 +50,8 @@ def _steps(nfe, o):
     return evals if o["multistep"] or o["eta"] > 0 else -(-evals // o["order"])
 
 
-@method(steps=_steps, reserve=lambda o: int(o["denoise_to_zero"]), grid="log_snr", end="sigma_min")
+@method(steps=_steps, reserve=lambda o: int(o["denoise_to_zero"]), grid="log_snr", end="sigma_min",
+        deterministic=lambda o: not o.get("eta", 0))
 def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multistep: bool = True,
                sigma_min: float = 0.03, lower_order_final: bool = True, denoise_to_zero: bool = False,
                rho: float = 7.0, eta: float = 0.0):
@@ -62,42 +64,48 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
     h = lam[1:] - lam[:-1]
     if eta > 0:
         x = _sde_dpm_solver(score, x, S, h, generator, callback, order, eta)
+    elif multistep:
+        plan = _multistep_plan(S, h, warm_orders(N, order, lower_order_final and N < 15))
+        x = run_plan(score, x, S, data_store(S), plan, callback)
     else:
-        if multistep:
-            orders = [min(order, i + 1) for i in range(N)]
-            if lower_order_final and N < 15:
-                orders = [min(o, N - i) for i, o in enumerate(orders)]
-        else:
-            evals = int(min(score.budget - score.count, 3 * N)) - denoise_to_zero
-            orders = ([order] * (evals // order) + ([evals % order] if evals % order else []))[:N]
-            orders += [1] * (N - len(orders))
-        phi1, phi2, phi3 = (p.tolist() for p in _phis(h))
-        hl = h.tolist()
-        hist: list = []  # (j, m_j D_j) of the last two steps, newest first
-        for i, k in enumerate(orders):
+        evals = int(min(score.budget - score.count, 3 * N)) - denoise_to_zero
+        orders = ([order] * (evals // order) + ([evals % order] if evals % order else []))[:N]
+        phi1, phi2, _ = (p.tolist() for p in _phis(h))
+        for i, k in enumerate(orders + [1] * (N - len(orders))):
             mD0 = posterior_mean(x, score(x, S.tb(i, x)), 1.0, s[i])
-            # x_next = (s'/s) x + sum_j c_j m' D_j: the update above as weights on D_i, D_{i-1}, D_{i-2}
-            c = [-phi1[i]]
-            if multistep and k >= 2:
-                r0 = hl[i - 1] / hl[i]  # d10 = (D_i - D_{i-1}) / r0 ~ h dD/dlambda
-                if k == 3:  # divided differences over lambda_{i-2}, lambda_{i-1}, lambda_i (DPM-Solver++(3M))
-                    rb = hl[i - 2] / hl[i]  # d11 = (D_{i-1} - D_{i-2}) / rb
-                    a = phi2[i] * (1 + r0 / (r0 + rb)) - phi3[i] / (r0 + rb)  # weight of d10
-                    b = phi2[i] * r0 / (r0 + rb) - phi3[i] / (r0 + rb)  # minus the weight of d11
-                    c = [-phi1[i] + a / r0, -a / r0 - b / rb, b / rb]
-                else:
-                    c = [-phi1[i] + phi2[i] / r0, -phi2[i] / r0]
-            x_next = (s[i + 1] / s[i]) * x
-            for cj, (j, v) in zip(c, [(i, mD0)] + hist):
-                x_next = axpy(x_next, v, cj * m[i + 1] / m[j], inplace=True)
-            if not multistep and k >= 2:
+            x_next = axpy((s[i + 1] / s[i]) * x, mD0, -phi1[i] * m[i + 1] / m[i])
+            if k >= 2:
                 x_next = _singlestep(score, sde, x, mD0, (m[i + 1] / m[i]) * mD0, i, k, lam, S, x_next, phi1[i],
                                      phi2[i])
-            hist = [(i, mD0)] + hist[:1]
             x = callback(i, S.t_d[i + 1], x_next)
     if denoise_to_zero:
         x = posterior_mean(x, score(x, S.tb(N, x)), m[N], s[N])
     return x
+
+
+def _multistep_plan(S, h, orders):
+    """DPM-Solver++(kM) as a plan (``multistep.run_plan``): x_{i+1} = (s'/s) x_i + sum_j c_j (m' / m_j) m_j D_j over
+    j = i, i-1, i-2, the update above with D_1, D_2 the divided differences of D in lambda; a step to sigma = 0 is
+    x = m' D_i."""
+    phi1, phi2, phi3 = (p.tolist() for p in _phis(h))
+    hl, m, s = h.tolist(), S.m, S.s
+    plan = []
+    for i, k in enumerate(orders):
+        if s[i + 1] == 0:
+            plan.append(to_zero(S, i))
+            continue
+        c = [-phi1[i]]
+        if k >= 2:
+            r0 = hl[i - 1] / hl[i]  # d10 = (D_i - D_{i-1}) / r0 ~ h dD/dlambda
+            if k == 3:  # divided differences over lambda_{i-2}, lambda_{i-1}, lambda_i (DPM-Solver++(3M))
+                rb = hl[i - 2] / hl[i]  # d11 = (D_{i-1} - D_{i-2}) / rb
+                a = phi2[i] * (1 + r0 / (r0 + rb)) - phi3[i] / (r0 + rb)  # weight of d10
+                b = phi2[i] * r0 / (r0 + rb) - phi3[i] / (r0 + rb)  # minus the weight of d11
+                c = [-phi1[i] + a / r0, -a / r0 - b / rb, b / rb]
+            else:
+                c = [-phi1[i] + phi2[i] / r0, -phi2[i] / r0]
+        plan.append((s[i + 1] / s[i], [(i - j, cj * m[i + 1] / m[i - j]) for j, cj in enumerate(c)]))
+    return plan
 
 
 def _singlestep(score, sde, x, mD0, E0, i, k, lam, S, x_next, phi1, phi2):

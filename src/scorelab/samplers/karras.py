@@ -18,7 +18,7 @@ from ._common import method
 from .ode import flow_in_sigma
 
 
-@method(cost=2, reserve=1, grid="karras", end="sigma_min", begin="sigma_max")
+@method(cost=2, reserve=1, grid="karras", end="sigma_min", begin="sigma_max", deterministic=True)
 def edm_heun(score, sde, x, times, generator, callback, sigma_min: float = 0.002, sigma_max: float = 80.0,
              rho: float = 7.0):
     x = flow_in_sigma(score, sde, x, times, "heun", callback)

@@ -69,12 +69,12 @@ def _lagrange_integrals(nodes, lo, hi, var, weight):
     return out
 
 
-def _orders(n, order, lower_order_final):
+def warm_orders(n, order, lower_order_final):
     """Warm start min(order, i + 1); with lower_order_final also min(., n - i) (DPM-Solver, UniPC)."""
     return [min(order, i + 1, n - i) if lower_order_final else min(order, i + 1) for i in range(n)]
 
 
-def _run(score, x, S, store, plan, callback, corrector=None):
+def run_plan(score, x, S, store, plan, callback, corrector=None):
     """x_{i+1} = a_i x_i + sum_j w_ij v_j with v_i = store(x_i, score(x_i, t_i), i); the corrector plan (same
     form, may use v_{i+1}) replaces x_{i+1} once v_{i+1} is known (then projected again, as every step is; the
     user's callback has seen the predictor's x_{i+1}). Only the last four v_j are kept."""
@@ -102,51 +102,41 @@ def _combine(a, x, w, vals):
     return out
 
 
-def _denoise_step(S, i):
+def to_zero(S, i):
     """sigma_{i+1} = 0: x_{i+1} = m_{i+1} D_i (v_i = m_i D_i)."""
     return 0.0, [(i, S.m[i + 1] / S.m[i])]
 
 
 # ---- (sigma, x/m) Adams-Bashforth: lms, ipndm ----------------------------------------------------------------
 
-def _score_store(S):
-    return lambda x, sc, i: sc
-
-
-def _sigma_plan(S, orders, coeffs):
-    """coeffs(i, k, sigmas) -> c_ij (newest first) for step i of order k; the plan in x with v_j = score_j."""
+def _adams(score, x, S, callback, order, coeffs):
+    """Adams-Bashforth steps in (sigma, x/m) with the warm start min(order, i + 1): coeffs(i, k, sigmas) -> c_ij
+    (newest first) for step i of order k, carried in x with v_j = score_j."""
     sig, m, s = (S.s64 / S.m64).tolist(), S.m, S.s
     plan = []
-    for i, k in enumerate(orders):
+    for i, k in enumerate(warm_orders(len(S), order, False)):
         c = coeffs(i, k, sig)
         plan.append((m[i + 1] / m[i], [(i - j, -m[i + 1] * cj * s[i - j]) for j, cj in enumerate(c)]))
-    return plan
+    return run_plan(score, x, S, lambda x, sc, i: sc, plan, callback)
 
 
-@method(grid="karras", end="sigma_min", begin="sigma_max")
+@method(grid="karras", end="sigma_min", begin="sigma_max", deterministic=True)
 def lms(score, sde, x, times, generator, callback, order: int = 4, sigma_min: float = 0.002,
         sigma_max: float = 80.0, rho: float = 7.0):
-    S = Schedule(sde, times, x)
-
-    def coeffs(i, k, sig):
-        return _lagrange_integrals([sig[i - j] for j in range(k)], sig[i], sig[i + 1], lambda u: u,
-                                   lambda u: np.ones_like(u))
-    return _run(score, x, S, _score_store(S), _sigma_plan(S, _orders(len(S), order, False), coeffs), callback)
+    return _adams(score, x, Schedule(sde, times, x), callback, order, lambda i, k, sig: _lagrange_integrals(
+        [sig[i - j] for j in range(k)], sig[i], sig[i + 1], lambda u: u, np.ones_like))
 
 
-@method(grid="karras", end="sigma_min", begin="sigma_max")
+@method(grid="karras", end="sigma_min", begin="sigma_max", deterministic=True)
 def ipndm(score, sde, x, times, generator, callback, order: int = 3, sigma_min: float = 0.005,
           sigma_max: float = 80.0, rho: float = 7.0):
-    S = Schedule(sde, times, x)
-
-    def coeffs(i, k, sig):
-        return [b * (sig[i + 1] - sig[i]) for b in _IPNDM[k - 1]]
-    return _run(score, x, S, _score_store(S), _sigma_plan(S, _orders(len(S), order, False), coeffs), callback)
+    return _adams(score, x, Schedule(sde, times, x), callback, order,
+                  lambda i, k, sig: [b * (sig[i + 1] - sig[i]) for b in _IPNDM[k - 1]])
 
 
 # ---- data prediction in lambda: unipc, deis ------------------------------------------------------------------
 
-def _md_store(S):
+def data_store(S):
     return lambda x, sc, i: posterior_mean(x, sc, 1.0, S.s[i])
 
 
@@ -188,7 +178,7 @@ def _unipc_weights(lam, i, k, variant, corrector):
     return w
 
 
-@method(grid="log_snr", end="sigma_min", begin="sigma_max")
+@method(grid="log_snr", end="sigma_min", begin="sigma_max", deterministic=True)
 def unipc(score, sde, x, times, generator, callback, order: int = 2, variant: str = "bh2",
           use_corrector: bool = True, lower_order_final: bool = True, sigma_min: float = 0.03,
           sigma_max: float = 80.0, rho: float = 7.0):
@@ -196,9 +186,9 @@ def unipc(score, sde, x, times, generator, callback, order: int = 2, variant: st
     S = Schedule(sde, times, x)
     lam, m, s = _lambda(S), S.m, S.s
     plan, corr = [], []
-    for i, k in enumerate(_orders(len(S), order, lower_order_final)):
+    for i, k in enumerate(warm_orders(len(S), order, lower_order_final)):
         if s[i + 1] == 0:
-            plan.append(_denoise_step(S, i))
+            plan.append(to_zero(S, i))
             corr.append(plan[-1])
             continue
         idx = [i - j for j in range(k)]
@@ -206,10 +196,10 @@ def unipc(score, sde, x, times, generator, callback, order: int = 2, variant: st
         plan.append((s[i + 1] / s[i], [(j, c * m[i + 1] / m[j]) for j, c in zip(idx, wp)]))
         wc = _unipc_weights(lam, i, k, variant, True)
         corr.append((s[i + 1] / s[i], [(j, c * m[i + 1] / m[j]) for j, c in zip(idx + [i + 1], wc)]))
-    return _run(score, x, S, _md_store(S), plan, callback, corr if use_corrector else None)
+    return run_plan(score, x, S, data_store(S), plan, callback, corr if use_corrector else None)
 
 
-@method(grid="log_snr", end="sigma_min", begin="sigma_max")
+@method(grid="log_snr", end="sigma_min", begin="sigma_max", deterministic=True)
 def deis(score, sde, x, times, generator, callback, order: int = 3, lower_order_final: bool = True,
          sigma_min: float = 0.03, sigma_max: float = 80.0, rho: float = 7.0):
     _at_most_3(order)
@@ -220,12 +210,12 @@ def deis(score, sde, x, times, generator, callback, order: int = 3, lower_order_
         return sde.t_from_log_snr(torch.from_numpy(2 * u)).numpy()
 
     plan = []
-    for i, k in enumerate(_orders(len(S), order, lower_order_final)):
+    for i, k in enumerate(warm_orders(len(S), order, lower_order_final)):
         if s[i + 1] == 0:
-            plan.append(_denoise_step(S, i))
+            plan.append(to_zero(S, i))
             continue
         idx = [i - j for j in range(k)]
         c = _lagrange_integrals([t[j] for j in idx], lam[i], lam[i + 1], t_of,
                                 lambda u, top=lam[i + 1]: np.exp(u - top))
         plan.append((s[i + 1] / s[i], [(j, cj * m[i + 1] / m[j]) for j, cj in zip(idx, c)]))
-    return _run(score, x, S, _md_store(S), plan, callback)
+    return run_plan(score, x, S, data_store(S), plan, callback)

@@ -76,7 +76,7 @@ def _stages(o):
     return 1 if o["solver"] in ADAPTIVE else SOLVERS[o["solver"]].stages
 
 
-@method(cost=_stages)
+@method(cost=_stages, deterministic=True)
 def ode(score, sde, x, times, generator, callback, solver: str = "heun", eps: float = 1e-3, rtol: float = 1e-5,
         atol: float = 1e-5):
     if solver in ADAPTIVE:
