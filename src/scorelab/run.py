@@ -7,6 +7,8 @@
     run.config           # the complete config dict it was trained with
     run.scaler           # the data scaler (``scaler.inverse`` maps samples back), or None
     run.step             # training steps behind the weights
+    run.data_info        # the training data: {"shape", "range" (data units), "levels", "source", "split"}, or
+                         # None for runs written without it
     run.num_classes      # K for a class-conditional run (model.num_classes), 0 otherwise
     run.score(x, t, y)   # class-conditional runs: grad_x log p_t(x | y), y an int or [B] labels; y=None is the
                          # unconditional score of the same network (its null class, trained by label dropout)
@@ -38,9 +40,10 @@ class Run:
     """A trained run: ``score(x, t)`` is a plain score function usable by every sampler and likelihood."""
 
     def __init__(self, model: torch.nn.Module, config: dict, step: int, run_dir: Path, scaler: Any = None,
-                 data_shape: tuple[int, ...] = ()):
+                 data_shape: tuple[int, ...] = (), data_info: dict | None = None):
         self.model, self.config, self.step, self.run_dir = model, config, step, run_dir
         self.scaler, self.data_shape = scaler, tuple(data_shape)
+        self.data_info = data_info
         self.sde = model.sde
 
     @property
@@ -217,8 +220,9 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     cfg = meta["config"]
     ckpt.load_module_state(model, ckpt.split_prefix(tensors, "ema"), "EMA")
     model.requires_grad_(False).eval()
+    info = meta.get("data_info")
     return Run(model.to(dev), cfg, int(meta["step"]), run_dir, scaler_from_state(meta.get("scaler")),
-               tuple(meta["data_shape"]))
+               tuple(meta["data_shape"]), data_info=info if isinstance(info, dict) else None)
 
 
 def _device(device) -> torch.device:
