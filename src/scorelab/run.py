@@ -71,6 +71,12 @@ class Run:
         ends = self.scaler.inverse(torch.tensor([[float(target[0])], [float(target[1])]], dtype=torch.float64))
         return float(ends.min()), float(ends.max())
 
+    @property
+    def dequantized(self) -> bool:
+        """True when the run was trained on dequantised data v = x + U[0, 1) (data.dequantize): its samples are
+        v, whose grey level is floor(v), not round(v)."""
+        return bool(self.config.get("data", {}).get("dequantize", False))
+
     def data_levels(self) -> int | None:
         """Quantisation levels of the run's data (``data_info["levels"]``; 17 for digits, 256 for Fashion-MNIST
         when not recorded), None for continuous data."""

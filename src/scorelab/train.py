@@ -537,7 +537,7 @@ def _train(cfg: dict, out: Path, meta: dict | None, dd: _Dist, progress: bool, l
                 save(done)
             if dd.main and tc["sample_every"] and (done % tc["sample_every"] == 0 or done == tc["steps"]):
                 elapsed += time.perf_counter() - t0  # sampling time is not training time
-                write_sample_grid(out, done, ema, sde, data_info, scaler, tc)
+                write_sample_grid(out, done, ema, sde, data_info, scaler, tc, cfg["data"].get("dequantize", False))
                 t0 = time.perf_counter()
             if stop:
                 elapsed += time.perf_counter() - t0
@@ -574,14 +574,16 @@ def dequantization_width(section: dict, data_info: dict, scaler) -> float | None
     return float(scale[0])
 
 
-def write_sample_grid(out: Path, step: int, ema: torch.nn.Module, sde, data_info: dict, scaler, tc: dict) -> Path:
+def write_sample_grid(out: Path, step: int, ema: torch.nn.Module, sde, data_info: dict, scaler, tc: dict,
+                      dequantized: bool = False) -> Path:
     """Sample SAMPLE_GRID images from the EMA model and write them, in data units clipped to the data's range,
     to samples/step_STEP.png and samples/latest.png in the run directory (rank 0; atomic writes recorded in the
     run's ownership record, never over a file the run did not write).
 
     The draw uses its own generator, seeded by train.seed alone, so every grid of a run starts from the same
     noise (progress shows as change in one set of images) and training's generators, hence bit-exact resume,
-    are untouched; the sampler is the default method at train.sample_nfe evaluations, in float32."""
+    are untouched; the sampler is the default method at train.sample_nfe evaluations, in float32. Quantised
+    data is drawn at its levels (floor(v) for a dequantised run's samples v = k + U), upscaled like the CLI's."""
     from .plots import save_image_grid
     from .samplers import sample
 
@@ -597,8 +599,11 @@ def write_sample_grid(out: Path, step: int, ema: torch.nn.Module, sde, data_info
         ema.train(was_training)
     x = (scaler.inverse(x) if scaler is not None else x).float().cpu()
     lo, hi = data_info["range"]
+    levels = data_info.get("levels")
+    if dequantized and levels:
+        x = x - (hi - lo) / (levels - 1) / 2
     path = out / SAMPLES_DIR / f"step_{step:09d}.png"
     for target in (path, out / SAMPLES_DIR / "latest.png"):
         ckpt.write_output(out, target.relative_to(out).as_posix(),
-                          lambda tmp: save_image_grid(x, tmp, value_range=(lo, hi)))
+                          lambda tmp: save_image_grid(x, tmp, value_range=(lo, hi), levels=levels, min_size=56))
     return path
