@@ -364,6 +364,10 @@ def test_switching_type_by_override_drops_foreign_keys():
 @pytest.mark.parametrize("name", [n for n in available_configs() if n not in ("fashion_mnist", "npy")])
 def test_every_config_trains_two_steps(name, tmp_path):
     """Each bundled config (on its own data, shrunk) runs two optimiser steps to a finite loss and a checkpoint."""
+    from scorelab.data import FASHION_MNIST_ROOT
+
+    if name.startswith("fashion_mnist") and not Path(FASHION_MNIST_ROOT, "train-labels-idx1-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST not installed: sudo apt-get install dataset-fashion-mnist")
     small = ["train.steps=2", "train.batch_size=4", "train.log_every=1", "train.device=cpu",
              "train.tensorboard=false", "data.n=32"]
     cfg = load_config(name, small)

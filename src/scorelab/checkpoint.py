@@ -3,7 +3,8 @@
 A run directory holds
 
     .scorelab-run.json              the ownership record: written first, it lists every tensor file this run
-                                    wrote (the only files training ever deletes)
+                                    wrote (the only files training ever deletes) and every other output it
+                                    wrote (``outputs``: samples/*.png; the only files it ever overwrites)
     checkpoint.json                 the commit record: format version, step, config, data shape, RNG states
                                     (torch generator states as lists of bytes), optimiser hyper-parameters and
                                     param-group layout, and the name + SHA-256 of the tensor file it belongs to
@@ -54,6 +55,9 @@ WEIGHTS_RE = re.compile(r"weights-\d{9}\.safetensors")
 # temporary files of _atomic_write: ".<name>.<random>.tmp" for a file name this module or train.py writes
 _TMP_RE = re.compile(r"\.(checkpoint\.json|config\.yaml|log\.csv|\.scorelab-run\.json|weights-\d{9}\.safetensors)"
                      r"\.[A-Za-z0-9_]+\.tmp")
+# outputs besides the checkpoint (run-relative paths) and the temporaries their atomic writes leave
+OUTPUT_RE = re.compile(r"samples/(step_\d{9}|latest)\.png")
+_OUTPUT_TMP_RE = re.compile(r"\.(step_\d{9}|latest)\.png\.[A-Za-z0-9_]+\.tmp")
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -186,24 +190,69 @@ def clean_stale_temporaries(run_dir: str | Path) -> list[str]:
         if _TMP_RE.fullmatch(p.name) and p.is_file():
             p.unlink(missing_ok=True)
             removed.append(p.name)
+    samples = Path(run_dir) / "samples"
+    if samples.is_dir() and not samples.is_symlink():
+        for p in samples.iterdir():
+            if _OUTPUT_TMP_RE.fullmatch(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(f"samples/{p.name}")
     return removed
+
+
+def _read_record(run_dir: str | Path, key: str) -> list:
+    try:
+        rec = json.loads((Path(run_dir) / RUN_MARKER).read_text())
+        items = rec.get(key, []) if isinstance(rec, dict) and rec.get("format") == "scorelab-run" else []
+    except (OSError, ValueError, KeyError, RecursionError, AttributeError):
+        items = []
+    return items if isinstance(items, list) else []
 
 
 def read_owned(run_dir: str | Path) -> list[str]:
     """The tensor files the ownership record lists (those this run wrote)."""
-    path = Path(run_dir) / RUN_MARKER
-    try:
-        rec = json.loads(path.read_text())
-        files = rec["files"] if isinstance(rec, dict) and rec.get("format") == "scorelab-run" else []
-    except (OSError, ValueError, KeyError, RecursionError):
-        files = []
-    return [f for f in files if isinstance(f, str) and WEIGHTS_RE.fullmatch(f)]
+    return [f for f in _read_record(run_dir, "files") if isinstance(f, str) and WEIGHTS_RE.fullmatch(f)]
 
 
-def write_owned(run_dir: str | Path, files) -> None:
-    """Atomically (re)write the ownership record listing ``files``."""
+def read_owned_outputs(run_dir: str | Path) -> list[str]:
+    """The other outputs (run-relative paths such as samples/latest.png) the ownership record lists."""
+    return [f for f in _read_record(run_dir, "outputs") if isinstance(f, str) and OUTPUT_RE.fullmatch(f)]
+
+
+def write_owned(run_dir: str | Path, files, outputs=None) -> None:
+    """Atomically (re)write the ownership record listing the tensor ``files`` and the ``outputs`` (None: keep
+    the outputs the record lists)."""
     files = sorted({f for f in files if WEIGHTS_RE.fullmatch(f)})
-    atomic_write_text(Path(run_dir) / RUN_MARKER, json.dumps({"format": "scorelab-run", "files": files}))
+    outputs = read_owned_outputs(run_dir) if outputs is None else outputs
+    record = {"format": "scorelab-run", "files": files}
+    outputs = sorted({f for f in outputs if OUTPUT_RE.fullmatch(f)})
+    if outputs:
+        record["outputs"] = outputs
+    atomic_write_text(Path(run_dir) / RUN_MARKER, json.dumps(record))
+
+
+def write_output(run_dir: str | Path, relpath: str, write) -> bool:
+    """Write the run output ``relpath`` (matching OUTPUT_RE, e.g. samples/latest.png) atomically with
+    ``write(tmp_path)``, recording it in the ownership record first. A file already there that the record does
+    not list is the user's: it is left alone (a warning, returns False). Call it while holding the run's lock."""
+    import warnings
+
+    if not OUTPUT_RE.fullmatch(relpath):
+        raise ValueError(f"{relpath!r} is not a run output name this module writes.")
+    run_dir = Path(run_dir)
+    path = run_dir / relpath
+    owned = read_owned_outputs(run_dir)
+    if (path.exists() or path.is_symlink()) and relpath not in owned:
+        warnings.warn(f"{path} exists and was not written by this run: left alone, that grid is not written.",
+                      stacklevel=2)
+        return False
+    if path.parent.is_symlink() or (path.parent.exists() and not path.parent.is_dir()):
+        warnings.warn(f"{path.parent} is not a directory this run made: the grid is not written.", stacklevel=2)
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if relpath not in owned:
+        write_owned(run_dir, read_owned(run_dir), [*owned, relpath])
+    _atomic_write(path, write)
+    return True
 
 
 # --------------------------------------------------------------------------- optimiser <-> tensors + JSON

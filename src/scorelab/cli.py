@@ -399,13 +399,17 @@ def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, ind
         from . import plots
 
         view = {"value_range": run.data_range(), "levels": run.data_levels(), "min_size": GRID_MIN_PIXELS}
+        shown = x
+        if run.dequantized and view["value_range"] and view["levels"]:  # samples are v = k + U: show floor(v)
+            lo, hi = view["value_range"]
+            shown = x - (hi - lo) / (view["levels"] - 1) / 2
         if individual is not None:
-            plots.save_images(x, individual, **view)
+            plots.save_images(shown, individual, **view)
     if out.lower().endswith(".png"):
         from . import plots
 
         if x.ndim == 4:
-            plots.save_image_grid(x, out, nrow=count if len(scores) > 1 else max(1, math.ceil(count**0.5)), **view)
+            plots.save_image_grid(shown, out, nrow=count if len(scores) > 1 else max(1, math.ceil(count**0.5)), **view)
         elif x.ndim == 2 and x.shape[1] == 2:
             plots.samples_scatter({method: x}, path=out)
         else:

@@ -3,12 +3,12 @@
 A config has five sections; every key is checked (unknown keys, wrong types and out-of-range values are a
 ValueError that names the key and the valid choices), and missing keys take the published defaults below.
 
-    data:      name (a built-in data set) or path (.npy/.csv), n, scale
+    data:      name (a built-in data set) or path (.npy/.csv/image folder), n, scale, split, layout, dequantize
     sde:       type ve | vp | subvp, plus that process's constructor arguments
     model:     type mlp | unet | energy, parameterization, plus that network's constructor arguments
     objective: name (a key of scorelab.objectives.OBJECTIVES), plus that objective's options
     train:     steps, batch_size, lr, warmup, lr_schedule, grad_clip, ema_decay, ema_power, adam_betas, adam_eps, seed,
-               log_every, ckpt_every, device, tensorboard, threads
+               log_every, ckpt_every, device, tensorboard, threads, precision, sample_every, sample_nfe
 
 ``load_config(path_or_name, overrides)`` reads a file (or a bundled config by bare name, e.g. ``toy``),
 applies ``key.sub=value`` overrides (values parsed as YAML) and returns the complete, validated config as a
@@ -124,6 +124,10 @@ DATA_FIELDS = {
     "n": _pos_int(None, nullable=True),                 # examples drawn/kept (None: the data set's default)
     "scale": _Field((list,), None, nullable=True, length=2),  # map data range to [lo, hi], e.g. [-1, 1] (DDPM)
     "seed": _Field((int,), 0),                          # draws of the synthetic data sets
+    "split": _Field((str,), None, nullable=True),       # train | test | all: built-in image sets only (None: train)
+    "layout": _Field((str,), "auto", choices=("auto", "nchw")),  # auto: refuse channels-last [N, H, W, C] images
+    "dequantize": _Field((bool,), False),               # train on x + U[0, 1) per value of quantised data: the
+                                                        # continuous density that bits/dim measures (Theis et al. 2016)
     "labels": _Field((str,), None, nullable=True),      # .npy of int class labels [N] for data.path (class-cond.)
 }
 
@@ -161,6 +165,8 @@ MODEL_FIELDS = {
     },
 }
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
 TRAIN_FIELDS = {
     "steps": _pos_int(2000),
     "batch_size": _pos_int(128),                       # Song et al. 2021 use 128 for CIFAR-10
@@ -178,7 +184,11 @@ TRAIN_FIELDS = {
     "ckpt_every": _pos_int(1000),
     "device": _Field((str,), "auto"),                  # auto: CUDA when available, else CPU
     "tensorboard": _Field((bool,), False),             # event files too (pip install 'scorelab[tensorboard]')
-    "threads": _pos_int(None, nullable=True),          # CPU threads (None: torch's default); tiny nets: 1
+    "threads": _pos_int(None, nullable=True),          # CPU threads; None: 1 on the CPU (see cpu_threads), torch's
+                                                       # default on CUDA
+    "precision": _Field((str,), "auto", choices=PRECISIONS),  # auto: bf16 autocast on CUDA, fp32 on the CPU
+    "sample_every": _Field((int,), 0, min=0),          # image data: a grid samples/step_N.png every N steps; 0: off
+    "sample_nfe": _pos_int(20),                        # its budget (the default method at 20: ancestral)
 }
 
 
@@ -252,6 +262,8 @@ def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict:
         node[parts[-1]] = value
         if parts[0] == "data" and len(parts) == 2 and parts[1] in ("name", "path") and value is not None:
             node["path" if parts[1] == "name" else "name"] = None
+            if parts[1] == "path":  # a file or folder has no splits: drop the built-in set's
+                node["split"] = None
         table = {"sde": SDE_FIELDS, "model": MODEL_FIELDS}.get(parts[0])
         if table is not None and parts[1:] == ["type"] and value in table:
             # another process/network: drop the settings the new type does not take (set them after the type)
@@ -319,6 +331,7 @@ def validate(raw: dict) -> dict:
         if not lo < hi:
             raise ValueError(f"data.scale must be [lo, hi] with lo < hi, e.g. [-1, 1]; got {data['scale']!r}.")
         data["scale"] = [lo, hi]
+    _check_split(data)
     cfg["data"] = data
 
     kind, sde = _typed("sde", raw.get("sde") or {}, SDE_FIELDS, "type", "ve")
@@ -350,6 +363,20 @@ def validate(raw: dict) -> dict:
     resolve_device(train["device"])
     cfg["train"] = train
     return cfg
+
+
+def _check_split(data: dict) -> None:
+    from .data import IMAGE_SPLITS
+
+    split, name = data["split"], data["name"]
+    if split is None:
+        return
+    if name not in IMAGE_SPLITS:
+        source = f"data.path {data['path']!r}" if data["path"] is not None else f"data.name {name!r}"
+        raise ValueError(f"data.split={split!r}, but {source} has no splits (only {sorted(IMAGE_SPLITS)} do); "
+                         "remove data.split (--set data.split=null) and hold out your own test file.")
+    if split not in IMAGE_SPLITS[name]:
+        raise ValueError(f"data.split must be one of {list(IMAGE_SPLITS[name])} for {name}, got {_short(split)}.")
 
 
 # --------------------------------------------------------------------------- builders
@@ -537,18 +564,28 @@ def bind_objective(objective, sde):
 
 
 def build_data(section: dict, x: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
-    """data section -> (float32 tensor [N, *dims], scaler or None). Data with NaN/inf is refused here.
+    """data section -> (float32 tensor [N, *dims], scaler or None); ``load_data`` without the data_info."""
+    x, scaler, _ = load_data(section, x)
+    return x, scaler
+
+
+def load_data(section: dict, x: torch.Tensor | None = None) -> tuple[torch.Tensor, Any, dict]:
+    """data section -> (float32 tensor [N, *dims] in model units, scaler or None, data_info). Data with NaN/inf
+    is refused here, and so is a 4-D array that looks channels-last [N, H, W, C] (unless data.layout=nchw).
     ``x`` given (``train(data=...)``) replaces the section's source; the checks and data.scale still apply.
 
-    ``scale: [lo, hi]`` maps the data's range affinely onto [lo, hi] (e.g. images to [-1, 1], DDPM); the
-    returned scaler's ``inverse`` maps samples back.
+    ``scale: [lo, hi]`` maps the data's range (data_info["range"]: the known [0, levels - 1] of a quantised
+    image set, else the data's [min, max]) affinely onto [lo, hi] (e.g. images to [-1, 1], DDPM); the returned
+    scaler's ``inverse`` maps samples back. data_info (``scorelab.data.load_dataset``) is stored with the run.
     """
-    from .data import get_dataset
+    from .data import channels_last_hint, data_info, load_dataset
 
     g = torch.Generator().manual_seed(section["seed"])
     source = section["path"] if section["path"] is not None else section["name"]
+    info = None
     if x is None:
-        x = get_dataset(source, n=section["n"], generator=g)
+        where = Path(source) if section["path"] is not None else source  # a path never means a built-in name
+        x, info = load_dataset(where, n=section["n"], generator=g, split=section.get("split"))
     source = source or "given to train(data=...)"
     if not isinstance(x, torch.Tensor):
         x = torch.as_tensor(x)
@@ -560,18 +597,26 @@ def build_data(section: dict, x: torch.Tensor | None = None) -> tuple[torch.Tens
         rows = int(bad.reshape(x.shape[0], -1).any(1).sum())
         raise ValueError(f"data {source!r} contains {int(bad.sum())} NaN/inf value(s) in {rows} example(s); "
                          "drop or impute them before training.")
+    hint = channels_last_hint(x.shape) if section.get("layout", "auto") == "auto" else None
+    if hint:
+        raise ValueError(f"data {source!r}: {hint}")
+    if info is None:
+        info = data_info(x, source)
     scaler = None
     if section["scale"] is not None:
-        scaler = make_scaler(x, *section["scale"])
+        scaler = make_scaler(x, *section["scale"], value_range=info["range"])
         x = scaler.forward(x)
-    return x, scaler
+    return x, scaler, info
 
 
-def make_scaler(x: torch.Tensor, lo: float, hi: float):
-    """The AffineScaler mapping [x.min(), x.max()] onto [lo, hi]."""
+def make_scaler(x: torch.Tensor, lo: float, hi: float, value_range=None):
+    """The AffineScaler mapping the data's range onto [lo, hi]: ``value_range`` = (a, b) when the range is
+    known (quantised images: [0, levels - 1]), else [x.min(), x.max()]."""
     from .data import AffineScaler
 
-    return AffineScaler.fit(x, lo, hi)
+    if value_range is None:
+        return AffineScaler.fit(x, lo, hi)
+    return AffineScaler.from_range(float(value_range[0]), float(value_range[1]), target=(lo, hi))
 
 
 def scaler_state(scaler) -> dict | None:

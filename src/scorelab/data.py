@@ -307,11 +307,18 @@ def _idx_path(root: Path, stem: str) -> Path | None:
     return None
 
 
+FASHION_MNIST_SPLITS = ("train", "test", "all")
+
+
 def fashion_mnist(split: str = "train", root=FASHION_MNIST_ROOT) -> ImageData:
     """Fashion-MNIST (Xiao et al. 2017) from the IDX files under ``root``: x [N, 1, 28, 28] in
-    {0, ..., 255} (levels = 256), y in {0, ..., 9}; N = 60000 (train) or 10000 (test, the official test set)."""
-    if split not in _IDX_FILES:
-        raise ValueError(f"split must be one of {sorted(_IDX_FILES)} for fashion_mnist, got {split!r}.")
+    {0, ..., 255} (levels = 256), y in {0, ..., 9}; N = 60000 (train), 10000 (test, the official test set) or
+    70000 (all: train then test)."""
+    if split not in FASHION_MNIST_SPLITS:
+        raise ValueError(f"split must be one of {list(FASHION_MNIST_SPLITS)} for fashion_mnist, got {split!r}.")
+    if split == "all":
+        parts = [fashion_mnist(s, root) for s in ("train", "test")]
+        return ImageData(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]), 256)
     root = Path(root)
     prefix = _IDX_FILES[split]
     img_path = _idx_path(root, f"{prefix}-images-idx3-ubyte")
@@ -437,7 +444,10 @@ def _as_data(x) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------
 
 _IMAGE_SETS: dict[str, Callable[..., ImageData]] = {"digits": digits, "fashion_mnist": fashion_mnist}
+# the splits each built-in image set has (the first is the default); no other source has splits
+IMAGE_SPLITS: dict[str, tuple[str, ...]] = {"digits": DIGITS_SPLITS, "fashion_mnist": FASHION_MNIST_SPLITS}
 DEFAULT_TOY_SIZE = 10000
+FOLDER_LEVELS = 256  # image folders are read as 8-bit grey or RGB (0..255)
 
 
 def dataset_names() -> list[str]:
@@ -562,6 +572,55 @@ def from_dataset(source, n: int | None = None, batch_size: int = 256) -> tuple[t
     return x, y
 
 
+def load_dataset(name_or_path, n: int | None = None, generator: torch.Generator | None = None,
+                 split: str | None = None) -> tuple[torch.Tensor, dict]:
+    """``get_dataset`` plus what the run must know about its data: (x float32 [N, *dims], data_info) with
+
+        data_info = {"shape": [*dims], "range": [lo, hi], "levels": L or None, "source": name or path,
+                     "split": the split or None}
+
+    ``range`` is in data units: [0, levels - 1] for the quantised sets (digits 0..16, Fashion-MNIST 0..255,
+    image folders 0..255), whatever values a subset happens to hold; for files and toys the data's own
+    [min, max] (levels None). ``split`` (train | test | all) exists for the built-in image sets only; None there
+    means their default, "train"; any other source has no split and refuses one.
+    """
+    name = name_or_path if isinstance(name_or_path, str) else None
+    if name in _IMAGE_SETS:
+        split = IMAGE_SPLITS[name][0] if split is None else split
+        images = _IMAGE_SETS[name](split=split)
+        x, levels = _subset(images.x, n, generator), images.levels
+    else:
+        if split is not None:
+            raise ValueError(f"split={split!r}: only the built-in image sets {sorted(_IMAGE_SETS)} have splits; "
+                             f"{str(name_or_path)!r} has none (hold out a file of your own and drop the split).")
+        x = get_dataset(name_or_path, n=n, generator=generator)
+        is_folder = isinstance(name_or_path, (str, Path)) and Path(name_or_path).is_dir()
+        levels = FOLDER_LEVELS if is_folder else None
+    return x, data_info(x, str(name_or_path), split, levels)
+
+
+def data_info(x: torch.Tensor, source: str, split: str | None = None, levels: int | None = None) -> dict:
+    """The data_info dict of ``load_dataset`` for data x [N, *dims] (data units): the range is [0, levels - 1]
+    when the data is quantised to ``levels`` known levels, else x's own [min, max]."""
+    if levels is not None:
+        lo, hi = 0.0, float(levels - 1)
+    else:
+        lo, hi = float(x.min()), float(x.max())
+    return {"shape": [int(d) for d in x.shape[1:]], "range": [lo, hi], "levels": levels, "source": source,
+            "split": split}
+
+
+def channels_last_hint(shape) -> str | None:
+    """A sentence telling the user to transpose when ``shape`` [N, *dims] looks like channels-last images
+    [N, H, W, C] (4 axes, the last 1, 3 or 4, axis 1 not), else None."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) == 4 and shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4):
+        return (f"the data has shape {list(shape)}, which looks like channels-last images [N, H, W, C]; scorelab "
+                f"takes images as [N, C, H, W]: transpose them (np.transpose(x, (0, 3, 1, 2))), or set "
+                f"data.layout=nchw if axis 1 really holds {shape[1]} channels.")
+    return None
+
+
 def get_dataset(name_or_path, n: int | None = None, generator: torch.Generator | None = None, **kw) -> torch.Tensor:
     """A built-in data set or a file -> float32 tensor [N, *dims].
 
@@ -638,5 +697,6 @@ __all__ = [
     "TOYS", "toy_mixture", "ring_mixture", "grid_mixture", "two_modes_mixture", "swiss_roll", "moons",
     "checkerboard", "circles", "load_array", "ImageData", "digits", "fashion_mnist", "read_idx",
     "AffineScaler", "get_dataset", "dataset_names", "load_image_folder", "load_labeled_image_folder",
-    "LabeledImages", "from_dataset", "data_labels",
+    "LabeledImages", "from_dataset", "data_labels", "load_dataset", "data_info", "IMAGE_SPLITS",
+    "channels_last_hint",
 ]

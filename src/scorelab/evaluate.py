@@ -165,14 +165,16 @@ def _test_images(run, data) -> tuple[torch.Tensor, torch.Tensor | None, str]:
     return x.float(), None, label
 
 
-def quantize(x: torch.Tensor, value_range: tuple[float, float], levels: int | None) -> torch.Tensor:
+def quantize(x: torch.Tensor, value_range: tuple[float, float], levels: int | None,
+             dequantized: bool = False) -> torch.Tensor:
     """Clip x to ``value_range`` and round it to the nearest of ``levels`` equally spaced values (no rounding
-    when levels is None): samples made comparable with quantised data."""
+    when levels is None): samples made comparable with quantised data. ``dequantized``: x models v = k + U
+    (a run trained with data.dequantize), whose level is floor(v), i.e. the nearest level to v - step / 2."""
     lo, hi = value_range
-    x = x.clamp(lo, hi)
     if levels is None:
-        return x
+        return x.clamp(lo, hi)
     step = (hi - lo) / (levels - 1)
+    x = (x - step / 2 if dequantized else x).clamp(lo, hi)
     return lo + torch.round((x - lo) / step) * step
 
 
@@ -318,7 +320,7 @@ def evaluate_images(run, data=None, *, n: int = 4000, nll_n: int = 500, method: 
             bar.update(k)
     raw = torch.cat(parts)
     finite = torch.isfinite(raw).flatten(1).all(1)
-    samples = quantize(torch.nan_to_num(raw, nan=rng[0]), rng, levels)
+    samples = quantize(torch.nan_to_num(raw, nan=rng[0]), rng, levels, dequantized=run.dequantized)
     result.update({"n_samples": m, "sampler": kw["method"], "nfe": used, "nonfinite_samples": int((~finite).sum())})
     result["samples_range"] = [float(raw[finite].min()), float(raw[finite].max())] if bool(finite.any()) else None
 

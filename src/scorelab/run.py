@@ -7,6 +7,8 @@
     run.config           # the complete config dict it was trained with
     run.scaler           # the data scaler (``scaler.inverse`` maps samples back), or None
     run.step             # training steps behind the weights
+    run.data_info        # the training data: {"shape", "range" (data units), "levels", "source", "split"}, or
+                         # None for runs written without it
     run.num_classes      # K for a class-conditional run (model.num_classes), 0 otherwise
     run.score(x, t, y)   # class-conditional runs: grad_x log p_t(x | y), y an int or [B] labels; y=None is the
                          # unconditional score of the same network (its null class, trained by label dropout)
@@ -38,9 +40,10 @@ class Run:
     """A trained run: ``score(x, t)`` is a plain score function usable by every sampler and likelihood."""
 
     def __init__(self, model: torch.nn.Module, config: dict, step: int, run_dir: Path, scaler: Any = None,
-                 data_shape: tuple[int, ...] = ()):
+                 data_shape: tuple[int, ...] = (), data_info: dict | None = None):
         self.model, self.config, self.step, self.run_dir = model, config, step, run_dir
         self.scaler, self.data_shape = scaler, tuple(data_shape)
+        self.data_info = data_info
         self.sde = model.sde
 
     @property
@@ -67,6 +70,12 @@ class Run:
             return None
         ends = self.scaler.inverse(torch.tensor([[float(target[0])], [float(target[1])]], dtype=torch.float64))
         return float(ends.min()), float(ends.max())
+
+    @property
+    def dequantized(self) -> bool:
+        """True when the run was trained on dequantised data v = x + U[0, 1) (data.dequantize): its samples are
+        v, whose grey level is floor(v), not round(v)."""
+        return bool(self.config.get("data", {}).get("dequantize", False))
 
     def data_levels(self) -> int | None:
         """Quantisation levels of the run's data (``data_info["levels"]``; 17 for digits, 256 for Fashion-MNIST
@@ -217,8 +226,9 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     cfg = meta["config"]
     ckpt.load_module_state(model, ckpt.split_prefix(tensors, "ema"), "EMA")
     model.requires_grad_(False).eval()
+    info = meta.get("data_info")
     return Run(model.to(dev), cfg, int(meta["step"]), run_dir, scaler_from_state(meta.get("scaler")),
-               tuple(meta["data_shape"]))
+               tuple(meta["data_shape"]), data_info=info if isinstance(info, dict) else None)
 
 
 def _device(device) -> torch.device:
