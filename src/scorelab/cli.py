@@ -663,6 +663,20 @@ def evaluate(run_dir, data_path, out, count, nll_n, method, nfe, exact, tol, bat
         click.echo(f"wrote {write_json(res, out)}")
 
 
+def _conditional_options(out, seed, nfe, method, particles) -> dict:
+    """The checks shared by inpaint and colorize (output file, seed, budget, --particles only with smc) and the
+    method options they give."""
+    _check_out_file(out, (".npy", ".png"))
+    _check_seed(seed)
+    if nfe < 1 or nfe > MAX_NFE:
+        raise ValueError(f"--nfe must be in [1, {MAX_NFE}], got {nfe}.")
+    if particles is None:
+        return {}
+    if method != "smc":
+        raise ValueError(f"--particles belongs to --method smc, not {method!r}; drop it or use --method smc.")
+    return {"particles": particles}
+
+
 def _read_inpaint_file(path: str, what: str):
     """--input / --mask: a .npy array [N, *dims] or [*dims], or a .png image (pixels / 255, [1, C, H, W])."""
     from pathlib import Path
@@ -722,15 +736,7 @@ def inpaint(run_dir, input_path, mask_path, out, method, nfe, particles, device,
 
     from .conditional import inpaint as fill
 
-    _check_out_file(out, (".npy", ".png"))
-    _check_seed(seed)
-    if nfe < 1 or nfe > MAX_NFE:
-        raise ValueError(f"--nfe must be in [1, {MAX_NFE}], got {nfe}.")
-    options = {}
-    if particles is not None:
-        if method != "smc":
-            raise ValueError(f"--particles belongs to --method smc, not {method!r}; drop it or use --method smc.")
-        options["particles"] = particles
+    options = _conditional_options(out, seed, nfe, method, particles)
     x = _read_inpaint_file(input_path, "--input")
     mask = _read_inpaint_file(mask_path, "--mask")
     dev = _device(device)
@@ -820,15 +826,7 @@ def colorize(run_dir, input_path, out, method, nfe, particles, device, seed, qui
 
     from .conditional import colorize as colour
 
-    _check_out_file(out, (".npy", ".png"))
-    _check_seed(seed)
-    if nfe < 1 or nfe > MAX_NFE:
-        raise ValueError(f"--nfe must be in [1, {MAX_NFE}], got {nfe}.")
-    options = {}
-    if particles is not None:
-        if method != "smc":
-            raise ValueError(f"--particles belongs to --method smc, not {method!r}; drop it or use --method smc.")
-        options["particles"] = particles
+    options = _conditional_options(out, seed, nfe, method, particles)
     dev = _device(device)
     run = _load_run(run_dir, dev)
     shape = tuple(run.data_shape)
