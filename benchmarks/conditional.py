@@ -37,7 +37,7 @@ from scorelab.conditional import inpaint
 from scorelab.metrics import mixture_error
 from scorelab.oracle import GaussianMixture
 from scorelab.sde import VPSDE
-from scorelab.smc import conditional_mixture
+from scorelab.smc import between_modes
 
 F64 = torch.float64
 
@@ -48,17 +48,6 @@ def mixture(d: int, seed: int, K: int = 3) -> GaussianMixture:
     A = torch.randn(K, d, d, generator=g, dtype=F64) / d**0.5
     S = 0.3 * (A @ A.transpose(1, 2)) + 0.1 * torch.eye(d, dtype=F64)
     return GaussianMixture(torch.rand(K, generator=g, dtype=F64) + 0.5, mu, S)
-
-
-def between(gmm: GaussianMixture, known: torch.Tensor, share: float = 0.4):
-    """Known values between modes 0 and 1 where mode 0 has ``share`` of their conditional weight (bisection)."""
-    lo, hi = 0.0, 1.0
-    for _ in range(50):
-        lam = 0.5 * (lo + hi)
-        y = lam * gmm.means[0, known] + (1 - lam) * gmm.means[1, known]
-        w = conditional_mixture(gmm, known, y)[0]
-        lo, hi = (lo, lam) if w[0] / (w[0] + w[1]) > share else (lam, hi)
-    return y, GaussianMixture(*conditional_mixture(gmm, known, y))
 
 
 def methods(quick: bool):
@@ -170,7 +159,7 @@ def main() -> None:
         for seed in seeds:
             gmm = mixture(d, seed)
             known = torch.arange(d) < d // 2
-            y, cond = between(gmm, known)
+            y, cond = between_modes(gmm, known)
             fl = mixture_error(cond.sample(n, generator=torch.Generator().manual_seed(7)), cond)
             name = f"d{d}/s{seed}"
             print(f"{name:>10} {'floor':>20} {'':>5} {fl.moment_kl:10.3f} {fl.mode_tv:8.3f}   "

@@ -18,7 +18,7 @@ from scorelab.conditional import colorize, inpaint
 from scorelab.metrics import mixture_error
 from scorelab.oracle import GaussianMixture
 from scorelab.sde import VESDE, VPSDE
-from scorelab.smc import conditional_mixture, effective_sample_size, systematic_resample
+from scorelab.smc import between_modes, conditional_mixture, effective_sample_size, systematic_resample
 
 F64 = torch.float64
 
@@ -29,18 +29,6 @@ def mixture(d, seed, K=3):
     A = torch.randn(K, d, d, generator=g, dtype=F64) / d**0.5
     S = 0.3 * (A @ A.transpose(1, 2)) + 0.1 * torch.eye(d, dtype=F64)
     return GaussianMixture(torch.rand(K, generator=g, dtype=F64) + 0.5, mu, S)
-
-
-def between(gmm, known, share=0.4):
-    """Known values on the segment between the known parts of modes 0 and 1, where mode 0 has conditional
-    weight ``share`` of the two (bisection); returns y and the exact conditional mixture."""
-    lo, hi = 0.0, 1.0
-    for _ in range(50):
-        lam = 0.5 * (lo + hi)
-        y = lam * gmm.means[0, known] + (1 - lam) * gmm.means[1, known]
-        w = conditional_mixture(gmm, known, y)[0]
-        lo, hi = (lo, lam) if w[0] / (w[0] + w[1]) > share else (lam, hi)
-    return y, GaussianMixture(*conditional_mixture(gmm, known, y))
 
 
 def impute(gmm, sde, known, y, n, seed=0, **kw):
@@ -76,7 +64,7 @@ N, NFE, PARTICLES = 600, 400, 16  # the stated budget: 400 score evaluations per
 def test_default_inpaint_matches_the_exact_conditional_and_replacement_does_not(d, seed, k, sde):
     gmm = mixture(d, seed)
     known = torch.arange(d) < k
-    y, cond = between(gmm, known)
+    y, cond = between_modes(gmm, known)
     smc = mixture_error(impute(gmm, sde, known, y, N, nfe=NFE, particles=PARTICLES).x[:, ~known], cond)
     base = mixture_error(impute(gmm, sde, known, y, N, method="replacement", nfe=NFE).x[:, ~known], cond)
     fl = floor(cond, N)
@@ -90,7 +78,7 @@ def test_default_inpaint_matches_the_exact_conditional_and_replacement_does_not(
 def test_error_falls_as_the_particles_grow():
     gmm = mixture(4, 21)
     known = torch.arange(4) < 2
-    y, cond = between(gmm, known, share=0.3)
+    y, cond = between_modes(gmm, known, share=0.3)
     sde = VPSDE()
     errs = [mixture_error(impute(gmm, sde, known, y, 500, nfe=100, particles=p).x[:, ~known], cond)
             for p in (1, 8, 64)]
@@ -172,7 +160,7 @@ def test_images_follow_the_same_path_as_vectors():
     mask = torch.zeros(2, 2, 2, dtype=torch.bool)
     mask[:, 0, :] = True
     known = mask.reshape(-1)
-    y, _ = between(gmm, known)
+    y, _ = between_modes(gmm, known)
     sde = VPSDE()
     x = torch.zeros(50, 8, dtype=F64)
     x[:, known] = y

@@ -153,4 +153,21 @@ def conditional_mixture(gmm, known: torch.Tensor, y: torch.Tensor):
     return weights, means, 0.5 * (covs + covs.transpose(1, 2))
 
 
-__all__ = ["impute", "SMCResult", "systematic_resample", "effective_sample_size", "conditional_mixture"]
+def between_modes(gmm, known: torch.Tensor, share: float = 0.4):
+    """Known values y on the segment between the known parts of modes 0 and 1 of a ``GaussianMixture``, placed
+    (by bisection) where mode 0 holds ``share`` of the two modes' conditional weight: the hard case for
+    imputation, whose conditional weights a biased sampler gets wrong. Returns (y [d_k], the exact conditional
+    mixture of the unknown coordinates)."""
+    from .oracle import GaussianMixture
+
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        lam = 0.5 * (lo + hi)
+        y = lam * gmm.means[0, known] + (1 - lam) * gmm.means[1, known]
+        w = conditional_mixture(gmm, known, y)[0]
+        lo, hi = (lo, lam) if w[0] / (w[0] + w[1]) > share else (lam, hi)
+    return y, GaussianMixture(*conditional_mixture(gmm, known, y))
+
+
+__all__ = ["impute", "SMCResult", "systematic_resample", "effective_sample_size", "conditional_mixture",
+           "between_modes"]
