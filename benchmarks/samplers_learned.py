@@ -1,17 +1,27 @@
 """Samplers on learned scores (issue 12): the same trained model sampled by scorelab's methods and by the peers'.
 
-Two runs are trained from the shipped recipes, once, into the cache directory given on the command line (kept and
-reused when present): ``toy`` (configs/toy.yaml, the 8-ring, VE; ``--toy-steps``, default 4000) and ``digits``
-(configs/digits.yaml, VP, U-Net; ``--digits-steps``, default 1500) on a random 1400 of the 1797 scikit-learn digits;
-the other 397 are the held-out set. Each model is then sampled at nfe 5, 10, 20, 50 by scorelab's methods (at
-their defaults, ``default_method(nfe)`` and optimised grids) and by the peers' (k-diffusion through
-``interop.k_diffusion_denoiser`` on the VE run, or on the VP run through the same wrapper in sigma = s/m;
-diffusers' DDIM / DPM-Solver++ / UniPC through ``interop.epsilon_model`` on the VP run). Distances: toy, moment KL
-and mode TV against the exact ring (``mixture_error``) and sliced W2 against 4000 fresh exact draws; digits,
-sliced W2 and MMD (in [-1, 1] pixels) against the held-out images. Floors: a second exact sample set (toy), a
-second held-out-sized draw from the training images (digits).
+Two runs: ``toy`` (configs/toy.yaml, the 8-ring, VE; trained once into ``--cache DIR/toy`` when absent,
+``--toy-steps``, default 4000) and ``digits``, a run of configs/digits.yaml trained on the fixed train split of
+``scorelab.data.digits`` (1498 images; the test split's 299 are held out), given by ``--digits-dir`` (a copy:
+sampling on optimised grids writes RUN/grids). Each model is sampled at nfe 5, 10, 20, 50 by a fixed set of
+scorelab configurations, the same for both runs (``OURS``: each method at its defaults, the stochastic
+DPM-Solver++ 2M/3M also with sigma_min = 0.002 and on the Karras grid to sigma_min = 0.01, and ``+opt`` on
+grids optimised for the model), by ``default_method(nfe)`` (the "default" of the summary), and by the peers':
+k-diffusion through ``interop.k_diffusion_denoiser`` (on the VP run through the same wrapper in sigma = s/m),
+diffusers' DDIM / DPM-Solver++ / UniPC through ``interop.epsilon_model``, diffusers' ScoreSdeVe PC on the VE run.
 
-    nice -n 5 .venv/bin/python benchmarks/samplers_learned.py --cache /tmp/learned-runs
+Distances. Toy: moment KL and mode TV against the exact ring (``mixture_error``) and sliced W2 against 4000
+fresh exact draws; floor: a second exact sample set. Digits: ``scorelab evaluate``'s protocol
+(``evaluate.evaluate_images``): samples mapped to data units, clipped and quantised like the data, and the
+Frechet distance between Gaussian fits of the reference classifier's pooled features (cached in
+``--classifier-cache``, default $SCORELAB_CACHE) of m = min(--digits-n, 299) samples and the m test images;
+floor: m train images against the same test images, the mean over evaluate.FLOOR_DRAWS train subsets (the
+same subsets as ``scorelab evaluate --seed 0``); second column sliced W2 in [-1, 1] pixels against the same
+test images, floor over the same train subsets. Every number is the median over the sampling ``--seeds``.
+
+    nice -n 5 .venv/bin/python benchmarks/samplers_learned.py --cache /tmp/learned-runs --runs toy --seeds 0 1 2
+    nice -n 5 .venv/bin/python benchmarks/samplers_learned.py --cache /tmp/learned-runs --runs digits \
+        --digits-dir /tmp/learned-runs/digits --budgets 10 20 --opt-budgets --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ import scorelab  # noqa: E402
 from scorelab import interop  # noqa: E402
 from scorelab.checkpoint import META_NAME  # noqa: E402
 from scorelab.data import ring_mixture  # noqa: E402
-from scorelab.metrics import mixture_error, mmd, sliced_wasserstein  # noqa: E402
+from scorelab.metrics import mixture_error, sliced_wasserstein  # noqa: E402
 from scorelab.sde import VESDE, VPSDE  # noqa: E402
 
 
@@ -44,31 +54,22 @@ def _train(config: str, out: Path, steps: int, extra=()):
     subprocess.run(cmd, check=True)
 
 
-def train_runs(cache: Path, toy_steps: int, digits_steps: int, runs=("toy", "digits")):
-    """The toy and digits runs in ``cache`` (trained only when absent) and the digits split."""
-    from scorelab.data import digits
-
+def train_toy(cache: Path, steps: int) -> Path:
+    """The toy run in ``cache/toy`` (trained only when absent)."""
     cache.mkdir(parents=True, exist_ok=True)
-    x = digits().x
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    train_x, held = x[perm[:1400]], x[perm[1400:]]
-    split = cache / "digits-train.npy"
-    if not split.exists():
-        np.save(split, train_x.numpy())
-    if "toy" in runs:
-        _train("toy", cache / "toy", toy_steps)
-    if "digits" in runs:
-        _train("digits", cache / "digits", digits_steps, ("--set", "data.name=null", "--set", f"data.path={split}",
-                                                           "--set", f"train.warmup={min(1000, digits_steps // 8)}"))
-    return train_x, held
+    _train("toy", cache / "toy", steps)
+    return cache / "toy"
 
 
 # scorelab's configurations, each at its defaults; "+opt" uses the grid optimised for the model (optimized_grid)
+# (the same set for every run: nothing here is tuned on one of them)
 OURS = [("ancestral", "ancestral", {}), ("euler_maruyama", "euler_maruyama", {}), ("dpm_solver", "dpm_solver", {}),
-        ("sde-dpm2M", "dpm_solver", {"eta": 1.0}),
-        ("sde-dpm2M/smin.002", "dpm_solver", {"eta": 1.0, "sigma_min": 0.002}),
-        ("sde-dpm3M", "dpm_solver", {"eta": 1.0, "order": 3}),
-        ("sde-dpm3M/smin.002", "dpm_solver", {"eta": 1.0, "order": 3, "sigma_min": 0.002}),
+        ("sde-dpm2M", "sde_dpm_solver", {}),
+        ("sde-dpm2M/smin.002", "sde_dpm_solver", {"sigma_min": 0.002}),
+        ("sde-dpm2M/karras/smin.01", "sde_dpm_solver", {"grid": "karras", "sigma_min": 0.01}),
+        ("sde-dpm3M", "sde_dpm_solver", {"order": 3}),
+        ("sde-dpm3M/smin.002", "sde_dpm_solver", {"order": 3, "sigma_min": 0.002}),
+        ("sde-dpm3M/karras/smin.01", "sde_dpm_solver", {"order": 3, "grid": "karras", "sigma_min": 0.01}),
         ("unipc", "unipc", {}), ("ipndm", "ipndm", {}), ("deis", "deis", {}), ("lms", "lms", {}),
         ("edm_heun", "edm_heun", {})]
 OPT = ("unipc", "dpm_solver", "ipndm", "deis")
@@ -92,7 +93,7 @@ def scorelab_runs(run, n, nfe, seed, opt_budgets, probe):
                                             grid=grid, **opts).x
             print(f"  [grid] {label} nfe {nfe}: {time.time() - t0:.0f} s (0 when cached)", flush=True)
     d = default_method(nfe)
-    out["default"] = f"sl:{ {'sde_dpm_solver': 'sde-dpm2M'}.get(d, d)}"  # sde_dpm_solver = dpm_solver(eta=1)
+    out["default"] = f"sl:{ {'sde_dpm_solver': 'sde-dpm2M'}.get(d, d)}"  # the row of d at its defaults
     return out
 
 
@@ -164,36 +165,79 @@ def bench_toy(run, K, budgets, n, seeds, opt_budgets, probe):
           ("moment KL", "mode TV", "sliced W2"), metrics(floor_x), defaults)
 
 
-def bench_digits(run, K, budgets, n, seeds, opt_budgets, probe, train_x, held):
-    to_pm1 = run.to_model  # the run's own scaling of pixels to [-1, 1]
-    held_m = to_pm1(held)
-    floor_x = to_pm1(train_x[torch.randperm(len(train_x), generator=torch.Generator().manual_seed(1))[:n]])
+def digits_reference(run, n: int, cache=None, seed: int = 0):
+    """``scorelab evaluate``'s reference for the Frechet distance of an image run (``evaluate_images``, same
+    generator sequence for ``seed``): the reference classifier and its info, the features of the m = min(n, test
+    size) test images, the test images, and the FLOOR_DRAWS train subsets of m images that make the floor."""
+    from scorelab.classifier import features, reference_classifier
+    from scorelab.evaluate import FLOOR_DRAWS, _image_sets, _test_images
 
-    def metrics(x):
-        return (sliced_wasserstein(x, held_m, generator=torch.Generator().manual_seed(0)),
-                mmd(x.clamp(-1, 1), held_m))
-    rows, defaults = _collect(run, K, budgets, n, seeds, opt_budgets, probe, metrics, "digits")
-    table(f"digits run ({run.step} steps, {run.sde!r}), n = {n} against the {len(held)} held-out images, median "
-          f"over seeds {seeds}", rows, budgets, ("sliced W2", "MMD"), metrics(floor_x), defaults)
+    data = run.config["data"]
+    if data.get("path") is not None or data.get("name") not in _image_sets() or data.get("split") != "train":
+        raise ValueError(f"the digits run {str(run.run_dir)!r} must be trained on the train split of a built-in "
+                         f"image set (data.name=digits, data.split=train, no data.path); its data is {data}.")
+    x_test, _, _ = _test_images(run, None)
+    train = _image_sets()[data["name"]](split="train").x
+    m = min(n, len(x_test))
+    g = torch.Generator().manual_seed(seed)
+    test_m = x_test[torch.randperm(len(x_test), generator=g)[:m]]
+    subsets = [train[torch.randperm(len(train), generator=g)[:m]] for _ in range(FLOOR_DRAWS)]
+    clf, info = reference_classifier(data["name"], cache=cache)
+    return clf, info, features(clf, test_m), test_m, subsets
+
+
+def bench_digits(run, K, budgets, n, seeds, opt_budgets, probe, cache):
+    from scorelab.classifier import features
+    from scorelab.evaluate import quantize
+    from scorelab.metrics import frechet_distance
+
+    clf, info, f_test, test_m, subsets = digits_reference(run, n, cache)
+    m = len(test_m)
+    levels, (lo, hi) = run.data_levels(), run.data_range()
+
+    def pm1(x):  # data units to [-1, 1] pixels, for the sliced W2
+        return (x - lo) * (2.0 / (hi - lo)) - 1.0
+
+    def distances(images):
+        return (frechet_distance(features(clf, images), f_test),
+                sliced_wasserstein(pm1(images), pm1(test_m), generator=torch.Generator().manual_seed(0)))
+
+    def metrics(x):  # evaluate_images: data units, non-finite to the low end, clipped and quantised like the data
+        x = run.to_data(x).float()
+        return distances(quantize(torch.nan_to_num(x, nan=lo), (lo, hi), levels, dequantized=run.dequantized))
+    floors = np.array([distances(t) for t in subsets])
+    print(f"reference classifier: {info}\nfloor over {len(subsets)} train subsets of {m}: Frechet "
+          f"{floors[:, 0].mean():.4g} (min {floors[:, 0].min():.4g}, max {floors[:, 0].max():.4g}), sliced W2 "
+          f"{floors[:, 1].mean():.4g}", flush=True)
+    rows, defaults = _collect(run, K, budgets, m, seeds, opt_budgets, probe, metrics, "digits")
+    table(f"digits run ({run.run_dir}, {run.step} steps, {run.sde!r}), n = {m} samples against the {m} test images, "
+          f"median over seeds {seeds}", rows, budgets, ("Frechet distance", "sliced W2"), tuple(floors.mean(0)),
+          defaults)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cache", type=Path, required=True, help="directory of the trained runs (made when absent)")
+    ap.add_argument("--cache", type=Path, required=True, help="directory of the toy run (trained when absent)")
     ap.add_argument("--toy-steps", type=int, default=4000)
-    ap.add_argument("--digits-steps", type=int, default=800)
     ap.add_argument("--train-only", action="store_true")
     ap.add_argument("--runs", nargs="+", default=["toy", "digits"])
     ap.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 20, 50])
-    ap.add_argument("--opt-budgets", type=int, nargs="+", default=[5, 10, 20],
-                    help="budgets at which the optimised grids are searched (cached in RUN/grids)")
+    ap.add_argument("--opt-budgets", type=int, nargs="*", default=[5, 10, 20],
+                    help="budgets at which the optimised grids are searched (cached in RUN/grids); none: no +opt rows")
     ap.add_argument("--probe", type=int, default=256, help="probe batch of the grid search")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="sampling seeds (median over them)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--digits-run", default="digits", help="the digits run's directory name inside --cache")
-    ap.add_argument("--digits-n", type=int, default=1000, help="digits samples per sampler")
+    ap.add_argument("--digits-dir", type=Path, help="a digits run trained on the train split (configs/digits.yaml); "
+                    "use a copy, optimised grids are written into it")
+    ap.add_argument("--digits-n", type=int, default=4000,
+                    help="digits samples per sampler, at most the test split's size (as scorelab evaluate's n)")
+    ap.add_argument("--classifier-cache", type=Path, default=None,
+                    help="folder of the reference classifier (default: $SCORELAB_CACHE or ~/.cache/scorelab)")
     a = ap.parse_args()
-    train_x, held = train_runs(a.cache, a.toy_steps, a.digits_steps, a.runs)
+    if "digits" in a.runs and a.digits_dir is None:
+        ap.error("--runs digits needs --digits-dir RUN (a copy of a digits run trained on the train split)")
+    if "toy" in a.runs:
+        train_toy(a.cache, a.toy_steps)
     if a.train_only:
         return
     torch.set_num_threads(a.threads)
@@ -201,10 +245,14 @@ def main():
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     if "toy" in a.runs:
+        t0 = time.time()
         bench_toy(scorelab.load(a.cache / "toy"), K, a.budgets, 4000, a.seeds, a.opt_budgets, a.probe)
+        print(f"[toy] {time.time() - t0:.0f} s", flush=True)
     if "digits" in a.runs:
-        bench_digits(scorelab.load(a.cache / a.digits_run), K, a.budgets, a.digits_n, a.seeds, a.opt_budgets, a.probe,
-                     train_x, held)
+        t0 = time.time()
+        bench_digits(scorelab.load(a.digits_dir), K, a.budgets, a.digits_n, a.seeds, a.opt_budgets, a.probe,
+                     a.classifier_cache)
+        print(f"[digits] {time.time() - t0:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
