@@ -120,24 +120,33 @@ def _is_ddpm(sde):
     return isinstance(sde, VPSDE) and (sde.beta_min, sde.beta_max) == (0.1, 20.0)
 
 
-def table(name, rows, budgets, cols, floor, defaults):
-    """rows {label: {nfe: (metric, ...)}}; prints every row, then scorelab best / default / peer best per budget."""
+def table(name, rows, budgets, cols, floor, defaults, seeds=None):
+    """rows {label: {nfe: (metric, ...)}}; prints every row, then scorelab best / default / peer best per budget;
+    seeds {label: {nfe: [first metric per seed]}}: the best two's values per seed beside them."""
     print(f"\n### {name}: {' / '.join(cols)} (floor {' / '.join(f'{f:.4g}' for f in floor)})")
     print("| sampler | " + " | ".join(f"nfe {b}" for b in budgets) + " |\n|---|" + "---|" * len(budgets))
     for lab, row in rows.items():
         print(f"| {lab} | " + " | ".join(" / ".join(f"{v:.4g}" for v in row[b]) if b in row else "-"
                                           for b in budgets) + " |")
-    print("\n| budget | scorelab best | scorelab default | peer best | best / peer |\n|---|---|---|---|---|")
+    print(f"\n| budget | scorelab best | scorelab default | peer best | best / peer | floor ({cols[0]}) |"
+          "\n|---|---|---|---|---|---|")
     for b in budgets:
         ours = min((r[b][0], k) for k, r in rows.items() if k.startswith("sl:") and b in r)
         theirs = min((r[b][0], k) for k, r in rows.items() if not k.startswith("sl:") and b in r)
         d = rows[defaults[b]][b][0]
         print(f"| nfe {b} | {ours[0]:.4g} ({ours[1][3:]}) | {d:.4g} ({defaults[b][3:]}) | {theirs[0]:.4g} "
-              f"({theirs[1]}) | {ours[0] / theirs[0]:.2f} |", flush=True)
+              f"({theirs[1]}) | {ours[0] / theirs[0]:.2f} | {floor[0]:.4g} |", flush=True)
+    if seeds:
+        print("\nper seed (first metric):")
+        for b in budgets:
+            for pick in ("sl:", "peer"):
+                k = min((r[b][0], k) for k, r in rows.items() if k.startswith("sl:") == (pick == "sl:") and b in r)[1]
+                print(f"  nfe {b} {k}: " + ", ".join(f"{v:.4g}" for v in seeds[k][b]), flush=True)
 
 
 def _collect(run, K, budgets, n, seeds, opt_budgets, probe, metrics, tag):
-    """{label: {nfe: medians over seeds of metrics(x)}} and the default label per budget."""
+    """{label: {nfe: medians over seeds of metrics(x)}}, the default label per budget, and
+    {label: {nfe: [first metric per seed]}}."""
     acc, defaults = {}, {}
     for nfe in budgets:
         for seed in seeds:
@@ -148,7 +157,8 @@ def _collect(run, K, budgets, n, seeds, opt_budgets, probe, metrics, tag):
                 acc.setdefault(k, {}).setdefault(nfe, []).append(metrics(x))
         print(f"  [{tag}] nfe {nfe} done", flush=True)
     rows = {k: {b: tuple(float(np.median(c)) for c in zip(*v)) for b, v in r.items()} for k, r in acc.items()}
-    return rows, defaults
+    per_seed = {k: {b: [m[0] for m in v] for b, v in r.items()} for k, r in acc.items()}
+    return rows, defaults, per_seed
 
 
 def bench_toy(run, K, budgets, n, seeds, opt_budgets, probe):
@@ -160,9 +170,9 @@ def bench_toy(run, K, budgets, n, seeds, opt_budgets, probe):
         x = run.to_data(x)
         e = mixture_error(x, gmm)
         return e.moment_kl, e.mode_tv, sliced_wasserstein(x, ref, generator=torch.Generator().manual_seed(0))
-    rows, defaults = _collect(run, K, budgets, n, seeds, opt_budgets, probe, metrics, "toy")
+    rows, defaults, per_seed = _collect(run, K, budgets, n, seeds, opt_budgets, probe, metrics, "toy")
     table(f"toy run ({run.step} steps, ring8, {run.sde!r}), n = {n}, median over seeds {seeds}", rows, budgets,
-          ("moment KL", "mode TV", "sliced W2"), metrics(floor_x), defaults)
+          ("moment KL", "mode TV", "sliced W2"), metrics(floor_x), defaults, per_seed)
 
 
 def digits_reference(run, n: int, cache=None, seed: int = 0):
@@ -209,10 +219,10 @@ def bench_digits(run, K, budgets, n, seeds, opt_budgets, probe, cache):
     print(f"reference classifier: {info}\nfloor over {len(subsets)} train subsets of {m}: Frechet "
           f"{floors[:, 0].mean():.4g} (min {floors[:, 0].min():.4g}, max {floors[:, 0].max():.4g}), sliced W2 "
           f"{floors[:, 1].mean():.4g}", flush=True)
-    rows, defaults = _collect(run, K, budgets, m, seeds, opt_budgets, probe, metrics, "digits")
+    rows, defaults, per_seed = _collect(run, K, budgets, m, seeds, opt_budgets, probe, metrics, "digits")
     table(f"digits run ({run.run_dir}, {run.step} steps, {run.sde!r}), n = {m} samples against the {m} test images, "
           f"median over seeds {seeds}", rows, budgets, ("Frechet distance", "sliced W2"), tuple(floors.mean(0)),
-          defaults)
+          defaults, per_seed)
 
 
 def main():
