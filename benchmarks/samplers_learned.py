@@ -5,8 +5,9 @@ Two runs: ``toy`` (configs/toy.yaml, the 8-ring, VE; trained once into ``--cache
 ``scorelab.data.digits`` (1498 images; the test split's 299 are held out), given by ``--digits-dir`` (a copy:
 sampling on optimised grids writes RUN/grids). Each model is sampled at nfe 5, 10, 20, 50 by a fixed set of
 scorelab configurations, the same for both runs (``OURS``: each method at its defaults, the stochastic
-DPM-Solver++ 2M/3M also with sigma_min = 0.002 and on the Karras grid to sigma_min = 0.01, and ``+opt`` on
-grids optimised for the model), by ``default_method(nfe)`` (the "default" of the summary), and by the peers':
+DPM-Solver++ 2M/3M also with sigma_min = 0.002, on the Karras grid to sigma_min = 0.01 and with the final
+denoising step ``denoise_to_zero``, and ``+opt`` on grids optimised for the model; ``--only`` picks rows), by
+``default_method(nfe)`` (the "default" of the summary), and by the peers':
 k-diffusion through ``interop.k_diffusion_denoiser`` (on the VP run through the same wrapper in sigma = s/m),
 diffusers' DDIM / DPM-Solver++ / UniPC through ``interop.epsilon_model``, diffusers' ScoreSdeVe PC on the VE run.
 
@@ -70,17 +71,19 @@ OURS = [("ancestral", "ancestral", {}), ("euler_maruyama", "euler_maruyama", {})
         ("sde-dpm3M", "sde_dpm_solver", {"order": 3}),
         ("sde-dpm3M/smin.002", "sde_dpm_solver", {"order": 3, "sigma_min": 0.002}),
         ("sde-dpm3M/karras/smin.01", "sde_dpm_solver", {"order": 3, "grid": "karras", "sigma_min": 0.01}),
+        ("sde-dpm2M+dz", "sde_dpm_solver", {"denoise_to_zero": True}),
+        ("sde-dpm3M+dz", "sde_dpm_solver", {"order": 3, "denoise_to_zero": True}),
         ("unipc", "unipc", {}), ("ipndm", "ipndm", {}), ("deis", "deis", {}), ("lms", "lms", {}),
         ("edm_heun", "edm_heun", {})]
 OPT = ("unipc", "dpm_solver", "ipndm", "deis")
 
 
-def scorelab_runs(run, n, nfe, seed, opt_budgets, probe):
+def scorelab_runs(run, n, nfe, seed, opt_budgets, probe, only=None):
     from scorelab.samplers import default_method, optimized_grid, sample
 
     out = {}
     for label, method, opts in OURS:
-        if nfe < (3 if method == "edm_heun" else 1):
+        if nfe < (3 if method == "edm_heun" else 1) or (only is not None and label not in only):
             continue
         g = torch.Generator().manual_seed(seed)
         out[f"sl:{label}"] = sample(run.score, run.sde, (n, *run.data_shape), method, nfe, generator=g, **opts).x
@@ -130,29 +133,31 @@ def table(name, rows, budgets, cols, floor, defaults, seeds=None):
                                           for b in budgets) + " |")
     print(f"\n| budget | scorelab best | scorelab default | peer best | best / peer | floor ({cols[0]}) |"
           "\n|---|---|---|---|---|---|")
+    nan = (float("nan"), "-")
     for b in budgets:
-        ours = min((r[b][0], k) for k, r in rows.items() if k.startswith("sl:") and b in r)
-        theirs = min((r[b][0], k) for k, r in rows.items() if not k.startswith("sl:") and b in r)
-        d = rows[defaults[b]][b][0]
+        ours = min(((r[b][0], k) for k, r in rows.items() if k.startswith("sl:") and b in r), default=nan)
+        theirs = min(((r[b][0], k) for k, r in rows.items() if not k.startswith("sl:") and b in r), default=nan)
+        d = rows[defaults[b]][b][0] if defaults[b] in rows else float("nan")  # absent when --only leaves it out
         print(f"| nfe {b} | {ours[0]:.4g} ({ours[1][3:]}) | {d:.4g} ({defaults[b][3:]}) | {theirs[0]:.4g} "
               f"({theirs[1]}) | {ours[0] / theirs[0]:.2f} | {floor[0]:.4g} |", flush=True)
     if seeds:
         print("\nper seed (first metric):")
         for b in budgets:
-            for pick in ("sl:", "peer"):
-                k = min((r[b][0], k) for k, r in rows.items() if k.startswith("sl:") == (pick == "sl:") and b in r)[1]
-                print(f"  nfe {b} {k}: " + ", ".join(f"{v:.4g}" for v in seeds[k][b]), flush=True)
+            for k in rows:
+                if b in rows[k]:
+                    print(f"  nfe {b} {k}: " + ", ".join(f"{v:.4g}" for v in seeds[k][b]), flush=True)
 
 
-def _collect(run, K, budgets, n, seeds, opt_budgets, probe, metrics, tag):
+def _collect(run, K, budgets, n, seeds, opt_budgets, probe, metrics, tag, only=None, peers_too=True):
     """{label: {nfe: medians over seeds of metrics(x)}}, the default label per budget, and
     {label: {nfe: [first metric per seed]}}."""
     acc, defaults = {}, {}
     for nfe in budgets:
         for seed in seeds:
-            runs = scorelab_runs(run, n, nfe, seed, opt_budgets, probe)
+            runs = scorelab_runs(run, n, nfe, seed, opt_budgets, probe, only)
             defaults[nfe] = runs.pop("default")
-            runs.update(peer_runs(K, run, n, nfe, seed))
+            if peers_too:
+                runs.update(peer_runs(K, run, n, nfe, seed))
             for k, x in runs.items():
                 acc.setdefault(k, {}).setdefault(nfe, []).append(metrics(x))
         print(f"  [{tag}] nfe {nfe} done", flush=True)
@@ -161,7 +166,7 @@ def _collect(run, K, budgets, n, seeds, opt_budgets, probe, metrics, tag):
     return rows, defaults, per_seed
 
 
-def bench_toy(run, K, budgets, n, seeds, opt_budgets, probe):
+def bench_toy(run, K, budgets, n, seeds, opt_budgets, probe, **select):
     gmm = ring_mixture()
     ref = gmm.sample(n, generator=torch.Generator().manual_seed(1000))
     floor_x = gmm.sample(n, generator=torch.Generator().manual_seed(1001))
@@ -170,7 +175,7 @@ def bench_toy(run, K, budgets, n, seeds, opt_budgets, probe):
         x = run.to_data(x)
         e = mixture_error(x, gmm)
         return e.moment_kl, e.mode_tv, sliced_wasserstein(x, ref, generator=torch.Generator().manual_seed(0))
-    rows, defaults, per_seed = _collect(run, K, budgets, n, seeds, opt_budgets, probe, metrics, "toy")
+    rows, defaults, per_seed = _collect(run, K, budgets, n, seeds, opt_budgets, probe, metrics, "toy", **select)
     table(f"toy run ({run.step} steps, ring8, {run.sde!r}), n = {n}, median over seeds {seeds}", rows, budgets,
           ("moment KL", "mode TV", "sliced W2"), metrics(floor_x), defaults, per_seed)
 
@@ -196,7 +201,7 @@ def digits_reference(run, n: int, cache=None, seed: int = 0):
     return clf, info, features(clf, test_m), test_m, subsets
 
 
-def bench_digits(run, K, budgets, n, seeds, opt_budgets, probe, cache):
+def bench_digits(run, K, budgets, n, seeds, opt_budgets, probe, cache, **select):
     from scorelab.classifier import features
     from scorelab.evaluate import quantize
     from scorelab.metrics import frechet_distance
@@ -219,7 +224,7 @@ def bench_digits(run, K, budgets, n, seeds, opt_budgets, probe, cache):
     print(f"reference classifier: {info}\nfloor over {len(subsets)} train subsets of {m}: Frechet "
           f"{floors[:, 0].mean():.4g} (min {floors[:, 0].min():.4g}, max {floors[:, 0].max():.4g}), sliced W2 "
           f"{floors[:, 1].mean():.4g}", flush=True)
-    rows, defaults, per_seed = _collect(run, K, budgets, m, seeds, opt_budgets, probe, metrics, "digits")
+    rows, defaults, per_seed = _collect(run, K, budgets, m, seeds, opt_budgets, probe, metrics, "digits", **select)
     table(f"digits run ({run.run_dir}, {run.step} steps, {run.sde!r}), n = {m} samples against the {m} test images, "
           f"median over seeds {seeds}", rows, budgets, ("Frechet distance", "sliced W2"), tuple(floors.mean(0)),
           defaults, per_seed)
@@ -241,9 +246,16 @@ def main():
                     "use a copy, optimised grids are written into it")
     ap.add_argument("--digits-n", type=int, default=4000,
                     help="digits samples per sampler, at most the test split's size (as scorelab evaluate's n)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="LABEL",
+                    help="run only these scorelab rows of OURS (e.g. sde-dpm2M+dz); the summary then covers them")
+    ap.add_argument("--no-peers", action="store_true", help="skip the peers' rows (they depend only on the seed)")
     ap.add_argument("--classifier-cache", type=Path, default=None,
                     help="folder of the reference classifier (default: $SCORELAB_CACHE or ~/.cache/scorelab)")
     a = ap.parse_args()
+    labels = [lab for lab, _, _ in OURS]
+    if a.only is not None and not set(a.only) <= set(labels):
+        ap.error(f"--only takes labels of OURS: {labels}")
+    select = {"only": a.only, "peers_too": not a.no_peers}
     if "digits" in a.runs and a.digits_dir is None:
         ap.error("--runs digits needs --digits-dir RUN (a copy of a digits run trained on the train split)")
     if "toy" in a.runs:
@@ -256,12 +268,12 @@ def main():
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     if "toy" in a.runs:
         t0 = time.time()
-        bench_toy(scorelab.load(a.cache / "toy"), K, a.budgets, 4000, a.seeds, a.opt_budgets, a.probe)
+        bench_toy(scorelab.load(a.cache / "toy"), K, a.budgets, 4000, a.seeds, a.opt_budgets, a.probe, **select)
         print(f"[toy] {time.time() - t0:.0f} s", flush=True)
     if "digits" in a.runs:
         t0 = time.time()
         bench_digits(scorelab.load(a.digits_dir), K, a.budgets, a.digits_n, a.seeds, a.opt_budgets, a.probe,
-                     a.classifier_cache)
+                     a.classifier_cache, **select)
         print(f"[digits] {time.time() - t0:.0f} s", flush=True)
 
 
