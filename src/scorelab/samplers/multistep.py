@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from .._checks import axpy
-from ._common import Schedule, method, posterior_mean
+from ._common import Schedule, gaussian, method, posterior_mean
 
 _GL = np.polynomial.legendre.leggauss(12)
 # iPNDM's Adams-Bashforth weights for equal steps, newest first (Zhang & Chen 2023)
@@ -74,10 +74,11 @@ def warm_orders(n, order, lower_order_final):
     return [min(order, i + 1, n - i) if lower_order_final else min(order, i + 1) for i in range(n)]
 
 
-def run_plan(score, x, S, store, plan, callback, corrector=None):
-    """x_{i+1} = a_i x_i + sum_j w_ij v_j with v_i = store(x_i, score(x_i, t_i), i); the corrector plan (same
-    form, may use v_{i+1}) replaces x_{i+1} once v_{i+1} is known (then projected again, as every step is; the
-    user's callback has seen the predictor's x_{i+1}). Only the last four v_j are kept."""
+def run_plan(score, x, S, store, plan, callback, corrector=None, noise=None, generator=None):
+    """x_{i+1} = a_i x_i + sum_j w_ij v_j (+ noise_i z, z ~ N(0, I), with ``noise``) with
+    v_i = store(x_i, score(x_i, t_i), i); the corrector plan (same form, may use v_{i+1}) replaces x_{i+1} once
+    v_{i+1} is known (then projected again, as every step is; the user's callback has seen the predictor's
+    x_{i+1}). Only the last four v_j are kept."""
     vals: dict = {}
     project = getattr(callback, "project", None)
     x_prev = None
@@ -89,7 +90,10 @@ def run_plan(score, x, S, store, plan, callback, corrector=None):
             if project is not None:
                 x = project(x, S.t_d[i])
         x_prev = x
-        x = callback(i, S.t_d[i + 1], _combine(a, x, w, vals))
+        x_next = _combine(a, x, w, vals)
+        if noise is not None:
+            x_next = axpy(x_next, gaussian(x, generator), noise[i], inplace=True)
+        x = callback(i, S.t_d[i + 1], x_next)
         for j in [j for j in vals if j <= i - 4]:
             del vals[j]
     return x
@@ -102,9 +106,15 @@ def _combine(a, x, w, vals):
     return out
 
 
-def to_zero(S, i):
-    """sigma_{i+1} = 0: x_{i+1} = m_{i+1} D_i (v_i = m_i D_i)."""
-    return 0.0, [(i, S.m[i + 1] / S.m[i])]
+def data_plan(S, orders, weights, carry=None):
+    """The plan of a data-prediction method: x_{i+1} = a_i x_i + sum_j c_j (m_{i+1} / m_j) m_j D_j with
+    weights(i, k) = [c_j] on D_i, D_{i-1}, ..., D_{i-k+1} (and D_{i+1} last, for a corrector), a_i = ``carry``
+    (default s_{i+1} / s_i); a step to sigma = 0 is x_{i+1} = m_{i+1} D_i."""
+    m, s = S.m, S.s
+    carry = carry or [s[i + 1] / s[i] for i in range(len(S))]
+    return [(0.0, [(i, m[i + 1] / m[i])]) if s[i + 1] == 0 else
+            (carry[i], [(j, c * m[i + 1] / m[j]) for j, c in zip([*range(i, i - k, -1), i + 1], weights(i, k))])
+            for i, k in enumerate(orders)]
 
 
 # ---- (sigma, x/m) Adams-Bashforth: lms, ipndm ----------------------------------------------------------------
@@ -184,18 +194,8 @@ def unipc(score, sde, x, times, generator, callback, order: int = 2, variant: st
           sigma_max: float = 80.0, rho: float = 7.0):
     _at_most_3(order)
     S = Schedule(sde, times, x)
-    lam, m, s = _lambda(S), S.m, S.s
-    plan, corr = [], []
-    for i, k in enumerate(warm_orders(len(S), order, lower_order_final)):
-        if s[i + 1] == 0:
-            plan.append(to_zero(S, i))
-            corr.append(plan[-1])
-            continue
-        idx = [i - j for j in range(k)]
-        wp = _unipc_weights(lam, i, k, variant, False)
-        plan.append((s[i + 1] / s[i], [(j, c * m[i + 1] / m[j]) for j, c in zip(idx, wp)]))
-        wc = _unipc_weights(lam, i, k, variant, True)
-        corr.append((s[i + 1] / s[i], [(j, c * m[i + 1] / m[j]) for j, c in zip(idx + [i + 1], wc)]))
+    lam, orders = _lambda(S), warm_orders(len(S), order, lower_order_final)
+    plan, corr = (data_plan(S, orders, lambda i, k, c=c: _unipc_weights(lam, i, k, variant, c)) for c in (False, True))
     return run_plan(score, x, S, data_store(S), plan, callback, corr if use_corrector else None)
 
 
@@ -204,18 +204,13 @@ def deis(score, sde, x, times, generator, callback, order: int = 3, lower_order_
          sigma_min: float = 0.03, sigma_max: float = 80.0, rho: float = 7.0):
     _at_most_3(order)
     S = Schedule(sde, times, x)
-    lam, t, m, s = _lambda(S), S.t, S.m, S.s
+    lam, t = _lambda(S), S.t
 
     def t_of(u):  # t(lambda) for half log-SNR values u
         return sde.t_from_log_snr(torch.from_numpy(2 * u)).numpy()
 
-    plan = []
-    for i, k in enumerate(warm_orders(len(S), order, lower_order_final)):
-        if s[i + 1] == 0:
-            plan.append(to_zero(S, i))
-            continue
-        idx = [i - j for j in range(k)]
-        c = _lagrange_integrals([t[j] for j in idx], lam[i], lam[i + 1], t_of,
-                                lambda u, top=lam[i + 1]: np.exp(u - top))
-        plan.append((s[i + 1] / s[i], [(j, cj * m[i + 1] / m[j]) for j, cj in zip(idx, c)]))
+    def weights(i, k):
+        return _lagrange_integrals([t[i - j] for j in range(k)], lam[i], lam[i + 1], t_of,
+                                   lambda u: np.exp(u - lam[i + 1]))
+    plan = data_plan(S, warm_orders(len(S), order, lower_order_final), weights)
     return run_plan(score, x, S, data_store(S), plan, callback)
