@@ -14,18 +14,15 @@ fixed-step tableau with ``steps=``. Shapes are [B, *dims]; nothing leaves the de
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from ._checks import batch_view, check_batch, check_finite, check_sampling_args, check_sde
 from .samplers._common import CountedScore, check_option
 from .samplers.ode import ProbabilityFlow
-from .sde import SDE
+from .sde import SDE, ScoreFn
 from .solvers import ADAPTIVE, solve
 from .solvers import SOLVERS as FIXED
 
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SOLVERS = (*ADAPTIVE, *FIXED)
 
 

@@ -25,9 +25,8 @@ from .steps import CORRECTORS, PREDICTORS
 # the modules keep their names (``scorelab.samplers.ode`` is the module); the table holds the functions
 METHODS = {f.__name__: f for f in (langevin.langevin, langevin.annealed_langevin, langevin.mala, pc.ancestral,
                                     pc.euler_maruyama, pc.reverse_diffusion, pc.pc, ode.ode, exponential.dpm_solver,
-                                    exponential.sde_dpm_solver,
-                                    karras.edm_heun, multistep.lms, multistep.ipndm, multistep.unipc,
-                                    multistep.deis)}
+                                    exponential.sde_dpm_solver, karras.edm_heun, multistep.lms, multistep.ipndm,
+                                    multistep.unipc, multistep.deis)}
 DEFAULT_NFE = 400  # the budget of sample() when none is named
 
 
@@ -165,13 +164,12 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     fn = METHODS[method]
     opts = _bind(method, sde, options)
     steps = fn.steps(nfe, opts)
-    if isinstance(grid, str) and grid == "optimized":  # searched once per (score, sde, method, nfe), cached
-        dev = generator.device if device is None and generator is not None else device
-        grid = optimized_grid(score_fn, sde, nfe, method, dims=shape[1:], dtype=dtype, device=dev, **options)
-    times = _grid(fn, sde, steps, opts, grid)
-    check_representable(sde, dtype)
     if generator is not None and device is None:
         device = generator.device
+    if isinstance(grid, str) and grid == "optimized":  # searched once per (score, sde, method, nfe), cached
+        grid = optimized_grid(score_fn, sde, nfe, method, dims=shape[1:], dtype=dtype, device=device, **options)
+    times = _grid(fn, sde, steps, opts, grid)
+    check_representable(sde, dtype)
     if x_init is not None:
         if tuple(x_init.shape) != shape:
             raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {shape}.")

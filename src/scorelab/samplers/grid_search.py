@@ -5,9 +5,9 @@ but with a simpler objective: the global error of the method's own trajectories.
 (drawn with ``seed``), a reference solution of the probability-flow ODE between the same ends is computed once
 (DPM-Solver++(3M), ``reference_nfe`` steps, log-SNR grid); the interior times of the method's default grid are then
 moved, one at a time in log sigma (sigma = s/m), towards a neighbour by a fraction h of the gap (h = 1/2, 1/4, ...
-over ``sweeps`` sweeps), keeping a move when the mean squared distance between the method's samples and the
-reference drops. The ends (the method's sigma_max and sigma_min) are kept, so the result never loses to the
-default grid on the probe batch; it is deterministic given ``seed``.
+over ``sweeps`` sweeps), keeping a move when the mean distance E||x - x_ref|| between the method's samples and
+the reference drops (``_distance``). The ends (the method's sigma_max and sigma_min) are kept, so the result
+never loses to the default grid on the probe batch; it is deterministic given ``seed``.
 
 The search costs about 2 ``sweeps`` (steps - 1) runs of the method on the probe batch plus the reference,
 evaluations not counted in ``sample``'s budget: the grid is computed once per (score, process, method, nfe,
