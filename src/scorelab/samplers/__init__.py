@@ -8,13 +8,12 @@ after its mathematics (steps, pc, ode, exponential, karras, langevin). The packa
 from __future__ import annotations
 
 import inspect
-import operator
 import sys
 import types
 
 import torch
 
-from .._checks import check_sampling_args
+from .._checks import check_sampling_args, check_shape
 from ..sde import SDE
 from . import exponential, karras, langevin, multistep, ode, pc
 from ._common import CHOICES, BudgetExceeded, CountedScore, SampleResult, check_options, check_representable, sigma_of
@@ -69,16 +68,6 @@ def _bind(name: str, sde: SDE, options: dict) -> dict:
     fn = METHODS[name]
     return check_options(f"method {name!r}", options, options_of(name), sde,
                          f" (see help({fn.__module__}.{fn.__name__}))")
-
-
-def _shape(shape):
-    try:
-        shape = tuple(operator.index(v) for v in shape)
-    except TypeError:
-        raise ValueError(f"shape must be a tuple of integers (B, *dims), got {shape!r}.") from None
-    if len(shape) < 1 or any(v < 1 for v in shape):
-        raise ValueError(f"shape must be (B, *dims) with positive sizes, got {shape}.")
-    return shape
 
 
 def _grid(fn, sde, steps, opts, grid):
@@ -160,7 +149,7 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
             raise TypeError(f"{name} must be callable or None.")
     if x_init is not None and not isinstance(x_init, torch.Tensor):
         raise TypeError(f"x_init must be a tensor [B, *dims] or None, got {type(x_init).__name__}.")
-    shape = tuple(x_init.shape) if shape is None and x_init is not None else _shape(shape)
+    shape = tuple(x_init.shape) if shape is None and x_init is not None else check_shape(shape)
     fn = METHODS[method]
     opts = _bind(method, sde, options)
     steps = fn.steps(nfe, opts)

@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from .._checks import batch_view
 from ..ladders import langevin_step_size
 from ._common import Schedule, gaussian, method, posterior_mean
 from .steps import langevin_move
@@ -29,8 +30,7 @@ def langevin(score, sde, x, times, generator, callback, step_size: float = 1e-2,
     tt = times[0].to(dtype=x.dtype, device=x.device)
     u = math.sqrt(step_size)
     for i in range(len(times) - 1):
-        x = langevin_move(x, score(x, tt.expand(x.shape[0])), u, gaussian(x, generator))
-        x = callback(i, tt, x)
+        x = callback(i, tt, langevin_move(x, score(x, tt.expand(x.shape[0])), u, gaussian(x, generator)))
     return x
 
 
@@ -85,7 +85,7 @@ def mala(score, sde, x, times, generator, callback, energy_fn=None, step_size: f
         bwd = (x - y - 0.5 * step_size * sy).pow(2).sum(dims)
         log_acc = ex - ey + (fwd - bwd) * inv2
         accept = torch.log(torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)) < log_acc
-        a = accept.reshape((-1,) + (1,) * (x.ndim - 1))
+        a = batch_view(accept, x)
         x, sx, ex = torch.where(a, y, x), torch.where(a, sy, sx), torch.where(accept, ey, ex)
         x = callback(i, tt, x)
     return x
