@@ -110,7 +110,7 @@ def _multistep_plan(S, h, orders, eta=0.0, midpoint=False):
     weights scale as (1 + eta)^-k), h D' and h^2 D'' / 2 the divided differences D_1, D_2 of D in lambda over
     the last evaluations: x_{i+1} = a_i x_i + sum_j c_j (m' / m_j) m_j D_j over j = i, i-1, i-2. ``midpoint``
     (SDE 2M) takes the midpoint form m_t (1 - e^{-H}) [D_0 + (1 / (2 r)) (D_0 - D_-1)], r = h_prev / h, for
-    order 2. A step to sigma = 0 is x = m' D_i, the limit of every form."""
+    order 2."""
     phi1, phi2, phi3 = (p.tolist() for p in _phis((1 + eta) * h))
     hl = h.tolist()
 

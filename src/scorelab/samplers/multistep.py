@@ -6,8 +6,9 @@ Two forms of the one ODE, both the same for VE, VP and sub-VP (no branch on the 
   -s(t) score(x, t). ``lms`` and ``ipndm`` are Adams-Bashforth steps on it:
   y_{i+1} = y_i + sum_j c_ij eps_j, carried as x_{i+1} = (m_{i+1} / m_i) x_i - sum_j m_{i+1} c_ij s_j score_j.
 - data prediction in lambda = log(m / s) (half the log-SNR; Lu et al. 2022b): with D = x0_hat,
-  x_t = (s_t / s_s) x_s + m_t int_{lambda_s}^{lambda_t} e^{lambda - lambda_t} D dlambda. ``unipc`` and ``deis``
-  approximate D in that integral; each D_j enters as (m_t / m_j)(x_j + s_j^2 score_j) with the ratio in float64.
+  x_t = (s_t / s_s) x_s + m_t int_{lambda_s}^{lambda_t} e^{lambda - lambda_t} D dlambda. ``unipc``, ``deis``
+  (and DPM-Solver++(kM), ``exponential``) approximate D in that integral (``data_plan``); each D_j enters as
+  (m_t / m_j)(x_j + s_j^2 score_j) with the ratio in float64.
 
 Every method is a *plan*: for step i, x_{i+1} = a_i x_i + sum_j w_ij v_j, with v_j the stored evaluation at t_j
 (the score, or m_j D_j) and a_i, w_ij float64 numbers computed once from the grid before the loop (Python floats
@@ -34,9 +35,6 @@ use lower orders, as the papers do, so the global order of a multistep method is
   is DPM-Solver++(kM). The weights int e^{lambda - lambda_t} l_j(t(lambda)) dlambda by 12-point
   Gauss-Legendre in float64. Defaults: order 3 (tAB3, Zhang & Chen's best at low NFE), log-SNR grid to
   sigma_min = 0.03 (measured).
-
-A grid point at sigma = 0 (a user grid ending at t = 0) is reached by a first-order step, x = m_t D (the
-exact limit of every form above).
 """
 
 from __future__ import annotations
@@ -109,7 +107,8 @@ def _combine(a, x, w, vals):
 def data_plan(S, orders, weights, carry=None):
     """The plan of a data-prediction method: x_{i+1} = a_i x_i + sum_j c_j (m_{i+1} / m_j) m_j D_j with
     weights(i, k) = [c_j] on D_i, D_{i-1}, ..., D_{i-k+1} (and D_{i+1} last, for a corrector), a_i = ``carry``
-    (default s_{i+1} / s_i); a step to sigma = 0 is x_{i+1} = m_{i+1} D_i."""
+    (default s_{i+1} / s_i). A step to sigma = 0 (a user grid ending at t = 0) is x_{i+1} = m_{i+1} D_i, the
+    exact limit of every form."""
     m, s = S.m, S.s
     carry = carry or [s[i + 1] / s[i] for i in range(len(S))]
     return [(0.0, [(i, m[i + 1] / m[i])]) if s[i + 1] == 0 else
@@ -123,10 +122,8 @@ def _adams(score, x, S, callback, order, coeffs):
     """Adams-Bashforth steps in (sigma, x/m) with the warm start min(order, i + 1): coeffs(i, k, sigmas) -> c_ij
     (newest first) for step i of order k, carried in x with v_j = score_j."""
     sig, m, s = (S.s64 / S.m64).tolist(), S.m, S.s
-    plan = []
-    for i, k in enumerate(warm_orders(len(S), order, False)):
-        c = coeffs(i, k, sig)
-        plan.append((m[i + 1] / m[i], [(i - j, -m[i + 1] * cj * s[i - j]) for j, cj in enumerate(c)]))
+    plan = [(m[i + 1] / m[i], [(i - j, -m[i + 1] * cj * s[i - j]) for j, cj in enumerate(coeffs(i, k, sig))])
+            for i, k in enumerate(warm_orders(len(S), order, False))]
     return run_plan(score, x, S, lambda x, sc, i: sc, plan, callback)
 
 
