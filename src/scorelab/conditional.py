@@ -134,10 +134,9 @@ def inpaint(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, mask: torch.Tensor, me
         noisy = batch_view(sde.marginal_scale(t), xt) * data + batch_view(sde.marginal_std(t), xt) * z
         return unknown * xt + known * noisy
 
-    with torch.no_grad():
-        res = sample_with_replacement(score_fn, sde, tuple(x.shape), replace, method=method, nfe=nfe,
-                                      generator=generator, device=x.device, dtype=x.dtype, **options)
-        res.x = torch.where(known.bool(), x.detach(), res.x)
+    res = sample_with_replacement(score_fn, sde, tuple(x.shape), replace, method=method, nfe=nfe,
+                                  generator=generator, device=x.device, dtype=x.dtype, **options)  # no_grad inside
+    res.x = torch.where(known.bool(), x.detach(), res.x)
     return res
 
 
