@@ -20,10 +20,7 @@ from ._checks import batch_view, check_batch, check_finite, check_sampling_args,
 from .samplers._common import CountedScore, check_option
 from .samplers.ode import ProbabilityFlow
 from .sde import SDE, ScoreFn
-from .solvers import ADAPTIVE, solve
-from .solvers import SOLVERS as FIXED
-
-SOLVERS = (*ADAPTIVE, *FIXED)
+from .solvers import ADAPTIVE, SOLVERS, solve
 
 
 def check_solver_options(sde: SDE, solver: str, rtol: float, atol: float, steps: int | None, eps: float):
@@ -33,7 +30,7 @@ def check_solver_options(sde: SDE, solver: str, rtol: float, atol: float, steps:
         check_option(name, v, sde, 1e-5)
     if solver in ADAPTIVE and steps is not None:
         raise ValueError(f"solver={solver!r} is adaptive and takes rtol/atol, not steps; "
-                         f"for a fixed number of steps use one of {FIXED}.")
+                         f"for a fixed number of steps use one of {list(SOLVERS)}.")
     if solver not in ADAPTIVE and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"solver={solver!r} is a fixed-step method: pass steps= (a positive integer), "
                          f"got steps={steps!r}.")
