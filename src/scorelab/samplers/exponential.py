@@ -19,10 +19,10 @@ in float64: the step never divides by an m(t) that underflows float16 (VPSDE(bet
 
 Options: order 1-3, multistep (True) or singlestep (False), sigma_min (end noise level s/m; default 0.03, see
 below), lower_order_final (use order <= 2 on the last steps when there are fewer than 15, as DPM-Solver does,
-for stability), denoise_to_zero (spend the last evaluation
-on x0_hat at the final time, i.e. a first-order step to sigma = 0), eta > 0 (stochastic SDE-DPM-Solver++,
-multistep order 1-3, SDE-DPM-Solver++(1M/2M/3M); eta = 1 follows the reverse SDE; ``sde_dpm_solver`` is this
-method with eta = 1 by default); the grid (``sample(grid=...)``) defaults to "log_snr".
+for stability), denoise_to_zero (spend the last evaluation on x0_hat at the final time, i.e. a first-order step
+to sigma = 0), eta > 0 (stochastic SDE-DPM-Solver++, multistep order 1-3, SDE-DPM-Solver++(1M/2M/3M); eta = 1
+follows the reverse SDE; ``sde_dpm_solver`` is this method with eta = 1 by default); the grid
+(``sample(grid=...)``) defaults to "log_snr".
 
 Defaults (order 2 multistep, log-SNR grid, sigma_min = 0.03) are what measured best at 10-20 evaluations on the
 exact-score benchmark (docs/samplers.md): stopping at sigma_min leaves noise whose moment error is
@@ -65,9 +65,8 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
     lam = torch.log(S.m64) - torch.log(S.s64)  # half the log-SNR
     h = lam[1:] - lam[:-1]
     if multistep:  # the SDE variant (eta > 0) on every step, without lower_order_final
-        plan = _multistep_plan(S, h, warm_orders(N, order, lower_order_final and N < 15 and eta == 0), eta,
-                               midpoint=eta > 0 and order == 2)
-        noise = (S.s64[1:] * torch.sqrt(-torch.expm1(-2 * eta * h))).tolist() if eta > 0 else None
+        plan, noise = _multistep_plan(S, h, warm_orders(N, order, lower_order_final and N < 15 and eta == 0), eta,
+                                      midpoint=eta > 0 and order == 2)
         x = run_plan(score, x, S, data_store(S), plan, callback, noise=noise, generator=generator)
     else:
         evals = int(min(score.budget - score.count, 3 * N)) - denoise_to_zero
@@ -98,9 +97,10 @@ def sde_dpm_solver(score, sde, x, times, generator, callback, order: int = 2, si
 
 
 def _multistep_plan(S, h, orders, eta=0.0, midpoint=False):
-    """DPM-Solver++(kM) (eta = 0) and SDE-DPM-Solver++(kM) (eta > 0; Lu et al. 2022b) as a plan (``run_plan``). With
-    y = x / m the eta-family is dy/dlambda = (1 + eta)(D - y) + noise (eta = 0 the probability-flow ODE, eta = 1
-    the reverse SDE), whose exact solution over a step is
+    """DPM-Solver++(kM) (eta = 0) and SDE-DPM-Solver++(kM) (eta > 0; Lu et al. 2022b) as a plan and the noise std
+    of each step (None for eta = 0), for ``run_plan``. With y = x / m the eta-family is
+    dy/dlambda = (1 + eta)(D - y) + noise (eta = 0 the probability-flow ODE, eta = 1 the reverse SDE), whose
+    exact solution over a step is
 
         x_t = (s_t / s_s) e^{-eta h} x_s + m_t int_0^h (1 + eta) e^{-(1 + eta)(h - u)} D(lambda_s + u) du
               + s_t sqrt(1 - e^{-2 eta h}) z.
@@ -128,7 +128,8 @@ def _multistep_plan(S, h, orders, eta=0.0, midpoint=False):
         a = phi2[i] * (1 + r0 / (r0 + rb)) - 2 * phi3[i] / (r0 + rb)  # weight of d10
         b = phi2[i] * r0 / (r0 + rb) - 2 * phi3[i] / (r0 + rb)  # minus the weight of d11
         return [-phi1[i] + a / r0, -a / r0 - b / rb, b / rb]
-    return data_plan(S, orders, weights, (S.s64[1:] / S.s64[:-1] * torch.exp(-eta * h)).tolist())
+    noise = (S.s64[1:] * torch.sqrt(-torch.expm1(-2 * eta * h))).tolist() if eta > 0 else None
+    return data_plan(S, orders, weights, (S.s64[1:] / S.s64[:-1] * torch.exp(-eta * h)).tolist()), noise
 
 
 def _singlestep(score, sde, x, mD0, E0, i, k, lam, S, x_next, phi1, phi2):
