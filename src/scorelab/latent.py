@@ -1,12 +1,10 @@
 """Latent codes of the probability-flow ODE: encode, decode and interpolate.
 
-The probability-flow ODE of a forward SDE dx = a(t) x dt + g(t) dw (Song et al. 2021, eq. 13),
-
-    dx/dt = f~(x, t) = a(t) x - 1/2 g(t)^2 score(x, t),
-
-moves samples of p_t along a deterministic, invertible flow that keeps every marginal p_t. Solving it from a
-small eps up to T maps data x to a latent z ("encode"); solving it back from T to eps maps z to data
-("decode"). With an exact score and an accurate solver, decode(encode(x)) = x, and z ~ p_T ~ the prior.
+The probability-flow ODE dx/dt = a(t) x - 1/2 g(t)^2 score(x, t) (Song et al. 2021, eq. 13; the field
+``samplers.ode.ProbabilityFlow``) moves samples of p_t along a deterministic, invertible flow that keeps every
+marginal p_t. Solving it from a small eps up to T maps data x to a latent z ("encode"); solving it back from T
+to eps maps z to data ("decode"). With an exact score and an accurate solver, decode(encode(x)) = x, and
+z ~ p_T ~ the prior.
 
 Solved by ``scorelab.solvers``: adaptive "dopri5" (the default, rtol = atol = 1e-5 as Song et al. 2021) or a
 fixed-step tableau with ``steps=``. Shapes are [B, *dims]; nothing leaves the device during a solve.

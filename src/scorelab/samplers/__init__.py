@@ -136,8 +136,7 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     steps).
     """
     check_sampling_args(score_fn, sde, generator, nfe)
-    if method is None:
-        method = default_method(nfe)
+    method = default_method(nfe) if method is None else method
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, one of {samplers()}; got {type(method).__name__}.")
     if method not in METHODS:
