@@ -128,6 +128,7 @@ def _multistep_plan(S, h, orders, eta=0.0, midpoint=False):
         a = phi2[i] * (1 + r0 / (r0 + rb)) - 2 * phi3[i] / (r0 + rb)  # weight of d10
         b = phi2[i] * r0 / (r0 + rb) - 2 * phi3[i] / (r0 + rb)  # minus the weight of d11
         return [-phi1[i] + a / r0, -a / r0 - b / rb, b / rb]
+
     noise = (S.s64[1:] * torch.sqrt(-torch.expm1(-2 * eta * h))).tolist() if eta > 0 else None
     return data_plan(S, orders, weights, (S.s64[1:] / S.s64[:-1] * torch.exp(-eta * h)).tolist()), noise
 

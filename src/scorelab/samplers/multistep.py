@@ -192,8 +192,11 @@ def unipc(score, sde, x, times, generator, callback, order: int = 2, variant: st
     _at_most_3(order)
     S = Schedule(sde, times, x)
     lam, orders = _lambda(S), warm_orders(len(S), order, lower_order_final)
-    plan, corr = (data_plan(S, orders, lambda i, k, c=c: _unipc_weights(lam, i, k, variant, c)) for c in (False, True))
-    return run_plan(score, x, S, data_store(S), plan, callback, corr if use_corrector else None)
+
+    def plan(corrector):  # UniP-k (False) or UniC-k (True) on this grid
+        return data_plan(S, orders, lambda i, k: _unipc_weights(lam, i, k, variant, corrector))
+
+    return run_plan(score, x, S, data_store(S), plan(False), callback, plan(True) if use_corrector else None)
 
 
 @method(grid="log_snr", end="sigma_min", begin="sigma_max", deterministic=True)
@@ -209,5 +212,6 @@ def deis(score, sde, x, times, generator, callback, order: int = 3, lower_order_
     def weights(i, k):
         return _lagrange_integrals([t[i - j] for j in range(k)], lam[i], lam[i + 1], t_of,
                                    lambda u: np.exp(u - lam[i + 1]))
+
     plan = data_plan(S, warm_orders(len(S), order, lower_order_final), weights)
     return run_plan(score, x, S, data_store(S), plan, callback)
