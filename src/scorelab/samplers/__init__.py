@@ -130,10 +130,9 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     after every step with the step index, the (0-d) time reached and the current x. ``x_init`` replaces the
     draw of x_T (shape may then be None); ``grid`` overrides the method's time grid ("uniform", "log_snr",
     "karras", "optimized" (``optimized_grid``, searched for this score once and cached), or a decreasing tensor
-    of times); ``project(x, t [B]) -> x`` imposes a constraint after every
-    step (see ``scorelab.conditional``); ``progress`` shows a progress bar on a terminal. ``options`` go to
-    the method (``options_of(method)`` lists them). Returns SampleResult(x [B, *dims], nfe = evaluations used,
-    steps).
+    of times); ``project(x, t [B]) -> x`` imposes a constraint after every step (see ``scorelab.conditional``);
+    ``progress`` shows a progress bar on a terminal. ``options`` go to the method (``options_of(method)`` lists
+    them). Returns SampleResult(x [B, *dims], nfe = evaluations used, steps).
     """
     check_sampling_args(score_fn, sde, generator, nfe)
     method = default_method(nfe) if method is None else method
