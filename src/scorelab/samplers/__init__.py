@@ -29,15 +29,29 @@ METHODS = {f.__name__: f for f in (langevin.langevin, langevin.annealed_langevin
 DEFAULT_NFE = 400  # the budget of sample() when none is named
 
 
+# the default of ``sample()`` by budget, the first row whose smallest nfe the budget reaches: (nfe, method, options);
+# measured in docs/samplers.md, "Default sampling by budget"
+BY_BUDGET = ((100, "ancestral", {}), (20, "sde_dpm_solver", {}), (8, "unipc", {}),
+             (1, "ipndm", {"order": 2, "rho": 10.0, "sigma_min": 0.02}))
+
+
+def default_sampler(nfe: int) -> tuple[str, dict]:
+    """The method and options of ``sample()`` when no method is named, at the budget ``nfe`` (``BY_BUDGET``): from 100
+    evaluations the ancestral sampler; from 20 to 99 ``sde_dpm_solver`` (SDE-DPM-Solver++(2M), Lu et al. 2022b,
+    eta = 1), which at nfe 20 measured 0.35-0.64x the ancestral sampler's error on four trained runs and 0.08-0.31x
+    on eight exact-score mixtures; from 8 to 19 UniPC (Zhao et al. 2023), the best at nfe 10 on every exact mixture;
+    below 8 iPNDM (Zhang & Chen 2023) of order 2 on the Karras grid with rho = 10 to sigma_min = 0.02, whose last
+    step jumps from sigma ~ 0.2 to the end (chosen from 120 configurations at nfe 5 on three mixtures, then
+    0.26-0.83x the best of the benchmark's fixed set on six of seven others; 2x behind on the 5 x 5 grid)."""
+    for low, name, options in BY_BUDGET:
+        if nfe >= low:
+            return name, dict(options)
+    return BY_BUDGET[-1][1], dict(BY_BUDGET[-1][2])
+
+
 def default_method(nfe: int) -> str:
-    """The method of ``sample()`` when none is named, at the budget ``nfe`` (docs/samplers.md, "Default sampling
-    by budget" and "SDE-DPM-Solver++(3M) and the default method from 20 evaluations"): from 100 evaluations the
-    ancestral sampler; from 20 to 99 ``sde_dpm_solver`` (SDE-DPM-Solver++(2M), Lu et al. 2022b, eta = 1, at its
-    defaults), which at nfe 20 measured 0.35-0.64x the ancestral sampler's error on four trained runs and
-    0.08-0.31x on eight exact-score mixtures (its sigma_min = 0.03 costs ~2x from 100); below 20, where a
-    stochastic sampler has too few steps, the fast ODE solvers that win on the exact score: UniPC from 8, iPNDM
-    below."""
-    return "ancestral" if nfe >= 100 else "sde_dpm_solver" if nfe >= 20 else "unipc" if nfe >= 8 else "ipndm"
+    """The name of ``default_sampler(nfe)``'s method."""
+    return default_sampler(nfe)[0]
 
 
 DEFAULT_METHOD = default_method(DEFAULT_NFE)
@@ -45,6 +59,7 @@ _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _ARGS = 6  # score, sde, x, times, generator, callback
 
 __all__ = ["sample", "samplers", "SampleResult", "METHODS", "DEFAULT_METHOD", "DEFAULT_NFE", "default_method",
+           "default_sampler", "BY_BUDGET",
            "optimized_grid"]
 
 
@@ -123,8 +138,8 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
            generator: torch.Generator | None = None, callback=None, dtype: torch.dtype = torch.float32,
            device=None, x_init: torch.Tensor | None = None, grid: str | torch.Tensor | None = None,
            project=None, progress: bool = False, **options) -> SampleResult:
-    """Draw ``shape`` = (B, *dims) samples with ``method`` (None: ``default_method(nfe)``, the choice for learned
-    scores at that budget) using at most ``nfe`` score evaluations.
+    """Draw ``shape`` = (B, *dims) samples with ``method`` (None: ``default_sampler(nfe)``'s method and options, the
+    choice at that budget) using at most ``nfe`` score evaluations.
 
     score_fn(x [B, *dims], t [B]) -> [B, *dims] is any score (trained or exact); ``callback(i, t, x)`` is called
     after every step with the step index, the (0-d) time reached and the current x. ``x_init`` replaces the
@@ -135,7 +150,9 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     them). Returns SampleResult(x [B, *dims], nfe = evaluations used, steps).
     """
     check_sampling_args(score_fn, sde, generator, nfe)
-    method = default_method(nfe) if method is None else method
+    if method is None:
+        method, defaults = default_sampler(nfe)
+        options = {**defaults, **options}
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, one of {samplers()}; got {type(method).__name__}.")
     if method not in METHODS:

@@ -45,10 +45,12 @@ def optimized_grid(score_fn, sde, nfe: int, method: str | None = None, *, dims, 
                    dtype: torch.dtype = torch.float32, **options) -> torch.Tensor:
     """The grid (float64 times, decreasing) for ``sample(score_fn, sde, (B, *dims), method, nfe, grid=..., **options)``
     that minimises the distance to the exact flow on ``probe`` draws of x_T (see the module docstring)."""
-    from . import METHODS, _bind, _grid, _start_std, default_method, sample
+    from . import METHODS, _bind, _grid, _start_std, default_sampler, sample
     from ._common import sigma_of
 
-    method = default_method(nfe) if method is None else method
+    if method is None:
+        method, defaults = default_sampler(nfe)
+        options = {**defaults, **options}
     if method not in ODE_METHODS or options.get("eta", 0.0) > 0 or options.get("solver") == "dopri5":
         raise ValueError(f"an optimized grid needs a deterministic fixed-step method, one of {list(ODE_METHODS)} "
                          f"(dpm_solver with eta=0), got {method!r}; pass grid='log_snr' or 'karras' for the others.")
