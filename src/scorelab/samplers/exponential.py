@@ -110,7 +110,7 @@ def _multistep_plan(S, h, orders, eta=0.0, midpoint=False):
     weights scale as (1 + eta)^-k), h D' and h^2 D'' / 2 the divided differences D_1, D_2 of D in lambda over
     the last evaluations: x_{i+1} = a_i x_i + sum_j c_j (m' / m_j) m_j D_j over j = i, i-1, i-2. ``midpoint``
     (SDE 2M) takes the midpoint form m_t (1 - e^{-H}) [D_0 + (1 / (2 r)) (D_0 - D_-1)], r = h_prev / h, for
-    order 2."""
+    order 2; the order-2 warm-up step of 3M keeps phi_2(H) (D_0 - D_-1) / r, so that eta = 0 is the ODE 3M."""
     phi1, phi2, phi3 = (p.tolist() for p in _phis((1 + eta) * h))
     hl = h.tolist()
 
