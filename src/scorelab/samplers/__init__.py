@@ -41,7 +41,7 @@ def default_sampler(nfe: int) -> tuple[str, dict]:
     eta = 1), which at nfe 20 measured 0.35-0.64x the ancestral sampler's error on four trained runs and 0.08-0.31x
     on eight exact-score mixtures; from 8 to 19 UniPC (Zhao et al. 2023), the best at nfe 10 on every exact mixture;
     below 8 iPNDM (Zhang & Chen 2023) of order 2 on the Karras grid with rho = 10 to sigma_min = 0.02, whose last
-    step jumps from sigma ~ 0.2 to the end (chosen from 120 configurations at nfe 5 on three mixtures, then
+    step jumps from sigma ~ 0.2 to the end (chosen from 111 configurations at nfe 5 on three mixtures, then
     0.26-0.83x the best of the benchmark's fixed set on six of seven others; 2x behind on the 5 x 5 grid)."""
     for low, name, options in BY_BUDGET:
         if nfe >= low:
