@@ -60,14 +60,28 @@ def ring6() -> GaussianMixture:
     return GaussianMixture(torch.tensor([1.0, 4.0, 2.0, 6.0, 3.0, 5.0], dtype=F64), means, torch.full((6,), 0.2**2))
 
 
-# mixtures made after the defaults of lms/ipndm/unipc/deis were chosen (on ring8, gmm16 seeds 1-2)
-NEW_MIXTURES = {"ring6": ring6, "gmm-d8-K10": lambda: gmm16(7, d=8, K=10), "gmm-d24-K5": lambda: gmm16(11, d=24, K=5)}
+def spiral12() -> GaussianMixture:
+    """Made after the default below 8 evaluations was chosen: 12 components along a spiral (angle 0.7 k, radius
+    0.5 + 0.35 k), std growing 0.05 -> 0.3, weights Dirichlet(1) (seed 3)."""
+    k = torch.arange(12, dtype=F64)
+    angle, radius = 0.7 * k, 0.5 + 0.35 * k
+    w = torch.tensor(np.random.RandomState(3).dirichlet(np.ones(12)))
+    return GaussianMixture(w, torch.stack([radius * angle.cos(), radius * angle.sin()], 1), (0.05 + 0.25 * k / 11) ** 2)
+
+
+# mixtures made after the defaults of lms/ipndm/unipc/deis were chosen (on ring8, gmm16 seeds 1-2); the last three
+# after the budget default below 8 evaluations was chosen (on ring8, gmm16 seeds 1-2)
+NEW_MIXTURES = {"ring6": ring6, "gmm-d8-K10": lambda: gmm16(7, d=8, K=10), "gmm-d24-K5": lambda: gmm16(11, d=24, K=5),
+                "spiral12": spiral12, "gmm-d4-K20": lambda: gmm16(21, d=4, K=20),
+                "gmm-d12-K3": lambda: gmm16(31, d=12, K=3)}
 
 # scorelab samplers: (label, process, method, options); the same fixed set on every mixture, each at its defaults
 # but for the named options
 OURS = [
-    ("dpm_solver (default)", "ve", "dpm_solver", {}),
-    ("dpm_solver (default)", "vp", "dpm_solver", {}),
+    ("default", "ve", None, {}),  # sample() with no method: samplers.default_sampler(nfe)
+    ("default", "vp", None, {}),
+    ("dpm_solver", "ve", "dpm_solver", {}),
+    ("dpm_solver", "vp", "dpm_solver", {}),
     ("dpm3M", "ve", "dpm_solver", {"order": 3}),
     ("edm_heun", "ve", "edm_heun", {}),
     ("sde-dpm2M/smin.002", "ve", "dpm_solver", {"eta": 1.0, "sigma_min": 0.002}),
@@ -83,7 +97,7 @@ OURS = [
 # with --optimized: these at nfe <= 20 also on the grid optimised for the mixture's score (samplers.optimized_grid,
 # probe 256, seed 0; searched once per mixture, process, method and budget)
 OPTIMIZED = [("unipc", "vp", "unipc"), ("ipndm", "ve", "ipndm"), ("deis", "vp", "deis"),
-             ("dpm_solver (default)", "ve", "dpm_solver")]
+             ("dpm_solver", "ve", "dpm_solver")]
 
 
 def run_mixture(name, gmm, budgets, n, seeds, K, dtype=torch.float32, optimized=False):
@@ -126,16 +140,19 @@ def run_mixture(name, gmm, budgets, n, seeds, K, dtype=torch.float32, optimized=
         ours = min(((v[b][0], k) for k, v in med.items() if k.startswith("sl:") and "+opt" not in k and b in v),
                    default=(float("nan"), "-"))
         theirs = min(((v[b][0], k) for k, v in med.items() if not k.startswith("sl:")), default=(float("nan"), "-"))
-        summary.append((b, ours, theirs))
+        dflt = tuple(med.get(f"sl:default[{p}]", {}).get(b, (float("nan"),))[0] for p in ("ve", "vp"))
+        summary.append((b, ours, theirs, dflt))
         opt = min(((v[b][0], k) for k, v in med.items() if "+opt" in k and b in v), default=None)
         if opt is not None:  # the optimised grid against the same method on its default grid
             gains = [f"{k[3:]} {v[b][0] / med[k.replace('+opt', '')][b][0]:.2f}" for k, v in med.items()
                      if "+opt" in k and b in v]
             print(f"  nfe {b}: best with optimised grids {opt[0]:.4g} ({opt[1]}); optimised / default grid: "
                   + ", ".join(gains))
-    print("\n| budget | scorelab best (default grids) | peer best | ratio |\n|---|---|---|---|")
-    for b, ours, theirs in summary:
-        print(f"| nfe {b} | {ours[0]:.4g} ({ours[1]}) | {theirs[0]:.4g} ({theirs[1]}) | {ours[0] / theirs[0]:.3f} |")
+    print("\n| budget | scorelab best (default grids) | peer best | ratio | default [ve] / [vp] over best |"
+          "\n|---|---|---|---|---|")
+    for b, ours, theirs, dflt in summary:
+        print(f"| nfe {b} | {ours[0]:.4g} ({ours[1]}) | {theirs[0]:.4g} ({theirs[1]}) | {ours[0] / theirs[0]:.3f} | "
+              f"{dflt[0] / ours[0]:.2f} / {dflt[1] / ours[0]:.2f} |")
     print(f"| floor | {fl_kl:.4g} | | |", flush=True)
     return med, summary, fl_kl
 
@@ -210,7 +227,11 @@ def main():
     print("|---|---|" + "---|" * len(a.budgets))
     for name, summary, floor in rows:
         print(f"| {name} | {floor:.3g} | " + " | ".join(
-            f"{o[0]:.3g} ({o[1][3:]}) / {p[0]:.3g} ({p[1]}) = {o[0] / p[0]:.2f}" for _b, o, p in summary) + " |")
+            f"{o[0]:.3g} ({o[1][3:]}) / {p[0]:.3g} ({p[1]}) = {o[0] / p[0]:.2f}" for _b, o, p, _d in summary) + " |")
+    print("\n### default (sample() with no method) over scorelab's best, [ve] / [vp]")
+    print("| mixture | " + " | ".join(f"nfe {b}" for b in a.budgets) + " |\n|---|" + "---|" * len(a.budgets))
+    for name, summary, _floor in rows:
+        print(f"| {name} | " + " | ".join(f"{d[0] / o[0]:.2f} / {d[1] / o[0]:.2f}" for _b, o, _p, d in summary) + " |")
     if not a.no_overhead:
         overhead(K)
 

@@ -90,5 +90,7 @@ def test_bad_input():
         decode(s, sde, x, solver="verlet")
     with pytest.raises(ValueError, match="steps"):
         encode(s, sde, x, solver="rk4")
+    with pytest.raises(ValueError, match=r"use one of \['euler', 'midpoint', 'heun', 'heun3', 'rk4'\]\.$"):
+        encode(s, sde, x, steps=4)  # the names, not the tableaux
     with pytest.raises(TypeError, match="score_fn"):
         encode(None, sde, x)

@@ -293,15 +293,23 @@ def test_any_shape_and_budget(B, dims, nfe, method, which):
 
 
 def test_no_method_uses_the_budget_default():
-    """sample() without a method runs samplers.default_method(nfe): the same draws as naming it."""
-    from scorelab.samplers import DEFAULT_NFE, default_method
+    """sample() without a method runs samplers.default_sampler(nfe): the same draws as naming its method and
+    options; a user's option overrides the default's; the budget rows switch where BY_BUDGET says."""
+    from scorelab.samplers import DEFAULT_NFE, default_method, default_sampler
 
     sde = VESDE(0.01, 10.0)
     score = lambda x, t: -x / (1.0 + sde.marginal_std(t.double()).float()[:, None] ** 2)  # N(0, I) data
-    assert [default_method(n) for n in (5, 10, 20, 99, 100, DEFAULT_NFE)] == \
-        ["ipndm", "unipc", "sde_dpm_solver", "sde_dpm_solver", "ancestral", "ancestral"]
+    assert [default_method(n) for n in (1, 7, 8, 19, 20, 99, 100, DEFAULT_NFE)] == \
+        ["ipndm", "ipndm", "unipc", "unipc", "sde_dpm_solver", "sde_dpm_solver", "ancestral", "ancestral"]
+    assert default_sampler(5) == ("ipndm", {"order": 2, "rho": 10.0, "sigma_min": 0.02})
+    g = lambda: torch.Generator().manual_seed(1)
+    plain = sample(score, sde, (64, 2), method="ipndm", nfe=5, generator=g())
+    assert not torch.equal(sample(score, sde, (64, 2), nfe=5, generator=g()).x, plain.x)  # not ipndm's defaults
+    mine = sample(score, sde, (64, 2), nfe=5, generator=g(), order=2, rho=10.0, sigma_min=0.05)
+    assert torch.equal(mine.x, sample(score, sde, (64, 2), method="ipndm", nfe=5, generator=g(), order=2, rho=10.0,
+                                      sigma_min=0.05).x)
     for nfe in (5, 10, 30, 100):
-        g = lambda: torch.Generator().manual_seed(1)
         got = sample(score, sde, (64, 2), nfe=nfe, generator=g())
-        ref = sample(score, sde, (64, 2), method=default_method(nfe), nfe=nfe, generator=g())
+        name, options = default_sampler(nfe)
+        ref = sample(score, sde, (64, 2), method=name, nfe=nfe, generator=g(), **options)
         assert torch.equal(got.x, ref.x) and got.nfe == ref.nfe

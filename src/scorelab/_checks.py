@@ -8,6 +8,7 @@ host round trip per step.
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 
@@ -34,6 +35,17 @@ def check_batch(x: torch.Tensor, name: str = "x") -> torch.Tensor:
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}; convert with x.float().")
     return x
+
+
+def check_shape(shape) -> tuple[int, ...]:
+    """A batch shape (B, *dims) of positive integers, as a tuple."""
+    try:
+        shape = tuple(operator.index(v) for v in shape)
+    except TypeError:
+        raise ValueError(f"shape must be a tuple of integers (B, *dims), got {shape!r}.") from None
+    if len(shape) < 1 or any(v < 1 for v in shape):
+        raise ValueError(f"shape must be (B, *dims) with positive sizes, got {shape}.")
+    return shape
 
 
 def check_finite(x: torch.Tensor, name: str = "x") -> torch.Tensor:

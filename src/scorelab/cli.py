@@ -303,7 +303,7 @@ class _EvalProgress:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--method", default=None, type=_MethodChoice(),
               help="Sampling method (`scorelab samplers` lists each with its options); default: the library's "
-                   "default for learned scores at the budget (scorelab.samplers.default_method).")
+                   "default at the budget (scorelab.samplers.default_sampler).")
 @click.option("--nfe", default=None, type=int,
               help="Budget of score evaluations per batch (default: scorelab.samplers.DEFAULT_NFE).")
 @click.option("-n", "count", default=1000, show_default=True, type=int, help="Number of samples.")
@@ -345,10 +345,11 @@ def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, ind
         _check_individual_dir(individual)
     if nfe is None:
         from .samplers import DEFAULT_NFE as nfe
+    defaults = {}
     if method is None:
-        from .samplers import default_method
+        from .samplers import default_sampler
 
-        method = default_method(nfe)
+        method, defaults = default_sampler(nfe)
     if count < 1:
         raise ValueError(f"-n must be a positive number of samples, got {count}.")
     if nfe > MAX_NFE:  # the step grids are allocated up front: a typo like 10^12 must not exhaust memory
@@ -360,7 +361,7 @@ def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, ind
                          f"sharper), got {guidance}.")
     if klass is None and (guidance is not None or classifier_dir is not None):
         raise ValueError("--guidance and --classifier need --class K (the class to guide towards).")
-    options = parse_method_options(method, opts)
+    options = {**defaults, **parse_method_options(method, opts)}
     chunks = _batches(count, batch_size)
     dev = _device(device)
     run = _load_run(run_dir, dev)

@@ -1,8 +1,5 @@
-"""Sampling under a constraint: inpainting and colorization (Song et al. 2021, Sec. 5 and App. I.2-I.3).
-
-The default method of ``inpaint`` and ``colorize`` is "smc" (``scorelab.smc``): twisted sequential Monte Carlo
-with the forward-noised observation as the twist (MCGdiff, Cardoso et al. 2023), consistent: exact as its
-particles grow. The replacement method below stays as named baselines ("replacement" = "pc", any sampler).
+"""Sampling under a constraint: inpainting and colorization (Song et al. 2021, Sec. 5 and App. I.2-I.3). The
+default method is "smc" (``scorelab.smc``, consistent); the replacement method below stays as named baselines.
 
 Some entries of x_0 are known, x_0 = (x_k, x_u). The replacement method samples the unknown part with the
 unconditional score: run a reverse-time sampler on the whole vector and, after every step, overwrite the
@@ -33,22 +30,16 @@ step of any method (and RePaint's repeats are ``resample`` of the PC family).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
 from ._checks import batch_view, check_batch, check_finite, check_sampling_args
 from .samplers import METHODS, SampleResult, sample, samplers
 from .samplers._common import check_options, gaussian, value
-from .sde import SDE
+from .sde import SDE, ScoreFn
 from .smc import impute
 
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
 ConditionalResult = SampleResult  # x [B, *dims] with the known entries equal to the data; nfe; steps
-
-
 DEFAULT_METHOD = "smc"  # consistent: twisted sequential Monte Carlo (MCGdiff, Cardoso et al. 2023), see scorelab.smc
 SMC_OPTIONS = {"particles": 32, "ess": 0.5, "eps": 1e-3, "grid": "uniform"}
 
@@ -143,10 +134,9 @@ def inpaint(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, mask: torch.Tensor, me
         noisy = batch_view(sde.marginal_scale(t), xt) * data + batch_view(sde.marginal_std(t), xt) * z
         return unknown * xt + known * noisy
 
-    with torch.no_grad():
-        res = sample_with_replacement(score_fn, sde, tuple(x.shape), replace, method=method, nfe=nfe,
-                                      generator=generator, device=x.device, dtype=x.dtype, **options)
-        res.x = torch.where(known.bool(), x.detach(), res.x)
+    res = sample_with_replacement(score_fn, sde, tuple(x.shape), replace, method=method, nfe=nfe,
+                                  generator=generator, device=x.device, dtype=x.dtype, **options)  # no_grad inside
+    res.x = torch.where(known.bool(), x.detach(), res.x)
     return res
 
 

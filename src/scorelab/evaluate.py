@@ -75,7 +75,7 @@ def evaluate(run, data=None, *, n: int = 4000, nll_n: int = 500, method: str | N
     from .data import toy_mixture
     from .likelihood import log_likelihood
     from .run import Run, load
-    from .samplers import DEFAULT_NFE, default_method, sample
+    from .samplers import DEFAULT_NFE, default_sampler, sample
 
     if not isinstance(run, Run):
         run = load(run)
@@ -92,7 +92,8 @@ def evaluate(run, data=None, *, n: int = 4000, nll_n: int = 500, method: str | N
     half = len(x) // 2
     a, b = x[:half], x[half:2 * half]
     nfe = DEFAULT_NFE if nfe is None else nfe
-    kw = {"method": default_method(nfe) if method is None else method, "nfe": nfe}
+    method, defaults = default_sampler(nfe) if method is None else (method, {})
+    kw, options = {"method": method, "nfe": nfe}, {**defaults, **options}
     res = sample(run.score, run.sde, (half, *run.data_shape), generator=torch.Generator().manual_seed(seed + 1),
                  **kw, **options)
     samples = run.to_data(res.x)
@@ -264,7 +265,7 @@ def evaluate_images(run, data=None, *, n: int = 4000, nll_n: int = 500, method: 
 
     from .classifier import features, predict, reference_classifier
     from .metrics import frechet_distance
-    from .samplers import DEFAULT_NFE, default_method, sample
+    from .samplers import DEFAULT_NFE, default_sampler, sample
 
     x_test, y_test, label = _test_images(run, data)
     run.check_data(x_test, "test data")
@@ -308,7 +309,8 @@ def evaluate_images(run, data=None, *, n: int = 4000, nll_n: int = 500, method: 
     # ---- samples
     m = min(n, len(x_test))
     nfe = DEFAULT_NFE if nfe is None else nfe
-    kw = {"method": default_method(nfe) if method is None else method, "nfe": nfe}
+    method, defaults = default_sampler(nfe) if method is None else (method, {})
+    kw, options = {"method": method, "nfe": nfe}, {**defaults, **options}
     gs = torch.Generator(device=run.device).manual_seed(seed + 1)
     parts, used = [], 0
     with tqdm(total=m, desc=f"sample {kw['method']}", unit="img", disable=not progress or None, leave=False) as bar:

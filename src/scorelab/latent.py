@@ -1,12 +1,10 @@
 """Latent codes of the probability-flow ODE: encode, decode and interpolate.
 
-The probability-flow ODE of a forward SDE dx = a(t) x dt + g(t) dw (Song et al. 2021, eq. 13),
-
-    dx/dt = f~(x, t) = a(t) x - 1/2 g(t)^2 score(x, t),
-
-moves samples of p_t along a deterministic, invertible flow that keeps every marginal p_t. Solving it from a
-small eps up to T maps data x to a latent z ("encode"); solving it back from T to eps maps z to data
-("decode"). With an exact score and an accurate solver, decode(encode(x)) = x, and z ~ p_T ~ the prior.
+The probability-flow ODE dx/dt = a(t) x - 1/2 g(t)^2 score(x, t) (Song et al. 2021, eq. 13; the field
+``samplers.ode.ProbabilityFlow``) moves samples of p_t along a deterministic, invertible flow that keeps every
+marginal p_t. Solving it from a small eps up to T maps data x to a latent z ("encode"); solving it back from T
+to eps maps z to data ("decode"). With an exact score and an accurate solver, decode(encode(x)) = x, and
+z ~ p_T ~ the prior.
 
 Solved by ``scorelab.solvers``: adaptive "dopri5" (the default, rtol = atol = 1e-5 as Song et al. 2021) or a
 fixed-step tableau with ``steps=``. Shapes are [B, *dims]; nothing leaves the device during a solve.
@@ -14,19 +12,13 @@ fixed-step tableau with ``steps=``. Shapes are [B, *dims]; nothing leaves the de
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from ._checks import batch_view, check_batch, check_finite, check_sampling_args, check_sde
 from .samplers._common import CountedScore, check_option
 from .samplers.ode import ProbabilityFlow
-from .sde import SDE
-from .solvers import ADAPTIVE, solve
-from .solvers import SOLVERS as FIXED
-
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-SOLVERS = (*ADAPTIVE, *FIXED)
+from .sde import SDE, ScoreFn
+from .solvers import ADAPTIVE, SOLVERS, solve
 
 
 def check_solver_options(sde: SDE, solver: str, rtol: float, atol: float, steps: int | None, eps: float):
@@ -36,7 +28,7 @@ def check_solver_options(sde: SDE, solver: str, rtol: float, atol: float, steps:
         check_option(name, v, sde, 1e-5)
     if solver in ADAPTIVE and steps is not None:
         raise ValueError(f"solver={solver!r} is adaptive and takes rtol/atol, not steps; "
-                         f"for a fixed number of steps use one of {FIXED}.")
+                         f"for a fixed number of steps use one of {list(SOLVERS)}.")
     if solver not in ADAPTIVE and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"solver={solver!r} is a fixed-step method: pass steps= (a positive integer), "
                          f"got steps={steps!r}.")

@@ -8,13 +8,12 @@ after its mathematics (steps, pc, ode, exponential, karras, langevin). The packa
 from __future__ import annotations
 
 import inspect
-import operator
 import sys
 import types
 
 import torch
 
-from .._checks import check_sampling_args
+from .._checks import check_sampling_args, check_shape
 from ..sde import SDE
 from . import exponential, karras, langevin, multistep, ode, pc
 from ._common import CHOICES, BudgetExceeded, CountedScore, SampleResult, check_options, check_representable, sigma_of
@@ -25,21 +24,34 @@ from .steps import CORRECTORS, PREDICTORS
 # the modules keep their names (``scorelab.samplers.ode`` is the module); the table holds the functions
 METHODS = {f.__name__: f for f in (langevin.langevin, langevin.annealed_langevin, langevin.mala, pc.ancestral,
                                     pc.euler_maruyama, pc.reverse_diffusion, pc.pc, ode.ode, exponential.dpm_solver,
-                                    exponential.sde_dpm_solver,
-                                    karras.edm_heun, multistep.lms, multistep.ipndm, multistep.unipc,
-                                    multistep.deis)}
+                                    exponential.sde_dpm_solver, karras.edm_heun, multistep.lms, multistep.ipndm,
+                                    multistep.unipc, multistep.deis)}
 DEFAULT_NFE = 400  # the budget of sample() when none is named
 
 
+# the default of ``sample()`` by budget, the first row whose smallest nfe the budget reaches: (nfe, method, options);
+# measured in docs/samplers.md, "Default sampling by budget"
+BY_BUDGET = ((100, "ancestral", {}), (20, "sde_dpm_solver", {}), (8, "unipc", {}),
+             (1, "ipndm", {"order": 2, "rho": 10.0, "sigma_min": 0.02}))
+
+
+def default_sampler(nfe: int) -> tuple[str, dict]:
+    """The method and options of ``sample()`` when no method is named, at the budget ``nfe`` (``BY_BUDGET``): from 100
+    evaluations the ancestral sampler; from 20 to 99 ``sde_dpm_solver`` (SDE-DPM-Solver++(2M), Lu et al. 2022b,
+    eta = 1), which at nfe 20 measured 0.35-0.64x the ancestral sampler's error on four trained runs and 0.08-0.31x
+    on eight exact-score mixtures; from 8 to 19 UniPC (Zhao et al. 2023), the best at nfe 10 on every exact mixture;
+    below 8 iPNDM (Zhang & Chen 2023) of order 2 on the Karras grid with rho = 10 to sigma_min = 0.02, whose last
+    step jumps from sigma ~ 0.2 to the end (chosen from 111 configurations at nfe 5 on three mixtures, then
+    0.26-0.83x the best of the benchmark's fixed set on six of seven others; 2x behind on the 5 x 5 grid)."""
+    for low, name, options in BY_BUDGET:
+        if nfe >= low:
+            return name, dict(options)
+    return BY_BUDGET[-1][1], dict(BY_BUDGET[-1][2])
+
+
 def default_method(nfe: int) -> str:
-    """The method of ``sample()`` when none is named, at the budget ``nfe`` (docs/samplers.md, "Default sampling
-    by budget" and "SDE-DPM-Solver++(3M) and the default method from 20 evaluations"): from 100 evaluations the
-    ancestral sampler; from 20 to 99 ``sde_dpm_solver`` (SDE-DPM-Solver++(2M), Lu et al. 2022b, eta = 1, at its
-    defaults), which at nfe 20 measured 0.35-0.64x the ancestral sampler's error on four trained runs and
-    0.08-0.31x on eight exact-score mixtures (its sigma_min = 0.03 costs ~2x from 100); below 20, where a
-    stochastic sampler has too few steps, the fast ODE solvers that win on the exact score: UniPC from 8, iPNDM
-    below."""
-    return "ancestral" if nfe >= 100 else "sde_dpm_solver" if nfe >= 20 else "unipc" if nfe >= 8 else "ipndm"
+    """The name of ``default_sampler(nfe)``'s method."""
+    return default_sampler(nfe)[0]
 
 
 DEFAULT_METHOD = default_method(DEFAULT_NFE)
@@ -47,6 +59,7 @@ _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _ARGS = 6  # score, sde, x, times, generator, callback
 
 __all__ = ["sample", "samplers", "SampleResult", "METHODS", "DEFAULT_METHOD", "DEFAULT_NFE", "default_method",
+           "default_sampler", "BY_BUDGET",
            "optimized_grid"]
 
 
@@ -70,16 +83,6 @@ def _bind(name: str, sde: SDE, options: dict) -> dict:
     fn = METHODS[name]
     return check_options(f"method {name!r}", options, options_of(name), sde,
                          f" (see help({fn.__module__}.{fn.__name__}))")
-
-
-def _shape(shape):
-    try:
-        shape = tuple(operator.index(v) for v in shape)
-    except TypeError:
-        raise ValueError(f"shape must be a tuple of integers (B, *dims), got {shape!r}.") from None
-    if len(shape) < 1 or any(v < 1 for v in shape):
-        raise ValueError(f"shape must be (B, *dims) with positive sizes, got {shape}.")
-    return shape
 
 
 def _grid(fn, sde, steps, opts, grid):
@@ -135,21 +138,21 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
            generator: torch.Generator | None = None, callback=None, dtype: torch.dtype = torch.float32,
            device=None, x_init: torch.Tensor | None = None, grid: str | torch.Tensor | None = None,
            project=None, progress: bool = False, **options) -> SampleResult:
-    """Draw ``shape`` = (B, *dims) samples with ``method`` (None: ``default_method(nfe)``, the choice for learned
-    scores at that budget) using at most ``nfe`` score evaluations.
+    """Draw ``shape`` = (B, *dims) samples with ``method`` (None: ``default_sampler(nfe)``'s method and options, the
+    choice at that budget) using at most ``nfe`` score evaluations.
 
     score_fn(x [B, *dims], t [B]) -> [B, *dims] is any score (trained or exact); ``callback(i, t, x)`` is called
     after every step with the step index, the (0-d) time reached and the current x. ``x_init`` replaces the
     draw of x_T (shape may then be None); ``grid`` overrides the method's time grid ("uniform", "log_snr",
     "karras", "optimized" (``optimized_grid``, searched for this score once and cached), or a decreasing tensor
-    of times); ``project(x, t [B]) -> x`` imposes a constraint after every
-    step (see ``scorelab.conditional``); ``progress`` shows a progress bar on a terminal. ``options`` go to
-    the method (``options_of(method)`` lists them). Returns SampleResult(x [B, *dims], nfe = evaluations used,
-    steps).
+    of times); ``project(x, t [B]) -> x`` imposes a constraint after every step (see ``scorelab.conditional``);
+    ``progress`` shows a progress bar on a terminal. ``options`` go to the method (``options_of(method)`` lists
+    them). Returns SampleResult(x [B, *dims], nfe = evaluations used, steps).
     """
     check_sampling_args(score_fn, sde, generator, nfe)
     if method is None:
-        method = default_method(nfe)
+        method, defaults = default_sampler(nfe)
+        options = {**defaults, **options}
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, one of {samplers()}; got {type(method).__name__}.")
     if method not in METHODS:
@@ -161,17 +164,16 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
             raise TypeError(f"{name} must be callable or None.")
     if x_init is not None and not isinstance(x_init, torch.Tensor):
         raise TypeError(f"x_init must be a tensor [B, *dims] or None, got {type(x_init).__name__}.")
-    shape = tuple(x_init.shape) if shape is None and x_init is not None else _shape(shape)
+    shape = tuple(x_init.shape) if shape is None and x_init is not None else check_shape(shape)
     fn = METHODS[method]
     opts = _bind(method, sde, options)
     steps = fn.steps(nfe, opts)
-    if isinstance(grid, str) and grid == "optimized":  # searched once per (score, sde, method, nfe), cached
-        dev = generator.device if device is None and generator is not None else device
-        grid = optimized_grid(score_fn, sde, nfe, method, dims=shape[1:], dtype=dtype, device=dev, **options)
-    times = _grid(fn, sde, steps, opts, grid)
-    check_representable(sde, dtype)
     if generator is not None and device is None:
         device = generator.device
+    if isinstance(grid, str) and grid == "optimized":  # searched once per (score, sde, method, nfe), cached
+        grid = optimized_grid(score_fn, sde, nfe, method, dims=shape[1:], dtype=dtype, device=device, **options)
+    times = _grid(fn, sde, steps, opts, grid)
+    check_representable(sde, dtype)
     if x_init is not None:
         if tuple(x_init.shape) != shape:
             raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {shape}.")

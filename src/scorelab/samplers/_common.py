@@ -58,8 +58,7 @@ def method(cost: int | Callable = 1, reserve: int | Callable = 0, grid: str | No
         return n
 
     def wrap(fn):
-        fn.cost, fn.reserve, fn.grid, fn.end, fn.begin, fn.start = cost, reserve, grid, end, begin, start
-        fn.deterministic = deterministic
+        fn.grid, fn.end, fn.begin, fn.start, fn.deterministic = grid, end, begin, start, deterministic
         fn.steps = steps or by_cost
         return fn
     return wrap

@@ -19,10 +19,10 @@ in float64: the step never divides by an m(t) that underflows float16 (VPSDE(bet
 
 Options: order 1-3, multistep (True) or singlestep (False), sigma_min (end noise level s/m; default 0.03, see
 below), lower_order_final (use order <= 2 on the last steps when there are fewer than 15, as DPM-Solver does,
-for stability), denoise_to_zero (spend the last evaluation
-on x0_hat at the final time, i.e. a first-order step to sigma = 0), eta > 0 (stochastic SDE-DPM-Solver++,
-multistep order 1-3, SDE-DPM-Solver++(1M/2M/3M); eta = 1 follows the reverse SDE; ``sde_dpm_solver`` is this
-method with eta = 1 by default); the grid (``sample(grid=...)``) defaults to "log_snr".
+for stability), denoise_to_zero (spend the last evaluation on x0_hat at the final time, i.e. a first-order step
+to sigma = 0), eta > 0 (stochastic SDE-DPM-Solver++, multistep order 1-3, SDE-DPM-Solver++(1M/2M/3M); eta = 1
+follows the reverse SDE; ``sde_dpm_solver`` is this method with eta = 1 by default); the grid
+(``sample(grid=...)``) defaults to "log_snr".
 
 Defaults (order 2 multistep, log-SNR grid, sigma_min = 0.03) are what measured best at 10-20 evaluations on the
 exact-score benchmark (docs/samplers.md): stopping at sigma_min leaves noise whose moment error is
@@ -35,8 +35,8 @@ from __future__ import annotations
 import torch
 
 from .._checks import axpy
-from ._common import Schedule, gaussian, method, posterior_mean
-from .multistep import data_store, run_plan, to_zero, warm_orders
+from ._common import Schedule, method, posterior_mean
+from .multistep import data_plan, data_store, run_plan, warm_orders
 
 
 def _phis(h):
@@ -64,11 +64,10 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
     N, m, s = len(S), S.m, S.s
     lam = torch.log(S.m64) - torch.log(S.s64)  # half the log-SNR
     h = lam[1:] - lam[:-1]
-    if eta > 0:
-        x = _sde_dpm_solver(score, x, S, h, generator, callback, order, eta)
-    elif multistep:
-        plan = _multistep_plan(S, h, warm_orders(N, order, lower_order_final and N < 15))
-        x = run_plan(score, x, S, data_store(S), plan, callback)
+    if multistep:  # the SDE variant (eta > 0) on every step, without lower_order_final
+        plan, noise = _multistep_plan(S, h, warm_orders(N, order, lower_order_final and N < 15 and eta == 0), eta,
+                                      midpoint=eta > 0 and order == 2)
+        x = run_plan(score, x, S, data_store(S), plan, callback, noise=noise, generator=generator)
     else:
         evals = int(min(score.budget - score.count, 3 * N)) - denoise_to_zero
         orders = ([order] * (evals // order) + ([evals % order] if evals % order else []))[:N]
@@ -85,7 +84,6 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
     return x
 
 
-
 @method(steps=lambda nfe, o: _steps(nfe, {**o, "multistep": True}), reserve=lambda o: int(o["denoise_to_zero"]),
         grid="log_snr", end="sigma_min", deterministic=lambda o: o.get("eta", 1.0) == 0)
 def sde_dpm_solver(score, sde, x, times, generator, callback, order: int = 2, sigma_min: float = 0.03,
@@ -97,31 +95,42 @@ def sde_dpm_solver(score, sde, x, times, generator, callback, order: int = 2, si
     return dpm_solver(score, sde, x, times, generator, callback, order=order, sigma_min=sigma_min,
                       denoise_to_zero=denoise_to_zero, eta=eta)
 
-def _multistep_plan(S, h, orders):
-    """DPM-Solver++(kM) as a plan (``multistep.run_plan``): x_{i+1} = (s'/s) x_i + sum_j c_j (m' / m_j) m_j D_j over
-    j = i, i-1, i-2, the update above with D_1, D_2 the divided differences of D in lambda; a step to sigma = 0 is
-    x = m' D_i."""
-    phi1, phi2, phi3 = (p.tolist() for p in _phis(h))
-    hl, m, s = h.tolist(), S.m, S.s
-    plan = []
-    for i, k in enumerate(orders):
-        if s[i + 1] == 0:
-            plan.append(to_zero(S, i))
-            continue
-        c = [-phi1[i]]
-        if k >= 2:
-            r0 = hl[i - 1] / hl[i]  # d10 = (D_i - D_{i-1}) / r0 ~ h dD/dlambda
-            if k == 3:  # divided differences over lambda_{i-2}, lambda_{i-1}, lambda_i (DPM-Solver++(3M))
-                # D_1 = d10 + r0 (d10 - d11) / (r0 + rb) ~ h D', D_2 = (d10 - d11) / (r0 + rb) ~ h^2 D'' / 2, so
-                # D_2's weight is -2 phi_3 (the reference implementations' -phi_3 leaves an O(h^3) local error)
-                rb = hl[i - 2] / hl[i]  # d11 = (D_{i-1} - D_{i-2}) / rb
-                a = phi2[i] * (1 + r0 / (r0 + rb)) - 2 * phi3[i] / (r0 + rb)  # weight of d10
-                b = phi2[i] * r0 / (r0 + rb) - 2 * phi3[i] / (r0 + rb)  # minus the weight of d11
-                c = [-phi1[i] + a / r0, -a / r0 - b / rb, b / rb]
-            else:
-                c = [-phi1[i] + phi2[i] / r0, -phi2[i] / r0]
-        plan.append((s[i + 1] / s[i], [(i - j, cj * m[i + 1] / m[i - j]) for j, cj in enumerate(c)]))
-    return plan
+
+def _multistep_plan(S, h, orders, eta=0.0, midpoint=False):
+    """DPM-Solver++(kM) (eta = 0) and SDE-DPM-Solver++(kM) (eta > 0; Lu et al. 2022b) as a plan and the noise std
+    of each step (None for eta = 0), for ``run_plan``. With y = x / m the eta-family is
+    dy/dlambda = (1 + eta)(D - y) + noise (eta = 0 the probability-flow ODE, eta = 1 the reverse SDE), whose
+    exact solution over a step is
+
+        x_t = (s_t / s_s) e^{-eta h} x_s + m_t int_0^h (1 + eta) e^{-(1 + eta)(h - u)} D(lambda_s + u) du
+              + s_t sqrt(1 - e^{-2 eta h}) z.
+
+    With D = D_0 + u D' + u^2 D'' / 2 and H = (1 + eta) h the integral is, term by term,
+    -phi_1(H) D_0 + phi_2(H) (h D') - 2 phi_3(H) (h^2 D'' / 2), the update above with its phis at H (the u^k
+    weights scale as (1 + eta)^-k), h D' and h^2 D'' / 2 the divided differences D_1, D_2 of D in lambda over
+    the last evaluations: x_{i+1} = a_i x_i + sum_j c_j (m' / m_j) m_j D_j over j = i, i-1, i-2. ``midpoint``
+    (SDE 2M) takes the midpoint form m_t (1 - e^{-H}) [D_0 + (1 / (2 r)) (D_0 - D_-1)], r = h_prev / h, for
+    order 2; the order-2 warm-up step of 3M keeps phi_2(H) (D_0 - D_-1) / r, so that eta = 0 is the ODE 3M."""
+    phi1, phi2, phi3 = (p.tolist() for p in _phis((1 + eta) * h))
+    hl = h.tolist()
+
+    def weights(i, k):  # on D_i, D_{i-1}, D_{i-2}
+        if k == 1:
+            return [-phi1[i]]
+        r0 = hl[i - 1] / hl[i]  # d10 = (D_i - D_{i-1}) / r0 ~ h dD/dlambda
+        if k == 2:
+            w = -0.5 * phi1[i] / r0 if midpoint else phi2[i] / r0
+            return [-phi1[i] + w, -w]
+        # divided differences over lambda_{i-2}, lambda_{i-1}, lambda_i (DPM-Solver++(3M)):
+        # D_1 = d10 + r0 (d10 - d11) / (r0 + rb) ~ h D', D_2 = (d10 - d11) / (r0 + rb) ~ h^2 D'' / 2, so
+        # D_2's weight is -2 phi_3 (the reference implementations' -phi_3 leaves an O(h^3) local error)
+        rb = hl[i - 2] / hl[i]  # d11 = (D_{i-1} - D_{i-2}) / rb
+        a = phi2[i] * (1 + r0 / (r0 + rb)) - 2 * phi3[i] / (r0 + rb)  # weight of d10
+        b = phi2[i] * r0 / (r0 + rb) - 2 * phi3[i] / (r0 + rb)  # minus the weight of d11
+        return [-phi1[i] + a / r0, -a / r0 - b / rb, b / rb]
+
+    noise = (S.s64[1:] * torch.sqrt(-torch.expm1(-2 * eta * h))).tolist() if eta > 0 else None
+    return data_plan(S, orders, weights, (S.s64[1:] / S.s64[:-1] * torch.exp(-eta * h)).tolist()), noise
 
 
 def _singlestep(score, sde, x, mD0, E0, i, k, lam, S, x_next, phi1, phi2):
@@ -146,48 +155,3 @@ def _singlestep(score, sde, x, mD0, E0, i, k, lam, S, x_next, phi1, phi2):
     u2 = (sm[1] / s[i]) * x - e1[1] * (mm[1] / m[i]) * mD0 \
         + (r2 / r1) * phi22 * ((mm[1] / mm[0]) * mD1 - (mm[1] / m[i]) * mD0)
     return x_next + (1 / r2) * phi2 * ((m[i + 1] / mm[1]) * mD(u2, 1) - E0)
-
-
-def _sde_dpm_solver(score, x, S, h, generator, callback, order, eta):
-    """SDE-DPM-Solver++(1M/2M/3M) (Lu et al. 2022b; eta = 1 is the reverse SDE, eta = 0 the probability-flow ODE).
-    With y = x / m the eta-family is dy/dlambda = (1 + eta)(D - y) + noise, whose exact solution over a step is
-
-        x_t = (s_t / s_s) e^{-eta h} x_s + m_t int_0^h (1 + eta) e^{-(1 + eta)(h - u)} D(lambda_s + u) du
-              + s_t sqrt(1 - e^{-2 eta h}) z.
-
-    With D = D_0 + u D' + u^2 D'' / 2 and H = (1 + eta) h the integral is, term by term,
-    -phi_1(H) D_0 + phi_2(H) (h D') - 2 phi_3(H) (h^2 D'' / 2), the ODE's phis at H (the u^k weights scale as
-    (1 + eta)^-k). Order 3 (3M) takes h D' and h^2 D'' / 2 from the divided differences over the last three
-    evaluations (as the ODE 3M above, whose D_2 is also h^2 D'' / 2), its second step phi_2(H) (D_0 - D_-1) / r,
-    r = h_prev / h, so that eta = 0 is the ODE 3M; order 2 (2M) keeps the midpoint form
-    m_t (1 - e^{-H}) [D_0 + (1 / (2 r)) (D_0 - D_-1)]. Lower orders on the first steps only (lower_order_final
-    is the ODE's option)."""
-    N, m, s, hl = len(S), S.m, S.s, h.tolist()
-    H = (1 + eta) * h
-    phi1, phi2, phi3 = (p.tolist() for p in _phis(H))
-    carry = (S.s64[1:] / S.s64[:-1] * torch.exp(-eta * h)).tolist()
-    noise = (S.s64[1:] * torch.sqrt(-torch.expm1(-2 * eta * h))).tolist()
-    coefs = []  # weights of m_{i+1} D_{i-j}, j = 0, 1, 2
-    for i, k in enumerate(warm_orders(N, order, False)):
-        g = -phi1[i]
-        if k == 1:
-            c = [g]
-        elif k == 2:
-            r0 = hl[i - 1] / hl[i]
-            w = phi2[i] / r0 if order == 3 else 0.5 * g / r0
-            c = [g + w, -w]
-        else:
-            r0, rb = hl[i - 1] / hl[i], hl[i - 2] / hl[i]
-            a = phi2[i] + (phi2[i] * r0 - 2 * phi3[i]) / (r0 + rb)  # weight of d10 = (D_0 - D_-1) / r0
-            b = (phi2[i] * r0 - 2 * phi3[i]) / (r0 + rb)  # minus the weight of d11 = (D_-1 - D_-2) / rb
-            c = [g + a / r0, -a / r0 - b / rb, b / rb]
-        coefs.append(c)
-    mDs: list = []
-    for i, c in enumerate(coefs):
-        mDs = [posterior_mean(x, score(x, S.tb(i, x)), 1.0, s[i])] + mDs[:2]
-        x_next = carry[i] * x
-        for j, cj in enumerate(c):
-            x_next = axpy(x_next, mDs[j], cj * m[i + 1] / m[i - j], inplace=True)
-        x = axpy(x_next, gaussian(x, generator), noise[i], inplace=True) if eta > 0 else x_next
-        x = callback(i, S.t_d[i + 1], x)
-    return x

@@ -5,9 +5,9 @@ but with a simpler objective: the global error of the method's own trajectories.
 (drawn with ``seed``), a reference solution of the probability-flow ODE between the same ends is computed once
 (DPM-Solver++(3M), ``reference_nfe`` steps, log-SNR grid); the interior times of the method's default grid are then
 moved, one at a time in log sigma (sigma = s/m), towards a neighbour by a fraction h of the gap (h = 1/2, 1/4, ...
-over ``sweeps`` sweeps), keeping a move when the mean squared distance between the method's samples and the
-reference drops. The ends (the method's sigma_max and sigma_min) are kept, so the result never loses to the
-default grid on the probe batch; it is deterministic given ``seed``.
+over ``sweeps`` sweeps), keeping a move when the mean distance E||x - x_ref|| between the method's samples and
+the reference drops (``_distance``). The ends (the method's sigma_max and sigma_min) are kept, so the result
+never loses to the default grid on the probe batch; it is deterministic given ``seed``.
 
 The search costs about 2 ``sweeps`` (steps - 1) runs of the method on the probe batch plus the reference,
 evaluations not counted in ``sample``'s budget: the grid is computed once per (score, process, method, nfe,
@@ -45,10 +45,12 @@ def optimized_grid(score_fn, sde, nfe: int, method: str | None = None, *, dims, 
                    dtype: torch.dtype = torch.float32, **options) -> torch.Tensor:
     """The grid (float64 times, decreasing) for ``sample(score_fn, sde, (B, *dims), method, nfe, grid=..., **options)``
     that minimises the distance to the exact flow on ``probe`` draws of x_T (see the module docstring)."""
-    from . import METHODS, _bind, _grid, _start_std, default_method, sample
+    from . import METHODS, _bind, _grid, _start_std, default_sampler, sample
     from ._common import sigma_of
 
-    method = default_method(nfe) if method is None else method
+    if method is None:
+        method, defaults = default_sampler(nfe)
+        options = {**defaults, **options}
     if method not in ODE_METHODS or options.get("eta", 0.0) > 0 or options.get("solver") == "dopri5":
         raise ValueError(f"an optimized grid needs a deterministic fixed-step method, one of {list(ODE_METHODS)} "
                          f"(dpm_solver with eta=0), got {method!r}; pass grid='log_snr' or 'karras' for the others.")

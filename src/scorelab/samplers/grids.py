@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..ladders import geometric_sigmas
+from ._common import sigma_of
 
 
 def _ends(sde, t_min: float, t_max: float | None, zero: bool = False):
@@ -38,14 +39,14 @@ def uniform_t(sde, steps: int, t_min: float, t_max: float | None = None) -> torc
 def log_snr_uniform(sde, steps: int, t_min: float, t_max: float | None = None) -> torch.Tensor:
     """Equal steps in log-SNR lambda(t) between lambda(t_max) and lambda(t_min)."""
     ends = _ends(sde, t_min, t_max)
-    sig = (sde.marginal_std(ends) / sde.marginal_scale(ends)).tolist()
+    sig = sigma_of(sde, ends).tolist()
     return _pin(sde.t_from_std_ratio(geometric_sigmas(sig[0], sig[1], steps + 1)), ends)
 
 
 def karras(sde, steps: int, t_min: float, t_max: float | None = None, rho: float = 7.0) -> torch.Tensor:
     """EDM's rho-spaced noise levels sigma = s/m between t_max and t_min (rho = 7, Karras et al. 2022)."""
     ends = _ends(sde, t_min, t_max)
-    sig = (sde.marginal_std(ends) / sde.marginal_scale(ends)) ** (1.0 / rho)
+    sig = sigma_of(sde, ends) ** (1.0 / rho)
     grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     return _pin(sde.t_from_std_ratio((sig[0] + grid * (sig[1] - sig[0])) ** rho), ends)
 

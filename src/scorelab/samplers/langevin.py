@@ -18,9 +18,10 @@ import math
 
 import torch
 
+from .._checks import batch_view
 from ..ladders import langevin_step_size
 from ._common import Schedule, gaussian, method, posterior_mean
-from .steps import langevin_move
+from .steps import ald, langevin_move
 
 
 @method(grid=None, end="t", start=lambda sde, o: o["init_std"])
@@ -29,8 +30,7 @@ def langevin(score, sde, x, times, generator, callback, step_size: float = 1e-2,
     tt = times[0].to(dtype=x.dtype, device=x.device)
     u = math.sqrt(step_size)
     for i in range(len(times) - 1):
-        x = langevin_move(x, score(x, tt.expand(x.shape[0])), u, gaussian(x, generator))
-        x = callback(i, tt, x)
+        x = callback(i, tt, langevin_move(x, score(x, tt.expand(x.shape[0])), u, gaussian(x, generator)))
     return x
 
 
@@ -55,14 +55,10 @@ def annealed_langevin(score, sde, x, times, generator, callback, n_levels: int |
     if step_size is None:  # Technique 4 on the ladder sigma = s/m, in units of s(t_L)^2
         sig = S.s64 / S.m64
         step_size = langevin_step_size(sig, T) / float(sig[-1]) ** 2 * S.s[-1] ** 2 if L > 1 else 1e-2
-    u = [math.sqrt(step_size) * v / S.s[-1] for v in S.s]  # alpha_i = step_size s_i^2 / s_L^2, u = sqrt(alpha_i)
-    k = 0
-    for i in range(L):
-        for _ in range(T):
-            x = callback(k, S.t_d[i], langevin_move(x, score(x, S.tb(i, x)), u[i], gaussian(x, generator)))
-            k += 1
+    for k in range(L * T):  # T steps at level i = k // T; alpha_i = step_size s_i^2 / s_L^2 is 2 e of ``ald``
+        x = callback(k, S.t_d[k // T], ald(score, x, k // T, S, generator, None, step_size / 2))
     if denoise:
-        x = callback(k, S.t_d[-1], posterior_mean(x, score(x, S.tb(L - 1, x)), S.m[-1], S.s[-1]))
+        x = callback(L * T, S.t_d[-1], posterior_mean(x, score(x, S.tb(L - 1, x)), S.m[-1], S.s[-1]))
     return x
 
 
@@ -85,7 +81,7 @@ def mala(score, sde, x, times, generator, callback, energy_fn=None, step_size: f
         bwd = (x - y - 0.5 * step_size * sy).pow(2).sum(dims)
         log_acc = ex - ey + (fwd - bwd) * inv2
         accept = torch.log(torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)) < log_acc
-        a = accept.reshape((-1,) + (1,) * (x.ndim - 1))
+        a = batch_view(accept, x)
         x, sx, ex = torch.where(a, y, x), torch.where(a, sy, sx), torch.where(accept, ey, ex)
         x = callback(i, tt, x)
     return x

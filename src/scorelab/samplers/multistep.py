@@ -6,8 +6,9 @@ Two forms of the one ODE, both the same for VE, VP and sub-VP (no branch on the 
   -s(t) score(x, t). ``lms`` and ``ipndm`` are Adams-Bashforth steps on it:
   y_{i+1} = y_i + sum_j c_ij eps_j, carried as x_{i+1} = (m_{i+1} / m_i) x_i - sum_j m_{i+1} c_ij s_j score_j.
 - data prediction in lambda = log(m / s) (half the log-SNR; Lu et al. 2022b): with D = x0_hat,
-  x_t = (s_t / s_s) x_s + m_t int_{lambda_s}^{lambda_t} e^{lambda - lambda_t} D dlambda. ``unipc`` and ``deis``
-  approximate D in that integral; each D_j enters as (m_t / m_j)(x_j + s_j^2 score_j) with the ratio in float64.
+  x_t = (s_t / s_s) x_s + m_t int_{lambda_s}^{lambda_t} e^{lambda - lambda_t} D dlambda. ``unipc``, ``deis``
+  (and DPM-Solver++(kM), ``exponential``) approximate D in that integral (``data_plan``); each D_j enters as
+  (m_t / m_j)(x_j + s_j^2 score_j) with the ratio in float64.
 
 Every method is a *plan*: for step i, x_{i+1} = a_i x_i + sum_j w_ij v_j, with v_j the stored evaluation at t_j
 (the score, or m_j D_j) and a_i, w_ij float64 numbers computed once from the grid before the loop (Python floats
@@ -34,9 +35,6 @@ use lower orders, as the papers do, so the global order of a multistep method is
   is DPM-Solver++(kM). The weights int e^{lambda - lambda_t} l_j(t(lambda)) dlambda by 12-point
   Gauss-Legendre in float64. Defaults: order 3 (tAB3, Zhang & Chen's best at low NFE), log-SNR grid to
   sigma_min = 0.03 (measured).
-
-A grid point at sigma = 0 (a user grid ending at t = 0) is reached by a first-order step, x = m_t D (the
-exact limit of every form above).
 """
 
 from __future__ import annotations
@@ -47,7 +45,7 @@ import numpy as np
 import torch
 
 from .._checks import axpy
-from ._common import Schedule, method, posterior_mean
+from ._common import Schedule, gaussian, method, posterior_mean
 
 _GL = np.polynomial.legendre.leggauss(12)
 # iPNDM's Adams-Bashforth weights for equal steps, newest first (Zhang & Chen 2023)
@@ -74,10 +72,11 @@ def warm_orders(n, order, lower_order_final):
     return [min(order, i + 1, n - i) if lower_order_final else min(order, i + 1) for i in range(n)]
 
 
-def run_plan(score, x, S, store, plan, callback, corrector=None):
-    """x_{i+1} = a_i x_i + sum_j w_ij v_j with v_i = store(x_i, score(x_i, t_i), i); the corrector plan (same
-    form, may use v_{i+1}) replaces x_{i+1} once v_{i+1} is known (then projected again, as every step is; the
-    user's callback has seen the predictor's x_{i+1}). Only the last four v_j are kept."""
+def run_plan(score, x, S, store, plan, callback, corrector=None, noise=None, generator=None):
+    """x_{i+1} = a_i x_i + sum_j w_ij v_j (+ noise_i z, z ~ N(0, I), with ``noise``) with
+    v_i = store(x_i, score(x_i, t_i), i); the corrector plan (same form, may use v_{i+1}) replaces x_{i+1} once
+    v_{i+1} is known (then projected again, as every step is; the user's callback has seen the predictor's
+    x_{i+1}). Only the last four v_j are kept."""
     vals: dict = {}
     project = getattr(callback, "project", None)
     x_prev = None
@@ -89,9 +88,11 @@ def run_plan(score, x, S, store, plan, callback, corrector=None):
             if project is not None:
                 x = project(x, S.t_d[i])
         x_prev = x
-        x = callback(i, S.t_d[i + 1], _combine(a, x, w, vals))
-        for j in [j for j in vals if j <= i - 4]:
-            del vals[j]
+        x_next = _combine(a, x, w, vals)
+        if noise is not None:
+            x_next = axpy(x_next, gaussian(x, generator), noise[i], inplace=True)
+        x = callback(i, S.t_d[i + 1], x_next)
+        vals.pop(i - 4, None)  # the oldest of the last four (one enters per step)
     return x
 
 
@@ -102,9 +103,16 @@ def _combine(a, x, w, vals):
     return out
 
 
-def to_zero(S, i):
-    """sigma_{i+1} = 0: x_{i+1} = m_{i+1} D_i (v_i = m_i D_i)."""
-    return 0.0, [(i, S.m[i + 1] / S.m[i])]
+def data_plan(S, orders, weights, carry=None):
+    """The plan of a data-prediction method: x_{i+1} = a_i x_i + sum_j c_j (m_{i+1} / m_j) m_j D_j with
+    weights(i, k) = [c_j] on D_i, D_{i-1}, ..., D_{i-k+1} (and D_{i+1} last, for a corrector), a_i = ``carry``
+    (default s_{i+1} / s_i). A step to sigma = 0 (a user grid ending at t = 0) is x_{i+1} = m_{i+1} D_i, the
+    exact limit of every form."""
+    m, s = S.m, S.s
+    carry = carry or [s[i + 1] / s[i] for i in range(len(S))]
+    return [(0.0, [(i, m[i + 1] / m[i])]) if s[i + 1] == 0 else
+            (carry[i], [(j, c * m[i + 1] / m[j]) for j, c in zip([*range(i, i - k, -1), i + 1], weights(i, k))])
+            for i, k in enumerate(orders)]
 
 
 # ---- (sigma, x/m) Adams-Bashforth: lms, ipndm ----------------------------------------------------------------
@@ -113,10 +121,8 @@ def _adams(score, x, S, callback, order, coeffs):
     """Adams-Bashforth steps in (sigma, x/m) with the warm start min(order, i + 1): coeffs(i, k, sigmas) -> c_ij
     (newest first) for step i of order k, carried in x with v_j = score_j."""
     sig, m, s = (S.s64 / S.m64).tolist(), S.m, S.s
-    plan = []
-    for i, k in enumerate(warm_orders(len(S), order, False)):
-        c = coeffs(i, k, sig)
-        plan.append((m[i + 1] / m[i], [(i - j, -m[i + 1] * cj * s[i - j]) for j, cj in enumerate(c)]))
+    plan = [(m[i + 1] / m[i], [(i - j, -m[i + 1] * cj * s[i - j]) for j, cj in enumerate(coeffs(i, k, sig))])
+            for i, k in enumerate(warm_orders(len(S), order, False))]
     return run_plan(score, x, S, lambda x, sc, i: sc, plan, callback)
 
 
@@ -184,19 +190,12 @@ def unipc(score, sde, x, times, generator, callback, order: int = 2, variant: st
           sigma_max: float = 80.0, rho: float = 7.0):
     _at_most_3(order)
     S = Schedule(sde, times, x)
-    lam, m, s = _lambda(S), S.m, S.s
-    plan, corr = [], []
-    for i, k in enumerate(warm_orders(len(S), order, lower_order_final)):
-        if s[i + 1] == 0:
-            plan.append(to_zero(S, i))
-            corr.append(plan[-1])
-            continue
-        idx = [i - j for j in range(k)]
-        wp = _unipc_weights(lam, i, k, variant, False)
-        plan.append((s[i + 1] / s[i], [(j, c * m[i + 1] / m[j]) for j, c in zip(idx, wp)]))
-        wc = _unipc_weights(lam, i, k, variant, True)
-        corr.append((s[i + 1] / s[i], [(j, c * m[i + 1] / m[j]) for j, c in zip(idx + [i + 1], wc)]))
-    return run_plan(score, x, S, data_store(S), plan, callback, corr if use_corrector else None)
+    lam, orders = _lambda(S), warm_orders(len(S), order, lower_order_final)
+
+    def plan(corrector):  # UniP-k (False) or UniC-k (True) on this grid
+        return data_plan(S, orders, lambda i, k: _unipc_weights(lam, i, k, variant, corrector))
+
+    return run_plan(score, x, S, data_store(S), plan(False), callback, plan(True) if use_corrector else None)
 
 
 @method(grid="log_snr", end="sigma_min", begin="sigma_max", deterministic=True)
@@ -204,18 +203,14 @@ def deis(score, sde, x, times, generator, callback, order: int = 3, lower_order_
          sigma_min: float = 0.03, sigma_max: float = 80.0, rho: float = 7.0):
     _at_most_3(order)
     S = Schedule(sde, times, x)
-    lam, t, m, s = _lambda(S), S.t, S.m, S.s
+    lam, t = _lambda(S), S.t
 
     def t_of(u):  # t(lambda) for half log-SNR values u
         return sde.t_from_log_snr(torch.from_numpy(2 * u)).numpy()
 
-    plan = []
-    for i, k in enumerate(warm_orders(len(S), order, lower_order_final)):
-        if s[i + 1] == 0:
-            plan.append(to_zero(S, i))
-            continue
-        idx = [i - j for j in range(k)]
-        c = _lagrange_integrals([t[j] for j in idx], lam[i], lam[i + 1], t_of,
-                                lambda u, top=lam[i + 1]: np.exp(u - top))
-        plan.append((s[i + 1] / s[i], [(j, cj * m[i + 1] / m[j]) for j, cj in zip(idx, c)]))
+    def weights(i, k):
+        return _lagrange_integrals([t[i - j] for j in range(k)], lam[i], lam[i + 1], t_of,
+                                   lambda u: np.exp(u - lam[i + 1]))
+
+    plan = data_plan(S, warm_orders(len(S), order, lower_order_final), weights)
     return run_plan(score, x, S, data_store(S), plan, callback)
