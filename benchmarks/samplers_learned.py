@@ -7,7 +7,7 @@ sampling on optimised grids writes RUN/grids). Each model is sampled at nfe 5, 1
 scorelab configurations, the same for both runs (``OURS``: each method at its defaults, the stochastic
 DPM-Solver++ 2M/3M also with sigma_min = 0.002, on the Karras grid to sigma_min = 0.01 and with the final
 denoising step ``denoise_to_zero``, and ``+opt`` on grids optimised for the model; ``--only`` picks rows), by
-``default_method(nfe)`` (the "default" of the summary), and by the peers':
+``default_sampler(nfe)`` (the "default" of the summary: ``sample()`` with no method), and by the peers':
 k-diffusion through ``interop.k_diffusion_denoiser`` (on the VP run through the same wrapper in sigma = s/m),
 diffusers' DDIM / DPM-Solver++ / UniPC through ``interop.epsilon_model``, diffusers' ScoreSdeVe PC on the VE run.
 
@@ -79,7 +79,7 @@ OPT = ("unipc", "dpm_solver", "ipndm", "deis")
 
 
 def scorelab_runs(run, n, nfe, seed, opt_budgets, probe, only=None):
-    from scorelab.samplers import default_method, optimized_grid, sample
+    from scorelab.samplers import default_sampler, optimized_grid, sample
 
     out = {}
     for label, method, opts in OURS:
@@ -95,8 +95,14 @@ def scorelab_runs(run, n, nfe, seed, opt_budgets, probe, only=None):
             out[f"sl:{label}+opt"] = sample(run.score, run.sde, (n, *run.data_shape), method, nfe, generator=g,
                                             grid=grid, **opts).x
             print(f"  [grid] {label} nfe {nfe}: {time.time() - t0:.0f} s (0 when cached)", flush=True)
-    d = default_method(nfe)
-    out["default"] = f"sl:{ {'sde_dpm_solver': 'sde-dpm2M'}.get(d, d)}"  # the row of d at its defaults
+    # the default of sample() at this budget: its row when OURS has it, else a row of its own
+    d, d_opts = default_sampler(nfe)
+    label = next((f"sl:{lab}" for lab, m, o in OURS if (m, o) == (d, d_opts) and f"sl:{lab}" in out),
+                 f"sl:default={d}" + "".join(f",{k}={v}" for k, v in d_opts.items()))
+    if label not in out:
+        out[label] = sample(run.score, run.sde, (n, *run.data_shape), None, nfe,
+                            generator=torch.Generator().manual_seed(seed)).x
+    out["default"] = label
     return out
 
 
