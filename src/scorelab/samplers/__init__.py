@@ -31,7 +31,7 @@ DEFAULT_NFE = 400  # the budget of sample() when none is named
 
 # the default of ``sample()`` by budget, the first row whose smallest nfe the budget reaches: (nfe, method, options);
 # measured in docs/samplers.md, "Default sampling by budget"
-BY_BUDGET = ((100, "ancestral", {}), (20, "sde_dpm_solver", {}), (8, "unipc", {}),
+BY_BUDGET = ((100, "ancestral", {}), (20, "sde_dpm_solver", {"denoise_to_zero": True}), (8, "unipc", {}),
              (1, "ipndm", {"order": 2, "rho": 10.0, "sigma_min": 0.02}))
 
 
@@ -39,10 +39,12 @@ def default_sampler(nfe: int) -> tuple[str, dict]:
     """The method and options of ``sample()`` when no method is named, at the budget ``nfe`` (``BY_BUDGET``): from 100
     evaluations the ancestral sampler; from 20 to 99 ``sde_dpm_solver`` (SDE-DPM-Solver++(2M), Lu et al. 2022b,
     eta = 1), which at nfe 20 measured 0.35-0.64x the ancestral sampler's error on four trained runs and 0.08-0.31x
-    on eight exact-score mixtures; from 8 to 19 UniPC (Zhao et al. 2023), the best at nfe 10 on every exact mixture;
-    below 8 iPNDM (Zhang & Chen 2023) of order 2 on the Karras grid with rho = 10 to sigma_min = 0.02, whose last
-    step jumps from sigma ~ 0.2 to the end (chosen from 111 configurations at nfe 5 on three mixtures, then
-    0.26-0.83x the best of the benchmark's fixed set on six of seven others; 2x behind on the 5 x 5 grid)."""
+    on eight exact-score mixtures, with its last evaluation spent on x0_hat (``denoise_to_zero``: 0.53-0.63x at
+    nfe 20 and 0.60-0.69x at nfe 50 on three trained runs, 0.79-1.21x on ten exact mixtures); from 8 to 19
+    UniPC (Zhao et al. 2023), the best at nfe 10 on every exact mixture; below 8 iPNDM (Zhang & Chen 2023) of order
+    2 on the Karras grid with rho = 10 to sigma_min = 0.02, whose last step jumps from sigma ~ 0.2 to the end
+    (chosen from 111 configurations at nfe 5 on three mixtures, then 0.26-0.83x the best of the benchmark's fixed
+    set on six of seven others; 2x behind on the 5 x 5 grid)."""
     for low, name, options in BY_BUDGET:
         if nfe >= low:
             return name, dict(options)
