@@ -69,8 +69,9 @@ def test_ode_3m_is_third_order_and_sde_3m_at_eta_0_is_it(sde):
 
 
 def _moments(sde, nfe, order, monkeypatch):
-    """The sampler is linear in x_T and in its noise draws on Gaussian data: the noise replaced by zeros gives the
-    conditional mean a x_T + c, by the unit vector of step i in row i its weight B_i; Var(x | x_T) = sum B_i^2."""
+    """The sampler (from T: sigma_max above sigma(T)) is linear in x_T and in its noise draws on Gaussian data:
+    the noise replaced by zeros gives the conditional mean a x_T + c, by the unit vector of step i in row i its
+    weight B_i; Var(x | x_T) = sum B_i^2."""
     draws = []
 
     def unit(like, generator):
@@ -86,7 +87,7 @@ def _moments(sde, nfe, order, monkeypatch):
     for name, fake in (("unit", unit), ("zero", lambda like, generator: torch.zeros_like(like))):
         monkeypatch.setattr(multistep, "gaussian", fake)  # the noise of run_plan
         out[name] = sample(_score(sde), sde, None, method="dpm_solver", nfe=nfe, x_init=x0, order=order, eta=1.0,
-                           sigma_min=0.002, dtype=F64, generator=torch.Generator()).x[:, 0]
+                           sigma_min=0.002, sigma_max=1e6, dtype=F64, generator=torch.Generator()).x[:, 0]
     z = out["zero"]
     return float(z[-1] - z[0]), float(z[0]), float(((out["unit"] - z)[:nfe] ** 2).sum())
 

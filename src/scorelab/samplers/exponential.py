@@ -18,11 +18,12 @@ Every D_j enters the update multiplied by m_t, as m_t D_j = (m_t / m_j) (x_j + s
 in float64: the step never divides by an m(t) that underflows float16 (VPSDE(beta_max=100) has m(T) ~ 1e-11).
 
 Options: order 1-3, multistep (True) or singlestep (False), sigma_min (end noise level s/m; default 0.03, see
-below), lower_order_final (use order <= 2 on the last steps when there are fewer than 15, as DPM-Solver does,
-for stability), denoise_to_zero (spend the last evaluation on x0_hat at the final time, i.e. a first-order step
-to sigma = 0), eta > 0 (stochastic SDE-DPM-Solver++, multistep order 1-3, SDE-DPM-Solver++(1M/2M/3M); eta = 1
-follows the reverse SDE; ``sde_dpm_solver`` is this method with eta = 1 by default); the grid
-(``sample(grid=...)``) defaults to "log_snr".
+below), sigma_max (the grid starts at min(sigma_max, sigma(T)); 80 as EDM and the other ODE solvers, so that a VP
+process (sigma(T) ~ 150) takes the same steps as a VE one), lower_order_final (use order <= 2 on the last steps when
+there are fewer than 15, as DPM-Solver does, for stability), denoise_to_zero (spend the last evaluation on x0_hat at
+the final time, i.e. a first-order step to sigma = 0), eta > 0 (stochastic SDE-DPM-Solver++, multistep order 1-3,
+SDE-DPM-Solver++(1M/2M/3M); eta = 1 follows the reverse SDE; ``sde_dpm_solver`` is this method with eta = 1 by
+default); the grid (``sample(grid=...)``) defaults to "log_snr".
 
 Defaults (order 2 multistep, log-SNR grid, sigma_min = 0.03) are what measured best at 10-20 evaluations on the
 exact-score benchmark (docs/samplers.md): stopping at sigma_min leaves noise whose moment error is
@@ -53,10 +54,10 @@ def _steps(nfe, o):
 
 
 @method(steps=_steps, reserve=lambda o: int(o["denoise_to_zero"]), grid="log_snr", end="sigma_min",
-        deterministic=lambda o: not o.get("eta", 0))
+        begin="sigma_max", deterministic=lambda o: not o.get("eta", 0))
 def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multistep: bool = True,
                sigma_min: float = 0.03, lower_order_final: bool = True, denoise_to_zero: bool = False,
-               rho: float = 7.0, eta: float = 0.0):
+               rho: float = 7.0, eta: float = 0.0, sigma_max: float = 80.0):
     if order not in (1, 2, 3) or (eta > 0 and not multistep):
         raise ValueError(f"order must be 1, 2 or 3, and eta > 0 (stochastic) works with multistep=True; "
                          f"got eta={eta}, order={order}, multistep={multistep}.")
@@ -85,15 +86,15 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
 
 
 @method(steps=lambda nfe, o: _steps(nfe, {**o, "multistep": True}), reserve=lambda o: int(o["denoise_to_zero"]),
-        grid="log_snr", end="sigma_min", deterministic=lambda o: o.get("eta", 1.0) == 0)
+        grid="log_snr", end="sigma_min", begin="sigma_max", deterministic=lambda o: o.get("eta", 1.0) == 0)
 def sde_dpm_solver(score, sde, x, times, generator, callback, order: int = 2, sigma_min: float = 0.03,
-                   denoise_to_zero: bool = False, eta: float = 1.0):
+                   denoise_to_zero: bool = False, eta: float = 1.0, sigma_max: float = 80.0):
     """SDE-DPM-Solver++(2M) (Lu et al. 2022b): ``dpm_solver`` with eta = 1 (the reverse SDE) as its default, a
     name of its own so that ``default_method`` can name it; order 3 is SDE-DPM-Solver++(3M). Same draws as
     ``dpm_solver(eta=eta, order=order, ...)``. sigma_min = 0.03 and order 2: docs/samplers.md, "Default method
     from 20 evaluations"."""
     return dpm_solver(score, sde, x, times, generator, callback, order=order, sigma_min=sigma_min,
-                      denoise_to_zero=denoise_to_zero, eta=eta)
+                      denoise_to_zero=denoise_to_zero, eta=eta, sigma_max=sigma_max)
 
 
 def _multistep_plan(S, h, orders, eta=0.0, midpoint=False):
