@@ -74,7 +74,10 @@ OURS = [("ancestral", "ancestral", {}), ("euler_maruyama", "euler_maruyama", {})
         ("sde-dpm2M+dz", "sde_dpm_solver", {"denoise_to_zero": True}),
         ("sde-dpm3M+dz", "sde_dpm_solver", {"order": 3, "denoise_to_zero": True}),
         ("unipc", "unipc", {}), ("ipndm", "ipndm", {}), ("deis", "deis", {}), ("lms", "lms", {}),
-        ("edm_heun", "edm_heun", {})]
+        ("edm_heun", "edm_heun", {}),
+        # equal steps in t (DDIM's and diffusers' habit for VP models) for the two data-prediction solvers: added
+        # after a sweep of grids and variants on the digits run (seeds 0-9), confirmed on seeds 10-29
+        ("unipc/uniform", "unipc", {"grid": "uniform"}), ("deis/uniform", "deis", {"grid": "uniform"})]
 OPT = ("unipc", "dpm_solver", "ipndm", "deis")
 
 
@@ -147,11 +150,29 @@ def table(name, rows, budgets, cols, floor, defaults, seeds=None):
         print(f"| nfe {b} | {ours[0]:.4g} ({ours[1][3:]}) | {d:.4g} ({defaults[b][3:]}) | {theirs[0]:.4g} "
               f"({theirs[1]}) | {ours[0] / theirs[0]:.2f} | {floor[0]:.4g} |", flush=True)
     if seeds:
+        _paired(rows, budgets, seeds, cols[0])
         print("\nper seed (first metric):")
         for b in budgets:
             for k in rows:
                 if b in rows[k]:
                     print(f"  nfe {b} {k}: " + ", ".join(f"{v:.4g}" for v in seeds[k][b]), flush=True)
+
+
+def _paired(rows, budgets, seeds, col):
+    """The per-seed difference (the same seed: the same x_T for the deterministic samplers) between scorelab's best
+    row and each of the two best peers (by median): its mean +- standard error and how often scorelab's is lower.
+    Sample sets of one seed move the distance far more than the samplers do, so the pairs are what tell them apart."""
+    print(f"\npaired by seed ({col}): scorelab best minus peer, mean +- s.e. (t), seeds where scorelab's is lower")
+    for b in budgets:
+        med = sorted((r[b][0], k) for k, r in rows.items() if b in r)
+        ours = next((k for _, k in med if k.startswith("sl:")), None)
+        for _, peer in [(v, k) for v, k in med if not k.startswith("sl:")][:2 if ours else 0]:
+            d = np.array(seeds[ours][b]) - np.array(seeds[peer][b])
+            if len(d) < 2:
+                continue
+            se = d.std(ddof=1) / np.sqrt(len(d))
+            print(f"  nfe {b}: {ours} - {peer}: {d.mean():+.4f} +- {se:.4f} (t {d.mean() / se:+.1f}), "
+                  f"{int((d < 0).sum())}/{len(d)}", flush=True)
 
 
 def _collect(run, K, budgets, n, seeds, opt_budgets, probe, metrics, tag, only=None, peers_too=True):
