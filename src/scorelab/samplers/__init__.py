@@ -28,27 +28,18 @@ METHODS = {f.__name__: f for f in (langevin.langevin, langevin.annealed_langevin
                                     multistep.unipc, multistep.deis)}
 DEFAULT_NFE = 400  # the budget of sample() when none is named
 
-
-# the default of ``sample()`` by budget, the first row whose smallest nfe the budget reaches: (nfe, method, options);
-# measured in docs/samplers.md, "Default sampling by budget"
+# the default of ``sample()`` by budget, the first row whose smallest nfe the budget reaches: (nfe, method, options)
 BY_BUDGET = ((100, "ancestral", {}), (20, "sde_dpm_solver", {"denoise_to_zero": True}), (8, "unipc", {}),
              (1, "ipndm", {"order": 2, "rho": 10.0, "sigma_min": 0.02}))
 
 
 def default_sampler(nfe: int) -> tuple[str, dict]:
     """The method and options of ``sample()`` when no method is named, at the budget ``nfe`` (``BY_BUDGET``): from 100
-    evaluations the ancestral sampler; from 20 to 99 ``sde_dpm_solver`` (SDE-DPM-Solver++(2M), Lu et al. 2022b,
-    eta = 1), which at nfe 20 measured 0.35-0.64x the ancestral sampler's error on four trained runs and 0.08-0.31x
-    on eight exact-score mixtures, with its last evaluation spent on x0_hat (``denoise_to_zero``: 0.53-0.63x at
-    nfe 20 and 0.60-0.69x at nfe 50 on three trained runs, 0.79-1.21x on ten exact mixtures); from 8 to 19
-    UniPC (Zhao et al. 2023), the best at nfe 10 on every exact mixture; below 8 iPNDM (Zhang & Chen 2023) of order
-    2 on the Karras grid with rho = 10 to sigma_min = 0.02, whose last step jumps from sigma ~ 0.2 to the end
-    (chosen from 111 configurations at nfe 5 on three mixtures, then 0.26-0.83x the best of the benchmark's fixed
-    set on six of seven others; 2x behind on the 5 x 5 grid)."""
-    for low, name, options in BY_BUDGET:
-        if nfe >= low:
-            return name, dict(options)
-    return BY_BUDGET[-1][1], dict(BY_BUDGET[-1][2])
+    evaluations the ancestral sampler; from 20 ``sde_dpm_solver`` (SDE-DPM-Solver++(2M), Lu et al. 2022b, eta = 1)
+    with its last evaluation spent on x0_hat; from 8 UniPC (Zhao et al. 2023); below 8 iPNDM (Zhang & Chen 2023) of
+    order 2 on the Karras grid with rho = 10 to sigma_min = 0.02 (docs/samplers.md, "Default sampling by budget")."""
+    _, name, options = next((row for row in BY_BUDGET if nfe >= row[0]), BY_BUDGET[-1])
+    return name, dict(options)
 
 
 def default_method(nfe: int) -> str:
@@ -61,8 +52,7 @@ _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _ARGS = 6  # score, sde, x, times, generator, callback
 
 __all__ = ["sample", "samplers", "SampleResult", "METHODS", "DEFAULT_METHOD", "DEFAULT_NFE", "default_method",
-           "default_sampler", "BY_BUDGET",
-           "optimized_grid"]
+           "default_sampler", "BY_BUDGET", "optimized_grid"]
 
 
 def samplers() -> list[str]:
@@ -76,15 +66,13 @@ CHOICES.update(predictor=PREDICTORS, corrector=CORRECTORS, solver=(*ode.SOLVERS,
 
 def options_of(name: str) -> dict:
     """The options of method ``name`` with their defaults."""
-    params = list(inspect.signature(METHODS[name]).parameters.values())[_ARGS:]
-    return {p.name: p.default for p in params}
+    return {p.name: p.default for p in list(inspect.signature(METHODS[name]).parameters.values())[_ARGS:]}
 
 
 def _bind(name: str, sde: SDE, options: dict) -> dict:
     """Options checked against the method's signature and, by name, for range; returns them with defaults."""
-    fn = METHODS[name]
     return check_options(f"method {name!r}", options, options_of(name), sde,
-                         f" (see help({fn.__module__}.{fn.__name__}))")
+                         f" (see help({METHODS[name].__module__}.{name}))")
 
 
 def _grid(fn, sde, steps, opts, grid):
@@ -97,9 +85,8 @@ def _grid(fn, sde, steps, opts, grid):
     if fn.grid is None and grid is None:
         return torch.full((steps + 1,), float(opts["t"]), dtype=torch.float64)
     t_min = end_time(sde, opts["sigma_min"]) if fn.end == "sigma_min" else float(opts.get(fn.end, fn.end))
-    t_max = None
-    if fn.begin is not None and opts[fn.begin] < float(sigma_of(sde, sde.T)):
-        t_max = end_time(sde, opts[fn.begin])
+    begin = None if fn.begin is None else opts[fn.begin]
+    t_max = end_time(sde, begin) if begin is not None and begin < float(sigma_of(sde, sde.T)) else None
     name = grid or fn.grid
     rho = {"rho": opts.get("rho", 7.0)} if name == "karras" else {}
     if t_min == 0 and name != "uniform" and steps > 1:  # a noise-level grid to sigma = 0.002 (EDM), then t = 0

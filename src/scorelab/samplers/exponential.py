@@ -17,18 +17,15 @@ h/3, 2h/3 (order 3).
 Every D_j enters the update multiplied by m_t, as m_t D_j = (m_t / m_j) (x_j + s_j^2 score_j) with the ratio
 in float64: the step never divides by an m(t) that underflows float16 (VPSDE(beta_max=100) has m(T) ~ 1e-11).
 
-Options: order 1-3, multistep (True) or singlestep (False), sigma_min (end noise level s/m; default 0.03, see
-below), sigma_max (the grid starts at min(sigma_max, sigma(T)); 80 as EDM and the other ODE solvers, so that a VP
-process (sigma(T) ~ 150) takes the same steps as a VE one), lower_order_final (use order <= 2 on the last steps when
-there are fewer than 15, as DPM-Solver does, for stability), denoise_to_zero (spend the last evaluation on x0_hat at
-the final time, i.e. a first-order step to sigma = 0), eta > 0 (stochastic SDE-DPM-Solver++, multistep order 1-3,
-SDE-DPM-Solver++(1M/2M/3M); eta = 1 follows the reverse SDE; ``sde_dpm_solver`` is this method with eta = 1 by
-default); the grid (``sample(grid=...)``) defaults to "log_snr".
-
-Defaults (order 2 multistep, log-SNR grid, sigma_min = 0.03) are what measured best at 10-20 evaluations on the
-exact-score benchmark (docs/samplers.md): stopping at sigma_min leaves noise whose moment error is
-O((sigma_min^2 / v)^2) for a component of variance v, while the steps saved near sigma = 0 cut the
-discretisation error more. Use sigma_min = 0.002 (EDM) for data with finer structure or large budgets.
+Options: order 1-3, multistep (True) or singlestep (False), sigma_min (end noise level s/m), sigma_max (the grid
+starts at min(sigma_max, sigma(T)); 80 as EDM and the other ODE solvers, so that a VP process (sigma(T) ~ 150) takes
+the same steps as a VE one), lower_order_final (order <= 2 on the last steps when there are fewer than 15, as
+DPM-Solver does, for stability), denoise_to_zero (the last evaluation spent on x0_hat at the final time: a
+first-order step to sigma = 0), eta > 0 (SDE-DPM-Solver++(1M/2M/3M), multistep; eta = 1 follows the reverse SDE and
+is ``sde_dpm_solver``'s default); the grid (``sample(grid=...)``) defaults to "log_snr". The defaults (order 2
+multistep to sigma_min = 0.03: the noise left costs O((sigma_min^2 / v)^2) in the moments of a component of variance
+v, less than the hardest steps it saves; use 0.002 (EDM) for finer data or large budgets) measured best at 10-20
+evaluations: docs/samplers.md, "What wins at 10-20 evaluations (exact score)".
 """
 
 from __future__ import annotations

@@ -72,11 +72,7 @@ def flow_in_sigma(score, sde, x, times: torch.Tensor, solver: str, callback, fir
                      after=lambda i, y: (callback(first + i, t_d[i + 1], y[0]),))
 
 
-def _stages(o):
-    return 1 if o["solver"] in ADAPTIVE else SOLVERS[o["solver"]].stages
-
-
-@method(cost=_stages, deterministic=True)
+@method(cost=lambda o: 1 if o["solver"] in ADAPTIVE else SOLVERS[o["solver"]].stages, deterministic=True)
 def ode(score, sde, x, times, generator, callback, solver: str = "heun", eps: float = 1e-3, rtol: float = 1e-5,
         atol: float = 1e-5):
     if solver in ADAPTIVE:

@@ -4,10 +4,8 @@ repeats each step r times, backing up with the forward kernel in between (RePain
 length 1), so that a constraint and the free part harmonise; steps = nfe // (r (1 + corrector_steps)).
 ``euler_maruyama``, ``reverse_diffusion``, ``ancestral`` are PC without a corrector (ancestral's eps = 0).
 
-snr = 0.04, not Song et al.'s 0.16 (their CIFAR-10 VE value): on scores trained by scorelab, the Langevin
-corrector at 0.16 inflates every component at small noise (moment KL 6-30x that of euler_maruyama at 400
-evaluations on three trained mixtures), at 0.04 it is within 1.3x of euler_maruyama; on the exact score 0.16
-is at most 2x better at 100 evaluations and equal at 400 (docs/samplers.md, "PC on learned scores").
+snr = 0.04, not Song et al.'s 0.16 (their CIFAR-10 VE value): on scores trained by scorelab the corrector at 0.16
+inflates every component at small noise (docs/samplers.md, "PC on learned scores").
 """
 
 from __future__ import annotations
@@ -16,11 +14,7 @@ from ._common import Schedule, method
 from .steps import CORRECTORS, PREDICTORS, renoise
 
 
-def _cost(o):
-    return o["resample"] * (1 + (0 if o["corrector"] == "none" else o["corrector_steps"]))
-
-
-@method(cost=_cost)
+@method(cost=lambda o: o["resample"] * (1 + (0 if o["corrector"] == "none" else o["corrector_steps"])))
 def pc(score, sde, x, times, generator, callback, predictor: str = "reverse_diffusion", corrector: str = "langevin",
        snr: float = 0.04, corrector_steps: int = 1, step_size: float = 2e-5, eps: float = 1e-3, resample: int = 1):
     S = Schedule(sde, times, x)
