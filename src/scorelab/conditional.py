@@ -7,16 +7,14 @@ known entries with a forward-noised copy of the known data at the current time,
 
     x_t[known] = m(t) x_k + s(t) z,     z ~ N(0, I),
 
-so the unknown entries are always pushed by a score that sees a plausible noisy version of the known ones
-(t is the time the sampler has just reached; the reference code of Song et al. uses the start of the step,
-a difference of order dt).
-At the end the known entries are set to x_k exactly. This is an approximation of sampling
-p_0(x_u | x_k): it conditions on a fresh noisy copy of x_k at each step instead of on the exact noisy
-trajectory that generated x_k, so it under-uses the information the known entries carry about the unknown
-ones (docs/controllable.md measures the error on a Gaussian mixture). RePaint-style resampling
-(Lugmayr et al. 2022) reduces it: each step is repeated ``resample`` times, re-noising x from t - dt back
-to t with the forward kernel in between, which lets the two parts harmonise at the price of ``resample``
-times the score evaluations.
+so the unknown entries are always pushed by a score that sees a plausible noisy version of the known ones (t is the time
+the sampler has just reached; the reference code of Song et al. uses the start of the step, a difference of order dt).
+At the end the known entries are set to x_k exactly. This is an approximation of sampling p_0(x_u | x_k): it conditions
+on a fresh noisy copy of x_k at each step instead of on the exact noisy trajectory that generated x_k, so it under-uses
+the information the known entries carry about the unknown ones (docs/controllable.md measures the error on a Gaussian
+mixture). RePaint-style resampling (Lugmayr et al. 2022) reduces it: each step is repeated ``resample`` times,
+re-noising x from t - dt back to t with the forward kernel in between, which lets the two parts harmonise at the price
+of ``resample`` times the score evaluations.
 
 Colorization is the same thing in a rotated space. An orthogonal 3x3 matrix A whose first row is
 (1, 1, 1)/sqrt(3) maps RGB to coordinates u = A x whose first channel is sqrt(3) times the gray image.
@@ -94,8 +92,7 @@ def inpaint(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, mask: torch.Tensor, me
     """Sample the entries of x where mask == 0 given those where mask == 1.
 
     x: [B, *dims] data; its unknown entries are ignored (set them to 0) but must be finite.
-    mask: same shape as x, or broadcastable to it (e.g. one [*dims] mask for the whole batch);
-    1 / True = known.
+    mask: same shape as x, or broadcastable to it (e.g. one [*dims] mask for the whole batch); 1 / True = known.
     method: "smc" (default): twisted sequential Monte Carlo (MCGdiff, Cardoso et al. 2023; ``scorelab.smc``),
     consistent: its samples follow p_0(unknown | known) as the particles (and steps) grow. Options
     ``particles`` (32), ``ess`` (0.5: resample when the effective sample size falls below ess x particles),
@@ -148,8 +145,7 @@ def color_decoupling_matrix(dtype=torch.float64, device=None) -> torch.Tensor:
     u = A x maps RGB to a space whose first channel is sqrt(3) times the gray (channel-mean) image; the other
     two carry only colour. Song et al. 2021 (App. I.3) use a matrix of this kind."""
     A = torch.tensor([[1.0, 1.0, 1.0], [-2.0, 1.0, 1.0], [0.0, 1.0, -1.0]], dtype=torch.float64)
-    A = A / A.norm(dim=1, keepdim=True)
-    return A.to(dtype=dtype, device=device)
+    return (A / A.norm(dim=1, keepdim=True)).to(dtype=dtype, device=device)
 
 
 def _mix_channels(A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -187,7 +183,6 @@ def colorize(score_fn: ScoreFn, sde: SDE, gray: torch.Tensor, generator: torch.G
     u[:, 0] = math.sqrt(3.0) * gray
     mask = torch.zeros_like(u)
     mask[:, 0] = 1.0
-    res = inpaint(orthogonal_score(score_fn, A), sde, u, mask, method=method, nfe=nfe, generator=generator,
-                  **options)
+    res = inpaint(orthogonal_score(score_fn, A), sde, u, mask, method=method, nfe=nfe, generator=generator, **options)
     res.x = _mix_channels(A.transpose(0, 1), res.x)
     return res

@@ -1,10 +1,9 @@
 """Latent codes of the probability-flow ODE: encode, decode and interpolate.
 
 The probability-flow ODE dx/dt = a(t) x - 1/2 g(t)^2 score(x, t) (Song et al. 2021, eq. 13; the field
-``samplers.ode.ProbabilityFlow``) moves samples of p_t along a deterministic, invertible flow that keeps every
-marginal p_t. Solving it from a small eps up to T maps data x to a latent z ("encode"); solving it back from T
-to eps maps z to data ("decode"). With an exact score and an accurate solver, decode(encode(x)) = x, and
-z ~ p_T ~ the prior.
+``samplers.ode.ProbabilityFlow``) moves samples of p_t along a deterministic, invertible flow that keeps every marginal
+p_t. Solving it from a small eps up to T maps data x to a latent z ("encode"); solving it back from T to eps maps z to
+data ("decode"). With an exact score and an accurate solver, decode(encode(x)) = x, and z ~ p_T ~ the prior.
 
 Solved by ``scorelab.solvers``: adaptive "dopri5" (the default, rtol = atol = 1e-5 as Song et al. 2021) or a
 fixed-step tableau with ``steps=``. Shapes are [B, *dims]; nothing leaves the device during a solve.
@@ -88,10 +87,8 @@ def slerp(z_a: torch.Tensor, z_b: torch.Tensor, lam: torch.Tensor) -> torch.Tens
 
 def interpolate(score_fn: ScoreFn, sde: SDE, x_a: torch.Tensor, x_b: torch.Tensor, n: int = 8,
                 **options) -> torch.Tensor:
-    """Decoded slerp path between the latents of x_a and x_b [B, *dims]: [n, B, *dims], ends included.
-
-    ``options`` are the solver options of ``encode``/``decode``.
-    """
+    """Decoded slerp path between the latents of x_a and x_b [B, *dims]: [n, B, *dims], ends included;
+    ``options`` are the solver options of ``encode``/``decode``."""
     if not isinstance(n, int) or n < 2:
         raise ValueError(f"n (the number of points on the path, ends included) must be an integer >= 2, got {n!r}.")
     check_batch(x_a, "x_a")
@@ -100,8 +97,5 @@ def interpolate(score_fn: ScoreFn, sde: SDE, x_a: torch.Tensor, x_b: torch.Tenso
         raise ValueError(f"x_a and x_b must have the same shape [B, *dims], got {tuple(x_a.shape)} and "
                          f"{tuple(x_b.shape)}.")
     z = encode(score_fn, sde, torch.cat([x_a, x_b]), **options)
-    z_a, z_b = z.chunk(2)
-    lam = torch.linspace(0, 1, n, dtype=z.dtype, device=z.device)
-    path = slerp(z_a, z_b, lam)  # [n, B, *dims]
-    x = decode(score_fn, sde, path.reshape(-1, *x_a.shape[1:]), **options)
-    return x.reshape(n, *x_a.shape)
+    path = slerp(*z.chunk(2), torch.linspace(0, 1, n, dtype=z.dtype, device=z.device))  # [n, B, *dims]
+    return decode(score_fn, sde, path.reshape(-1, *x_a.shape[1:]), **options).reshape(n, *x_a.shape)

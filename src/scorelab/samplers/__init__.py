@@ -1,8 +1,7 @@
 """Sampling from a score: ``sample`` checks the options against the method's signature, draws x_T (or takes
 ``x_init``), builds the grid (any grid for any method) and the counted score, then calls
-``METHODS[name](score, sde, x, times, generator, callback, **options)``; each method lives in the module named
-after its mathematics (steps, pc, ode, exponential, karras, langevin). The package module is callable:
-``scorelab.samplers()`` lists the methods.
+``METHODS[name](score, sde, x, times, generator, callback, **options)``; each method lives in the module named after its
+mathematics (pc, ode, exponential, karras, langevin, multistep). ``scorelab.samplers()`` lists the methods.
 """
 
 from __future__ import annotations

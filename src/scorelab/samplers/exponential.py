@@ -1,18 +1,16 @@
 """Exponential integrators of the probability-flow ODE in data prediction: DPM-Solver++ (Lu et al. 2022,
 "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models").
 
-With lambda = log(m / s) (half the log-SNR), h = lambda_t - lambda_s and D = x0_hat = (x + s^2 score) / m, the
-ODE's exact solution is  x_t = (s_t / s_s) x_s + m_t int_{lambda_s}^{lambda_t} e^{lambda - lambda_t} D dlambda.
-Approximating D by a polynomial in lambda gives, with phi_1 = expm1(-h), phi_2 = phi_1 / h + 1,
-phi_3 = phi_2 / h - 1/2:
+With lambda = log(m / s) (half the log-SNR), h = lambda_t - lambda_s and D = x0_hat = (x + s^2 score) / m, the ODE's
+exact solution is  x_t = (s_t / s_s) x_s + m_t int_{lambda_s}^{lambda_t} e^{lambda - lambda_t} D dlambda. Approximating
+D by a polynomial in lambda gives, with phi_1 = expm1(-h), phi_2 = phi_1 / h + 1, phi_3 = phi_2 / h - 1/2:
 
     x_t = (s_t / s_s) x_s - m_t phi_1 D_0 + m_t phi_2 D_1 - 2 m_t phi_3 D_2
 
-where D_1 ~ h D' and D_2 ~ h^2 D'' / 2 come from the first/second divided differences of D in lambda (zero for
-order 1, the DDIM step; m_t int_0^h e^{u - h} u^2 / 2 du D'' = -2 m_t phi_3 h^2 D'' / 2).
-Multistep (DPM-Solver++(2M)/(3M)) takes them from previous steps (one evaluation per step, lower orders for
-the first steps); singlestep ((2S)/(3S)) from intermediate points at lambda_s + h/2 (order 2) or
-h/3, 2h/3 (order 3).
+where D_1 ~ h D' and D_2 ~ h^2 D'' / 2 come from the first/second divided differences of D in lambda (zero for order 1,
+the DDIM step; m_t int_0^h e^{u - h} u^2 / 2 du D'' = -2 m_t phi_3 h^2 D'' / 2). Multistep (DPM-Solver++(2M)/(3M)) takes
+them from previous steps (one evaluation per step, lower orders for the first steps); singlestep ((2S)/(3S)) from
+intermediate points at lambda_s + h/2 (order 2) or h/3, 2h/3 (order 3).
 
 Every D_j enters the update multiplied by m_t, as m_t D_j = (m_t / m_j) (x_j + s_j^2 score_j) with the ratio
 in float64: the step never divides by an m(t) that underflows float16 (VPSDE(beta_max=100) has m(T) ~ 1e-11).
@@ -86,29 +84,29 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
         grid="log_snr", end="sigma_min", begin="sigma_max", deterministic=lambda o: o.get("eta", 1.0) == 0)
 def sde_dpm_solver(score, sde, x, times, generator, callback, order: int = 2, sigma_min: float = 0.03,
                    denoise_to_zero: bool = False, eta: float = 1.0, sigma_max: float = 80.0):
-    """SDE-DPM-Solver++(2M) (Lu et al. 2022b): ``dpm_solver`` with eta = 1 (the reverse SDE) as its default, a
-    name of its own so that ``default_method`` can name it; order 3 is SDE-DPM-Solver++(3M). Same draws as
-    ``dpm_solver(eta=eta, order=order, ...)``. sigma_min = 0.03 and order 2: docs/samplers.md, "Default method
-    from 20 evaluations"."""
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022b): ``dpm_solver`` with eta = 1 (the reverse SDE) as its default, a name of
+    its own so that ``default_method`` can name it; order 3 is SDE-DPM-Solver++(3M). Same draws as
+    ``dpm_solver(eta=eta, order=order, ...)``. sigma_min = 0.03 and order 2: docs/samplers.md, "SDE-DPM-Solver++(3M)
+    and the default method from 20 evaluations"."""
     return dpm_solver(score, sde, x, times, generator, callback, order=order, sigma_min=sigma_min,
                       denoise_to_zero=denoise_to_zero, eta=eta, sigma_max=sigma_max)
 
 
 def _multistep_plan(S, h, orders, eta=0.0, midpoint=False):
-    """DPM-Solver++(kM) (eta = 0) and SDE-DPM-Solver++(kM) (eta > 0; Lu et al. 2022b) as a plan and the noise std
-    of each step (None for eta = 0), for ``run_plan``. With y = x / m the eta-family is
-    dy/dlambda = (1 + eta)(D - y) + noise (eta = 0 the probability-flow ODE, eta = 1 the reverse SDE), whose
-    exact solution over a step is
+    """DPM-Solver++(kM) (eta = 0) and SDE-DPM-Solver++(kM) (eta > 0; Lu et al. 2022b) as a plan and the noise std of
+    each step (None for eta = 0), for ``run_plan``. With y = x / m the eta-family is
+    dy/dlambda = (1 + eta)(D - y) + noise (eta = 0 the probability-flow ODE, eta = 1 the reverse SDE), whose exact
+    solution over a step is
 
         x_t = (s_t / s_s) e^{-eta h} x_s + m_t int_0^h (1 + eta) e^{-(1 + eta)(h - u)} D(lambda_s + u) du
               + s_t sqrt(1 - e^{-2 eta h}) z.
 
     With D = D_0 + u D' + u^2 D'' / 2 and H = (1 + eta) h the integral is, term by term,
-    -phi_1(H) D_0 + phi_2(H) (h D') - 2 phi_3(H) (h^2 D'' / 2), the update above with its phis at H (the u^k
-    weights scale as (1 + eta)^-k), h D' and h^2 D'' / 2 the divided differences D_1, D_2 of D in lambda over
-    the last evaluations: x_{i+1} = a_i x_i + sum_j c_j (m' / m_j) m_j D_j over j = i, i-1, i-2. ``midpoint``
-    (SDE 2M) takes the midpoint form m_t (1 - e^{-H}) [D_0 + (1 / (2 r)) (D_0 - D_-1)], r = h_prev / h, for
-    order 2; the order-2 warm-up step of 3M keeps phi_2(H) (D_0 - D_-1) / r, so that eta = 0 is the ODE 3M."""
+    -phi_1(H) D_0 + phi_2(H) (h D') - 2 phi_3(H) (h^2 D'' / 2), the update above with its phis at H (the u^k weights
+    scale as (1 + eta)^-k), h D' and h^2 D'' / 2 the divided differences D_1, D_2 of D in lambda over the last
+    evaluations: x_{i+1} = a_i x_i + sum_j c_j (m' / m_j) m_j D_j over j = i, i-1, i-2. ``midpoint`` (SDE 2M) takes
+    the midpoint form m_t (1 - e^{-H}) [D_0 + (1 / (2 r)) (D_0 - D_-1)], r = h_prev / h, for order 2; the order-2
+    warm-up step of 3M keeps phi_2(H) (D_0 - D_-1) / r, so that eta = 0 is the ODE 3M."""
     phi1, phi2, phi3 = (p.tolist() for p in _phis((1 + eta) * h))
     hl = h.tolist()
 

@@ -1,19 +1,17 @@
-"""A time grid optimised for one score, process, method and budget (``sample(..., grid="optimized")``).
+"""A time grid optimised for one score, process, method and budget (``sample(..., grid="optimized")``), in the spirit
+of "Align Your Steps" (Sabour et al. 2024) but minimising the global error of the method's own trajectories. From a
+probe batch of x_T (drawn with ``seed``), a reference solution of the probability-flow ODE between the same ends is
+computed once (DPM-Solver++(3M), ``reference_nfe`` steps, log-SNR grid); the interior times of the method's default grid
+are then moved, one at a time in log sigma (sigma = s/m), towards a neighbour by a fraction h of the gap (h = 1/2, 1/4,
+... over ``sweeps`` sweeps), keeping a move when the mean distance E||x - x_ref|| between the method's samples and the
+reference drops (``_distance``). The ends (the method's sigma_max and sigma_min) are kept, so the result never loses to
+the default grid on the probe batch; it is deterministic given ``seed``.
 
-In the spirit of "Align Your Steps" (Sabour et al. 2024), which fits the steps to the model rather than by habit,
-but with a simpler objective: the global error of the method's own trajectories. From a probe batch of x_T
-(drawn with ``seed``), a reference solution of the probability-flow ODE between the same ends is computed once
-(DPM-Solver++(3M), ``reference_nfe`` steps, log-SNR grid); the interior times of the method's default grid are then
-moved, one at a time in log sigma (sigma = s/m), towards a neighbour by a fraction h of the gap (h = 1/2, 1/4, ...
-over ``sweeps`` sweeps), keeping a move when the mean distance E||x - x_ref|| between the method's samples and
-the reference drops (``_distance``). The ends (the method's sigma_max and sigma_min) are kept, so the result
-never loses to the default grid on the probe batch; it is deterministic given ``seed``.
-
-The search costs about 2 ``sweeps`` (steps - 1) runs of the method on the probe batch plus the reference,
-evaluations not counted in ``sample``'s budget: the grid is computed once per (score, process, method, nfe,
-options) and cached in memory (per score owner: a function, or the object of a bound method such as a ``Run``)
-and, with ``cache_dir``, in a small JSON file written atomically (an existing file is read, never overwritten).
-Only deterministic methods whose grid ends above t = 0 are supported (the ODE solvers but ``edm_heun``).
+The search costs about 2 ``sweeps`` (steps - 1) runs of the method on the probe batch plus the reference, evaluations
+not counted in ``sample``'s budget: the grid is computed once per (score, process, method, nfe, options) and cached in
+memory (per score owner: a function, or the object of a bound method such as a ``Run``) and, with ``cache_dir``, in a
+small JSON file written atomically (an existing file is read, never overwritten). Only deterministic methods whose grid
+ends above t = 0 are supported (the ODE solvers but ``edm_heun``). Measured in docs/samplers.md, "Optimised time grids".
 """
 
 from __future__ import annotations
@@ -35,8 +33,7 @@ _MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """E ||a - b||: under the coupling by a common x_T an upper bound on W1 between the two sample laws; the mean
-    squared distance (W2^2) was dominated by the few trajectories that end in another mode (ring8 nfe 10: the
-    grid it chose was 1.3-4x worse in moment KL than the default, this one 0.15-0.97x)."""
+    squared distance (W2^2) was dominated by the few trajectories that end in another mode (docs/samplers.md)."""
     return float((a - b).double().flatten(1).norm(dim=1).mean())
 
 

@@ -10,31 +10,28 @@ Two forms of the one ODE, both the same for VE, VP and sub-VP (no branch on the 
   (and DPM-Solver++(kM), ``exponential``) approximate D in that integral (``data_plan``); each D_j enters as
   (m_t / m_j)(x_j + s_j^2 score_j) with the ratio in float64.
 
-Every method is a *plan*: for step i, x_{i+1} = a_i x_i + sum_j w_ij v_j, with v_j the stored evaluation at t_j
-(the score, or m_j D_j) and a_i, w_ij float64 numbers computed once from the grid before the loop (Python floats
-in the loop: no host sync). ``unipc`` adds a corrector plan applied to x_{i+1} once v_{i+1} is known.
+Every method is a *plan*: for step i, x_{i+1} = a_i x_i + sum_j w_ij v_j, with v_j the stored evaluation at t_j (the
+score, or m_j D_j) and a_i, w_ij float64 numbers computed once from the grid before the loop (Python floats in the
+loop: no host sync). ``unipc`` adds a corrector plan applied to x_{i+1} once v_{i+1} is known.
 
-Methods (one evaluation per step, nfe steps; grid from min(sigma_max, sigma(T)) to sigma_min; the first steps
-use lower orders, as the papers do, so the global order of a multistep method is capped by its warm start):
+Methods (one evaluation per step, nfe steps; grid from min(sigma_max, sigma(T)) to sigma_min; the first steps use lower
+orders, as the papers do, so the global order of a multistep method is capped by its warm start); the defaults not
+taken from the papers are measured in docs/samplers.md, "Multistep solvers":
 
 - ``lms``: k-diffusion's linear multistep (Crowson 2022, ``sample_lms``): c_ij = int_{sigma_i}^{sigma_{i+1}}
   l_j(sigma) dsigma, the Lagrange basis through the last ``order`` noise levels (order 4, Karras grid: the
   defaults of k-diffusion).
 - ``ipndm``: improved pseudo-numerical multistep (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with
-  Exponential Integrator", sec. 5 / app. iPNDM): the fixed Adams-Bashforth weights (1), (3, -1)/2,
-  (23, -16, 5)/12, (55, -59, 37, -9)/24 times h_i = sigma_{i+1} - sigma_i, with the lower-order warm start.
-  Their default is order 4; ours is order 3 to sigma_min = 0.005 on the Karras grid, which measured best at
-  5-20 evaluations on ring8 and gmm16 (seeds 1, 2) before the other mixtures were made (docs/samplers.md).
+  Exponential Integrator", sec. 5 / app. iPNDM): the fixed equal-step Adams-Bashforth weights (``_IPNDM``) times
+  h_i = sigma_{i+1} - sigma_i; order 3 (theirs: 4) to sigma_min = 0.005 on the Karras grid.
 - ``unipc``: UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework", Alg. 2-3, data
-  prediction): the UniP-p predictor and the UniC corrector that reuses the next evaluation (order p + 1 at
-  no cost), B(h) = h ("bh1", Zhao et al.'s choice for unconditional sampling) or e^h - 1 ("bh2", diffusers'
-  default); order 1-3. Defaults: bh2, order 2 on the log-SNR grid to sigma_min = 0.03: on ring8 and gmm16
-  bh2 is 3-6x better than bh1 at 5 evaluations and equal or better at 10-20 (docs/samplers.md).
-- ``deis``: DEIS tAB (Zhang & Chen 2023, eq. 14): the exponential integral above with D extrapolated by the
-  Lagrange polynomial *in t* through the last ``order`` points (order 1-3); the polynomial in lambda instead
-  is DPM-Solver++(kM). The weights int e^{lambda - lambda_t} l_j(t(lambda)) dlambda by 12-point
-  Gauss-Legendre in float64. Defaults: order 3 (tAB3, Zhang & Chen's best at low NFE), log-SNR grid to
-  sigma_min = 0.03 (measured).
+  prediction): the UniP-p predictor and the UniC corrector that reuses the next evaluation (order p + 1 at no cost),
+  B(h) = h ("bh1", Zhao et al.'s choice for unconditional sampling) or e^h - 1 ("bh2", diffusers' default, ours);
+  order 1-3 (default 2), log-SNR grid to sigma_min = 0.03.
+- ``deis``: DEIS tAB (Zhang & Chen 2023, eq. 14): the exponential integral above with D extrapolated by the Lagrange
+  polynomial *in t* through the last ``order`` points (order 1-3); the polynomial in lambda instead is
+  DPM-Solver++(kM). The weights int e^{lambda - lambda_t} l_j(t(lambda)) dlambda by 12-point Gauss-Legendre in
+  float64. Defaults: order 3 (tAB3, Zhang & Chen's best at low NFE), log-SNR grid to sigma_min = 0.03.
 """
 
 from __future__ import annotations
@@ -73,10 +70,9 @@ def warm_orders(n, order, lower_order_final):
 
 
 def run_plan(score, x, S, store, plan, callback, corrector=None, noise=None, generator=None):
-    """x_{i+1} = a_i x_i + sum_j w_ij v_j (+ noise_i z, z ~ N(0, I), with ``noise``) with
-    v_i = store(x_i, score(x_i, t_i), i); the corrector plan (same form, may use v_{i+1}) replaces x_{i+1} once
-    v_{i+1} is known (then projected again, as every step is; the user's callback has seen the predictor's
-    x_{i+1}). Only the last four v_j are kept."""
+    """x_{i+1} = a_i x_i + sum_j w_ij v_j (+ noise_i z, z ~ N(0, I), with ``noise``), v_i = store(x_i, score_i, i); the
+    corrector plan (same form, may use v_{i+1}) replaces x_{i+1} once v_{i+1} is known (then projected again, as
+    every step is; the user's callback has seen the predictor's x_{i+1}). Only the last four v_j are kept."""
     vals: dict = {}
     project = getattr(callback, "project", None)
     x_prev = None
@@ -104,10 +100,9 @@ def _combine(a, x, w, vals):
 
 
 def data_plan(S, orders, weights, carry=None):
-    """The plan of a data-prediction method: x_{i+1} = a_i x_i + sum_j c_j (m_{i+1} / m_j) m_j D_j with
-    weights(i, k) = [c_j] on D_i, D_{i-1}, ..., D_{i-k+1} (and D_{i+1} last, for a corrector), a_i = ``carry``
-    (default s_{i+1} / s_i). A step to sigma = 0 (a user grid ending at t = 0) is x_{i+1} = m_{i+1} D_i, the
-    exact limit of every form."""
+    """The plan of a data-prediction method: x_{i+1} = a_i x_i + sum_j c_j (m_{i+1} / m_j) m_j D_j, a_i = ``carry``
+    (default s_{i+1} / s_i), weights(i, k) = [c_j] on D_i, D_{i-1}, ..., D_{i-k+1} (and D_{i+1} last, for a corrector).
+    A step to sigma = 0 (a user grid ending at t = 0) is x_{i+1} = m_{i+1} D_i, the exact limit of every form."""
     m, s = S.m, S.s
     carry = carry or [s[i + 1] / s[i] for i in range(len(S))]
     return [(0.0, [(i, m[i + 1] / m[i])]) if s[i + 1] == 0 else
@@ -176,8 +171,7 @@ def _unipc_weights(lam, i, k, variant, corrector):
         rho = np.array([0.5]) if k == 1 else np.linalg.solve(R, b)
     else:
         rho = np.zeros(0) if k == 1 else np.array([0.5]) if k == 2 else np.linalg.solve(R[:-1, :-1], b[:-1])
-    w0 = -h_phi_1 + bh * sum(rho[j] / r[j] for j in range(k - 1))
-    w = [w0] + [-bh * rho[j - 1] / r[j - 1] for j in range(1, k)]
+    w = [-h_phi_1 + bh * sum(rho[j] / r[j] for j in range(k - 1))] + [-bh * rho[j - 1] / r[j - 1] for j in range(1, k)]
     if corrector:
         w[0] += bh * rho[-1]
         w.append(-bh * rho[-1])
@@ -185,9 +179,8 @@ def _unipc_weights(lam, i, k, variant, corrector):
 
 
 @method(grid="log_snr", end="sigma_min", begin="sigma_max", deterministic=True)
-def unipc(score, sde, x, times, generator, callback, order: int = 2, variant: str = "bh2",
-          use_corrector: bool = True, lower_order_final: bool = True, sigma_min: float = 0.03,
-          sigma_max: float = 80.0, rho: float = 7.0):
+def unipc(score, sde, x, times, generator, callback, order: int = 2, variant: str = "bh2", use_corrector: bool = True,
+          lower_order_final: bool = True, sigma_min: float = 0.03, sigma_max: float = 80.0, rho: float = 7.0):
     _at_most_3(order)
     S = Schedule(sde, times, x)
     lam, orders = _lambda(S), warm_orders(len(S), order, lower_order_final)
