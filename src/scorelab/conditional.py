@@ -97,11 +97,10 @@ def inpaint(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, mask: torch.Tensor, me
     consistent: its samples follow p_0(unknown | known) as the particles (and steps) grow. Options
     ``particles`` (32), ``ess`` (0.5: resample when the effective sample size falls below ess x particles),
     ``eps`` (1e-3), ``grid`` ("uniform").
-    Baselines, the replacement method (Song et al. 2021; biased where the known part is informative):
-    "replacement" (= "pc") or any sampler of ``replacement_methods()``: "pc" (reverse diffusion + one Langevin
-    corrector), "reverse_diffusion", "euler_maruyama", "ancestral", ..., or a deterministic one (declared so: "ode",
-    "dpm_solver", "edm_heun", "unipc", ...: the known entries then follow m(t) x + s(t) z with one z); their
-    options are the sampler's (``samplers.options_of``), e.g. ``resample`` (RePaint repeats per step).
+    Baselines, the replacement method (Song et al. 2021; biased where the known part is informative): "replacement"
+    (= "pc", reverse diffusion + one Langevin corrector) or any sampler of ``replacement_methods()`` with its options
+    (``samplers.options_of``), e.g. ``resample`` (RePaint repeats per step); with a deterministic one ("ode",
+    "dpm_solver", ...) the known entries follow m(t) x + s(t) z with one z.
     nfe: budget of score evaluations (never exceeded). For "smc" it counts evaluations per particle (= steps):
     each is one batched call on B x particles inputs.
 

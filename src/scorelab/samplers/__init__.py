@@ -156,8 +156,7 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     fn = METHODS[method]
     opts = _bind(method, sde, options)
     steps = fn.steps(nfe, opts)
-    if generator is not None and device is None:
-        device = generator.device
+    device = generator.device if device is None and generator is not None else device
     if isinstance(grid, str) and grid == "optimized":  # searched once per (score, sde, method, nfe), cached
         grid = optimized_grid(score_fn, sde, nfe, method, dims=shape[1:], dtype=dtype, device=device, **options)
     times = _grid(fn, sde, steps, opts, grid)

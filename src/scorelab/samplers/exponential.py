@@ -72,8 +72,7 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
             mD0 = posterior_mean(x, score(x, S.tb(i, x)), 1.0, s[i])
             x_next = axpy((s[i + 1] / s[i]) * x, mD0, -phi1[i] * m[i + 1] / m[i])
             if k >= 2:
-                x_next = _singlestep(score, sde, x, mD0, (m[i + 1] / m[i]) * mD0, i, k, lam, S, x_next, phi1[i],
-                                     phi2[i])
+                x_next = _singlestep(score, sde, x, mD0, i, k, lam, S, x_next, phi1[i], phi2[i])
             x = callback(i, S.t_d[i + 1], x_next)
     if denoise_to_zero:
         x = posterior_mean(x, score(x, S.tb(N, x)), m[N], s[N])
@@ -129,7 +128,7 @@ def _multistep_plan(S, h, orders, eta=0.0, midpoint=False):
     return data_plan(S, orders, weights, (S.s64[1:] / S.s64[:-1] * torch.exp(-eta * h)).tolist()), noise
 
 
-def _singlestep(score, sde, x, mD0, E0, i, k, lam, S, x_next, phi1, phi2):
+def _singlestep(score, sde, x, mD0, i, k, lam, S, x_next, phi1, phi2):
     """The intermediate evaluations and the update of DPM-Solver++(2S) (r1 = 1/2) or (3S) (r1 = 1/3, r2 = 2/3)."""
     h = lam[i + 1] - lam[i]
     rs = [0.5] if k == 2 else [1 / 3, 2 / 3]
@@ -138,6 +137,7 @@ def _singlestep(score, sde, x, mD0, E0, i, k, lam, S, x_next, phi1, phi2):
     tm, mm, sm = t_mid.tolist(), sde.marginal_scale(t_mid).tolist(), sde.marginal_std(t_mid).tolist()
     e1 = torch.expm1(-(lam_mid - lam[i])).tolist()
     m, s = S.m, S.s
+    E0 = (m[i + 1] / m[i]) * mD0  # m_{i+1} D_0
 
     def mD(u, j):
         return posterior_mean(u, score(u, torch.full(u.shape[:1], tm[j], dtype=u.dtype, device=u.device)), 1.0, sm[j])

@@ -69,10 +69,8 @@ def mala(score, sde, x, times, generator, callback, energy_fn=None, step_size: f
         raise ValueError("mala needs energy_fn=callable(x, t) -> [B] energy with p_t ∝ exp(-E); "
                          "use method='langevin' when no energy is available.")
     tt = times[0].to(dtype=x.dtype, device=x.device)
-    dims = tuple(range(1, x.ndim))
-    tb = tt.expand(x.shape[0])
+    tb, dims, inv2 = tt.expand(x.shape[0]), tuple(range(1, x.ndim)), 1.0 / (2 * step_size)
     sx, ex = score(x, tb), energy_fn(x, tb)
-    inv2 = 1.0 / (2 * step_size)
     for i in range(len(times) - 1):
         y = x + 0.5 * step_size * sx + math.sqrt(step_size) * gaussian(x, generator)
         sy, ey = score(y, tb), energy_fn(y, tb)
