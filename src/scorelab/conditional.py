@@ -50,8 +50,7 @@ def replacement_methods() -> list[str]:
 
 def methods() -> list[str]:
     """Names accepted by ``inpaint(method=...)`` and ``colorize(method=...)``: "smc" (the default, consistent),
-    "replacement" (= the replacement method with "pc"), and each of ``replacement_methods()`` (the replacement
-    method with that sampler; "pc" with ``resample`` > 1 is RePaint)."""
+    "replacement" (= "pc") and each of ``replacement_methods()`` ("pc" with ``resample`` > 1 is RePaint)."""
     return ["smc", "replacement", *replacement_methods()]
 
 
@@ -165,8 +164,7 @@ def colorize(score_fn: ScoreFn, sde: SDE, gray: torch.Tensor, generator: torch.G
     gray: [B, 1, *spatial] or [B, *spatial] (e.g. [B, H, W]) in the same units as the model's data.
     score_fn: a score of RGB images [B, 3, *spatial].
     Inpaints u = A x with u[:, 0] = sqrt(3) gray known (see ``color_decoupling_matrix``), then returns
-    x = A^T u: res.x is [B, 3, *spatial] and res.x.mean(1) equals gray up to rounding.
-    Options as for ``inpaint``.
+    x = A^T u: res.x is [B, 3, *spatial] and res.x.mean(1) equals gray up to rounding. Options as for ``inpaint``.
     """
     check_batch(gray, "gray")
     check_finite(gray, "gray")

@@ -92,10 +92,9 @@ def sde_dpm_solver(score, sde, x, times, generator, callback, order: int = 2, si
 
 
 def _multistep_plan(S, h, orders, eta=0.0, midpoint=False):
-    """DPM-Solver++(kM) (eta = 0) and SDE-DPM-Solver++(kM) (eta > 0; Lu et al. 2022b) as a plan and the noise std of
-    each step (None for eta = 0), for ``run_plan``. With y = x / m the eta-family is
-    dy/dlambda = (1 + eta)(D - y) + noise (eta = 0 the probability-flow ODE, eta = 1 the reverse SDE), whose exact
-    solution over a step is
+    """DPM-Solver++(kM) (eta = 0) and SDE-DPM-Solver++(kM) (eta > 0; Lu et al. 2022b) for ``run_plan``: the plan and
+    each step's noise std (None for eta = 0). With y = x / m the eta-family dy/dlambda = (1 + eta)(D - y) + noise
+    (eta = 0 the probability-flow ODE, eta = 1 the reverse SDE) has over a step the exact solution
 
         x_t = (s_t / s_s) e^{-eta h} x_s + m_t int_0^h (1 + eta) e^{-(1 + eta)(h - u)} D(lambda_s + u) du
               + s_t sqrt(1 - e^{-2 eta h}) z.

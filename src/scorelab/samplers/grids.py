@@ -1,11 +1,5 @@
-"""Time-step grids for samplers: plain float64 tensors [steps + 1], decreasing from t_max to t_min.
-
-- ``uniform_t``: equal steps in t.
-- ``log_snr_uniform``: equal steps in lambda(t) = log(m^2 / s^2), the variable of DPM-Solver (Lu et al. 2022):
-  the geometric noise ladder sigma = s / m of SMLD (``scorelab.ladders.geometric_sigmas``) mapped to t.
-- ``karras``: sigma_i = (sigma_max^(1/rho) + i/N (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho with
-  sigma = s(t) / m(t), rho = 7 (Karras et al. 2022, EDM eq. 5), mapped back to t with ``t_from_std_ratio``.
-"""
+"""Time-step grids for samplers: plain float64 tensors [steps + 1], decreasing from t_max to t_min: equal steps in t
+(``uniform_t``) or in log-SNR (``log_snr_uniform``), or EDM's rho-spaced noise levels (``karras``)."""
 
 from __future__ import annotations
 
@@ -37,14 +31,16 @@ def uniform_t(sde, steps: int, t_min: float, t_max: float | None = None) -> torc
 
 
 def log_snr_uniform(sde, steps: int, t_min: float, t_max: float | None = None) -> torch.Tensor:
-    """Equal steps in log-SNR lambda(t) between lambda(t_max) and lambda(t_min)."""
+    """Equal steps in lambda(t) = log(m^2 / s^2), the variable of DPM-Solver (Lu et al. 2022), between t_max and t_min:
+    the geometric noise ladder sigma = s / m of SMLD (``scorelab.ladders.geometric_sigmas``) mapped to t."""
     ends = _ends(sde, t_min, t_max)
     sig = sigma_of(sde, ends).tolist()
     return _pin(sde.t_from_std_ratio(geometric_sigmas(sig[0], sig[1], steps + 1)), ends)
 
 
 def karras(sde, steps: int, t_min: float, t_max: float | None = None, rho: float = 7.0) -> torch.Tensor:
-    """EDM's rho-spaced noise levels sigma = s/m between t_max and t_min (rho = 7, Karras et al. 2022)."""
+    """EDM's sigma_i = (sigma_max^(1/rho) + i/N (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, sigma = s/m, between t_max
+    and t_min (rho = 7, Karras et al. 2022, eq. 5), mapped back to t with ``t_from_std_ratio``."""
     ends = _ends(sde, t_min, t_max)
     sig = sigma_of(sde, ends) ** (1.0 / rho)
     grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
