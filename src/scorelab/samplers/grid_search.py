@@ -98,11 +98,9 @@ def optimized_grid(score_fn, sde, nfe: int, method: str | None = None, *, dims, 
                 trial = u.clone()
                 trial[i] = u[i] + h * (u[j] - u[i])
                 times = torch.cat([base[:1], sde.t_from_std_ratio(trial[1:-1].exp()), base[-1:]])
-                if bool((times[1:] < times[:-1]).all()):
-                    e = error(times)
-                    if e < best:
-                        best, u = e, trial
-                        break
+                if bool((times[1:] < times[:-1]).all()) and (e := error(times)) < best:
+                    best, u = e, trial
+                    break
         h /= 2
     times = torch.cat([base[:1], sde.t_from_std_ratio(u[1:-1].exp()), base[-1:]])
     memo[spec] = times

@@ -1,11 +1,10 @@
 """EDM's deterministic second-order sampler (Karras et al. 2022, Algorithm 1 with S_churn = 0).
 
-In y = x / m(t) and sigma = s(t) / m(t) the probability-flow ODE of every linear process (VE, VP, sub-VP alike)
-is dy/dsigma = (y - D) / sigma = eps_hat = -s(t) score(x, t), with D = x0_hat. Heun steps (``ode.flow_in_sigma``
-with the "heun" tableau) on the Karras grid in sigma (rho = 7) from min(sigma_max, sigma(T)) down to sigma_min, with
-EDM's sigma_max = 80 and sigma_min = 0.002 for every process (Karras et al. 2022, Table 1: a steep VP schedule
-reaches sigma(T) ~ 1e11, and rho-spacing from there leaves the last steps far too long), then one Euler step to
-sigma = 0, which returns Tweedie's x0_hat: N Heun steps cost 2N + 1 evaluations.
+Heun steps of the probability-flow ODE in EDM's variables (``ode.flow_in_sigma``: dy/dsigma = -s(t) score(x, t) for
+y = x / m and sigma = s / m, one ODE for VE, VP and sub-VP) on the Karras grid (rho = 7) from min(sigma_max, sigma(T))
+down to sigma_min, with EDM's sigma_max = 80 and sigma_min = 0.002 for every process (Karras et al. 2022, Table 1: a
+steep VP schedule reaches sigma(T) ~ 1e11, and rho-spacing from there leaves the last steps far too long), then one
+Euler step to sigma = 0, which returns Tweedie's x0_hat: N Heun steps cost 2N + 1 evaluations.
 """
 
 from __future__ import annotations

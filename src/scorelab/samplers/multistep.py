@@ -7,8 +7,7 @@ Two forms of the one ODE, both the same for VE, VP and sub-VP (no branch on the 
   y_{i+1} = y_i + sum_j c_ij eps_j, carried as x_{i+1} = (m_{i+1} / m_i) x_i - sum_j m_{i+1} c_ij s_j score_j.
 - data prediction in lambda = log(m / s) (half the log-SNR; Lu et al. 2022b): with D = x0_hat,
   x_t = (s_t / s_s) x_s + m_t int_{lambda_s}^{lambda_t} e^{lambda - lambda_t} D dlambda. ``unipc``, ``deis``
-  (and DPM-Solver++(kM), ``exponential``) approximate D in that integral (``data_plan``); each D_j enters as
-  (m_t / m_j)(x_j + s_j^2 score_j) with the ratio in float64.
+  (and DPM-Solver++(kM), ``exponential``) approximate D in that integral (``data_plan``).
 
 Every method is a *plan*: for step i, x_{i+1} = a_i x_i + sum_j w_ij v_j, with v_j the stored evaluation at t_j (the
 score, or m_j D_j) and a_i, w_ij float64 numbers computed once from the grid before the loop (Python floats in the
@@ -18,9 +17,8 @@ Methods (one evaluation per step, nfe steps; grid from min(sigma_max, sigma(T)) 
 orders, as the papers do, so the global order of a multistep method is capped by its warm start); the defaults not
 taken from the papers are measured in docs/samplers.md, "Multistep solvers":
 
-- ``lms``: k-diffusion's linear multistep (Crowson 2022, ``sample_lms``): c_ij = int_{sigma_i}^{sigma_{i+1}}
-  l_j(sigma) dsigma, the Lagrange basis through the last ``order`` noise levels (order 4, Karras grid: the
-  defaults of k-diffusion).
+- ``lms``: k-diffusion's linear multistep (Crowson 2022, ``sample_lms``) with its defaults (order 4, Karras grid):
+  c_ij = int_{sigma_i}^{sigma_{i+1}} l_j(sigma) dsigma, l_j the Lagrange basis through the last ``order`` noise levels.
 - ``ipndm``: improved pseudo-numerical multistep (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with
   Exponential Integrator", sec. 5 / app. iPNDM): the fixed equal-step Adams-Bashforth weights (``_IPNDM``) times
   h_i = sigma_{i+1} - sigma_i; order 3 (theirs: 4) to sigma_min = 0.005 on the Karras grid.
