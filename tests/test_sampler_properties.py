@@ -125,6 +125,8 @@ def test_edm_heun_on_the_default_vp():
     ({"method": "dpm_solver", "multistep": "yes"}, TypeError, "True or False"),
     ({"method": "pc", "corrector_steps": 1.5}, ValueError, "corrector_steps"),
     ({"method": "dpm_solver", "sigma_min": 1e9}, ValueError, "sigma_min"),
+    ({"method": "sde_dpm_solver", "sigma_max": 0.01}, ValueError, "sigma_max=0.01 must be above sigma_min"),
+    ({"method": "unipc", "sigma_max": 0.03}, ValueError, "sigma_max=0.03 must be above sigma_min"),
     ({"method": "pc", "bogus": 1}, TypeError, "has no option 'bogus'; its options are predictor"),
     ({"method": "pc", "nfe": 1}, ValueError, "pass nfe >= 2"),
 ])

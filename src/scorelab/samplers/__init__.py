@@ -85,6 +85,9 @@ def _grid(fn, sde, steps, opts, grid):
         return torch.full((steps + 1,), float(opts["t"]), dtype=torch.float64)
     t_min = end_time(sde, opts["sigma_min"]) if fn.end == "sigma_min" else float(opts.get(fn.end, fn.end))
     begin = None if fn.begin is None else opts[fn.begin]
+    if begin is not None and fn.end == "sigma_min" and begin <= opts["sigma_min"]:
+        raise ValueError(f"{fn.begin}={begin} must be above sigma_min={opts['sigma_min']}: the grid runs from the "
+                         "first noise level down to the second.")
     t_max = end_time(sde, begin) if begin is not None and begin < float(sigma_of(sde, sde.T)) else None
     name = grid or fn.grid
     rho = {"rho": opts.get("rho", 7.0)} if name == "karras" else {}
