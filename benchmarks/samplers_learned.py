@@ -6,7 +6,8 @@ Two runs: ``toy`` (configs/toy.yaml, the 8-ring, VE; trained once into ``--cache
 sampling on optimised grids writes RUN/grids). Each model is sampled at nfe 5, 10, 20, 50 by a fixed set of
 scorelab configurations, the same for both runs (``OURS``: each method at its defaults, the stochastic
 DPM-Solver++ 2M/3M also with sigma_min = 0.002, on the Karras grid to sigma_min = 0.01 and with the final
-denoising step ``denoise_to_zero``, and ``+opt`` on grids optimised for the model; ``--only`` picks rows), by
+denoising step ``denoise_to_zero``, UniPC and DEIS also on equal steps in t, and ``+opt`` on grids optimised for
+the model; ``--only`` picks rows), by
 ``default_sampler(nfe)`` (the "default" of the summary: ``sample()`` with no method), and by the peers':
 k-diffusion through ``interop.k_diffusion_denoiser`` (on the VP run through the same wrapper in sigma = s/m),
 diffusers' DDIM / DPM-Solver++ / UniPC through ``interop.epsilon_model``, diffusers' ScoreSdeVe PC on the VE run.
@@ -18,7 +19,9 @@ Frechet distance between Gaussian fits of the reference classifier's pooled feat
 ``--classifier-cache``, default $SCORELAB_CACHE) of m = min(--digits-n, 299) samples and the m test images;
 floor: m train images against the same test images, the mean over evaluate.FLOOR_DRAWS train subsets (the
 same subsets as ``scorelab evaluate --seed 0``); second column sliced W2 in [-1, 1] pixels against the same
-test images, floor over the same train subsets. Every number is the median over the sampling ``--seeds``.
+test images, floor over the same train subsets. Every number is the median over the sampling ``--seeds``; under
+the summary, the per-seed difference between scorelab's best and the two best peers (a seed gives every
+deterministic sampler the same x_T, and the sample set of a seed moves the distance more than the samplers do).
 
     nice -n 5 .venv/bin/python benchmarks/samplers_learned.py --cache /tmp/learned-runs --runs toy --seeds 0 1 2
     nice -n 5 .venv/bin/python benchmarks/samplers_learned.py --cache /tmp/learned-runs --runs digits \
