@@ -188,7 +188,7 @@ TRAIN_FIELDS = {
                                                        # default on CUDA
     "precision": _Field((str,), "auto", choices=PRECISIONS),  # auto: bf16 autocast on CUDA, fp32 on the CPU
     "sample_every": _Field((int,), 0, min=0),          # image data: a grid samples/step_N.png every N steps; 0: off
-    "sample_nfe": _pos_int(20),                        # its budget (the default method at 20: ancestral)
+    "sample_nfe": _pos_int(20),                        # its budget (the default at 20: sde_dpm_solver)
 }
 
 
