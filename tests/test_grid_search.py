@@ -81,6 +81,18 @@ def test_disk_cache_is_read_back_and_never_overwrites(tmp_path):
     assert torch.equal(a, c) and json.loads(files[0].read_text())["spec"] == "someone else's"
 
 
+def test_disk_cache_key_holds_the_ends_the_search_starts_from(tmp_path):
+    """On VP the same call searched from sigma(T) ~ 152 before dpm_solver's grid started at sigma_max = 80: the ends
+    are in the key, so a grid searched between other ends is never read back for this one."""
+    sde = VPSDE(0.1, 20.0)
+    a = optimized_grid(Score(sde), sde, 5, "dpm_solver", cache_dir=tmp_path / "grids", **FAST)
+    b = optimized_grid(Score(sde), sde, 5, "dpm_solver", cache_dir=tmp_path / "grids", sigma_max=1e6, **FAST)
+    specs = [json.loads(json.loads(f.read_text())["spec"]) for f in sorted((tmp_path / "grids").iterdir())]
+    starts = sorted(round(s["ends"][0], 6) for s in specs)
+    assert len(specs) == 2 and starts == sorted(round(float(g[0]), 6) for g in (a, b))
+    assert float(a[0]) < float(b[0]) == sde.T
+
+
 @pytest.mark.parametrize("method,opts", [("ancestral", {}), ("dpm_solver", {"eta": 1.0}), ("edm_heun", {}),
                                          ("ode", {"solver": "dopri5"})])
 def test_refuses_methods_it_cannot_optimise(method, opts):

@@ -8,7 +8,7 @@ reference drops (``_distance``). The ends (the method's sigma_max and sigma_min)
 the default grid on the probe batch; it is deterministic given ``seed``.
 
 The search costs about 2 ``sweeps`` (steps - 1) runs of the method on the probe batch plus the reference, evaluations
-not counted in ``sample``'s budget: the grid is computed once per (score, process, method, nfe, options) and cached in
+not counted in ``sample``'s budget: the grid is computed once per (score, process, method, nfe, options, ends) and cached in
 memory (per score owner: a function, or the object of a bound method such as a ``Run``) and, with ``cache_dir``, in a
 small JSON file written atomically (an existing file is read, never overwritten). Only deterministic methods whose grid
 ends above t = 0 are supported (the ODE solvers but ``edm_heun``). Measured in docs/samplers.md, "Optimised time grids".
@@ -60,7 +60,10 @@ def optimized_grid(score_fn, sde, nfe: int, method: str | None = None, *, dims, 
         raise ValueError(f"method {method!r} with these options ends at t = 0; an optimized grid needs an end "
                          "above 0 (e.g. method='ode' with eps > 0).")
     dims = tuple(int(d) for d in dims)
-    spec = json.dumps({"version": 1, "method": method, "nfe": nfe, "sde": repr(sde), "dims": dims, "probe": probe,
+    # the ends of the grid the search starts from are part of the key: a changed default (e.g. a method's sigma_max)
+    # makes a new entry rather than reusing a grid searched between other ends
+    spec = json.dumps({"version": 2, "ends": [float(base[0]), float(base[-1])], "method": method, "nfe": nfe,
+                       "sde": repr(sde), "dims": dims, "probe": probe,
                        "seed": seed, "sweeps": sweeps, "reference_nfe": reference_nfe, "dtype": str(dtype),
                        "score": getattr(score_fn, "__qualname__", type(score_fn).__name__),
                        "options": {k: repr(v) for k, v in sorted(options.items())}}, sort_keys=True)
