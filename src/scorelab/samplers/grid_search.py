@@ -8,10 +8,11 @@ reference drops (``_distance``). The ends (the method's sigma_max and sigma_min)
 the default grid on the probe batch; it is deterministic given ``seed``.
 
 The search costs about 2 ``sweeps`` (steps - 1) runs of the method on the probe batch plus the reference, evaluations
-not counted in ``sample``'s budget: the grid is computed once per (score, process, method, nfe, options, ends) and cached in
-memory (per score owner: a function, or the object of a bound method such as a ``Run``) and, with ``cache_dir``, in a
-small JSON file written atomically (an existing file is read, never overwritten). Only deterministic methods whose grid
-ends above t = 0 are supported (the ODE solvers but ``edm_heun``). Measured in docs/samplers.md, "Optimised time grids".
+not counted in ``sample``'s budget: the grid is computed once per (score, process, method, nfe, options, ends) and
+cached in memory (per score owner: a function, or the object of a bound method such as a ``Run``) and, with
+``cache_dir``, in a small JSON file written atomically (an existing file is read, never overwritten). Only deterministic
+methods whose grid ends above t = 0 are supported (the ODE solvers but ``edm_heun``). Measured in docs/samplers.md,
+"Optimised time grids".
 """
 
 from __future__ import annotations
