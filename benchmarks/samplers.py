@@ -1,13 +1,13 @@
 """Sampler benchmark (shared/BENCHMARKS.md, "Samplers against the truth" and "Sampler overhead").
 
-Exact scores of Gaussian mixtures (ring8, gmm16 for several seeds, the 5 x 5 grid mixture, and three mixtures
-made after the multistep defaults were chosen, ``NEW_MIXTURES``: a ring of 6, d = 8 with 10 components, d = 24
-with 5); VE with sigma 0.002..80 and VP with beta 0.1..20 (DDPM's 1e-4..0.02 over 1000 steps); float32 sampling,
-n = 4000; moment KL (primary) and mode TV against the mixture, with the noise floor of a second exact sample set;
-budgets nfe 5, 10, 20, 50; peers (k-diffusion, diffusers) in the same run, skipped with a message when not
-installed. Prints every sampler's error, the best of each side and the ratio scorelab-best / peer-best per budget,
-a summary over mixtures; then wall time per step with a cheap score (one Gaussian, 100k 2-D points, 50
-evaluations, median of 5).
+Exact scores of Gaussian mixtures (ring8, gmm16 for several seeds, the 5 x 5 grid mixture, mixtures made after
+the multistep defaults were chosen, ``NEW_MIXTURES``: a ring of 6, d = 8 with 10 components, d = 24 with 5, ...;
+and the later ``LATE_MIXTURES``); VE with sigma 0.002..80 and VP with beta 0.1..20 (DDPM's 1e-4..0.02 over 1000
+steps); float32 sampling, n = 4000; moment KL (primary) and mode TV against the mixture, with the noise floor of a
+second exact sample set; budgets nfe 5, 10, 20, 50; peers (k-diffusion, diffusers) in the same run, skipped with a
+message when not installed. Prints every sampler's error, the best of each side and the ratio scorelab-best /
+peer-best per budget, a summary over mixtures; then wall time per step with a cheap score (one Gaussian, 100k 2-D
+points, 50 evaluations, median of 5).
 
     .venv/bin/python benchmarks/samplers.py            # full protocol
     .venv/bin/python benchmarks/samplers.py --quick    # n = 1000, ring8 only, nfe 10 and 20
@@ -74,6 +74,49 @@ def spiral12() -> GaussianMixture:
 NEW_MIXTURES = {"ring6": ring6, "gmm-d8-K10": lambda: gmm16(7, d=8, K=10), "gmm-d24-K5": lambda: gmm16(11, d=24, K=5),
                 "spiral12": spiral12, "gmm-d4-K20": lambda: gmm16(21, d=4, K=20),
                 "gmm-d12-K3": lambda: gmm16(31, d=12, K=3)}
+
+def _scaled(seed: int, d: int, K: int, f: float) -> GaussianMixture:
+    """gmm16(seed, d, K) with every length times f (means f mu, covariances f^2 S): data wider or narrower than unit."""
+    g = gmm16(seed, d=d, K=K)
+    return GaussianMixture(g.weights, f * g.means, f * f * g.covs)
+
+
+def _ring(n: int, radius: float, std: float, seed: int, phase: float) -> GaussianMixture:
+    """n isotropic components of one std on a circle, weights Dirichlet(1) drawn with ``seed``."""
+    angle = torch.arange(n, dtype=F64) * (2 * math.pi / n) + phase
+    w = torch.tensor(np.random.RandomState(seed).dirichlet(np.ones(n)))
+    return GaussianMixture(w, radius * torch.stack([angle.cos(), angle.sin()], 1), torch.full((n,), std**2))
+
+
+def grid9() -> GaussianMixture:
+    """3 x 3 equally weighted components, std 0.05, centres {-3, 0, 3}^2: sharper modes than grid25."""
+    c = torch.tensor([-3.0, 0.0, 3.0], dtype=F64)
+    return GaussianMixture(torch.ones(9, dtype=F64), torch.cartesian_prod(c, c), torch.full((9,), 0.05**2))
+
+
+def line7() -> GaussianMixture:
+    """7 components, std 0.08, on the line y = x / 2 at x = -3..3, weights 3, 7, 1, 5, 2, 6, 4."""
+    x = torch.arange(-3.0, 3.5, 1.0, dtype=F64)
+    return GaussianMixture(torch.tensor([3.0, 7.0, 1.0, 5.0, 2.0, 6.0, 4.0], dtype=F64), torch.stack([x, 0.5 * x], 1),
+                           torch.full((7,), 0.08**2))
+
+
+def three_scales() -> GaussianMixture:
+    """Three components of std 0.03, 0.3 and 1 (weights 0.3, 0.3, 0.4): one sharp, one medium, one wide."""
+    means = torch.tensor([[2.0, 0.0], [-2.0, 1.0], [0.0, -2.0]], dtype=F64)
+    stds = torch.tensor([0.03, 0.3, 1.0], dtype=F64)
+    return GaussianMixture(torch.tensor([0.3, 0.3, 0.4], dtype=F64), means, stds**2)
+
+
+# made when the default at 5 evaluations was revisited (docs/samplers.md, "The default at 5 evaluations"): the
+# first five were then part of the choice; the last six were written before it and only confirm it
+LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
+                 "gmm-d6-K8": lambda: gmm16(41, d=6, K=8), "gmm-d2-K30": lambda: gmm16(51, d=2, K=30),
+                 "gmm-d3-K7-x2": lambda: _scaled(61, 3, 7, 2.0),
+                 "ring5": lambda: _ring(5, 2.0, 0.3, 7, 0.7), "line7": line7,
+                 "gmm-d10-K12": lambda: gmm16(71, d=10, K=12), "gmm-d2-K4-x0.5": lambda: _scaled(81, 2, 4, 0.5),
+                 "three-scales": three_scales, "gmm-d5-K6-x1.5": lambda: _scaled(91, 5, 6, 1.5)}
+
 
 # scorelab samplers: (label, process, method, options); the same fixed set on every mixture, each at its defaults
 # but for the named options
@@ -216,6 +259,7 @@ def main():
     mixtures = [("ring8", ring_mixture())] + [(f"gmm16-seed{s}", gmm16(s)) for s in a.gmm16_seeds]
     mixtures.append(("grid25", grid_mixture()))
     mixtures += [(name, make()) for name, make in NEW_MIXTURES.items()]
+    mixtures += [(name, make()) for name, make in LATE_MIXTURES.items()]
     if a.mixtures:
         mixtures = [(name, g) for name, g in mixtures if name in a.mixtures]
     rows = []
