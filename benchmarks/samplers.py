@@ -108,14 +108,35 @@ def three_scales() -> GaussianMixture:
     return GaussianMixture(torch.tensor([0.3, 0.3, 0.4], dtype=F64), means, stds**2)
 
 
+def two_rings() -> GaussianMixture:
+    """4 components of std 0.1 on the circle of radius 1 inside 8 of std 0.2 on radius 3.5, equal weights."""
+    a4 = torch.arange(4, dtype=F64) * (math.pi / 2) + 0.4
+    a8 = torch.arange(8, dtype=F64) * (math.pi / 4)
+    means = torch.cat([torch.stack([a4.cos(), a4.sin()], 1), 3.5 * torch.stack([a8.cos(), a8.sin()], 1)])
+    stds = torch.cat([torch.full((4,), 0.1, dtype=F64), torch.full((8,), 0.2, dtype=F64)])
+    return GaussianMixture(torch.ones(12, dtype=F64), means, stds**2)
+
+
+def cross() -> GaussianMixture:
+    """Four needles: std 1 along one axis and 0.02 across it, at (+-2, 0) (vertical) and (0, +-2) (horizontal),
+    weights 1, 2, 3, 4."""
+    means = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.0], [0.0, -2.0]], dtype=F64)
+    a, b = torch.tensor([1.0, 0.02**2], dtype=F64), torch.tensor([0.02**2, 1.0], dtype=F64)
+    return GaussianMixture(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=F64), means, torch.stack([b, b, a, a]))
+
+
 # made when the default at 5 evaluations was revisited (docs/samplers.md, "The default at 5 evaluations"): the
-# first five were then part of the choice; the last six were written before it and only confirm it
+# first five were then part of the choice; the next six were written before it and confirm it; the last six were
+# written before the sweeps at 10 and 20 evaluations and confirm those
 LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  "gmm-d6-K8": lambda: gmm16(41, d=6, K=8), "gmm-d2-K30": lambda: gmm16(51, d=2, K=30),
                  "gmm-d3-K7-x2": lambda: _scaled(61, 3, 7, 2.0),
                  "ring5": lambda: _ring(5, 2.0, 0.3, 7, 0.7), "line7": line7,
                  "gmm-d10-K12": lambda: gmm16(71, d=10, K=12), "gmm-d2-K4-x0.5": lambda: _scaled(81, 2, 4, 0.5),
-                 "three-scales": three_scales, "gmm-d5-K6-x1.5": lambda: _scaled(91, 5, 6, 1.5)}
+                 "three-scales": three_scales, "gmm-d5-K6-x1.5": lambda: _scaled(91, 5, 6, 1.5),
+                 "ring7-sharp": lambda: _ring(7, 3.0, 0.04, 13, 0.2), "gmm-d4-K9-x0.3": lambda: _scaled(101, 4, 9, 0.3),
+                 "gmm-d16-K5": lambda: gmm16(111, d=16, K=5), "two-rings": two_rings,
+                 "gmm-d8-K3-x1.2": lambda: _scaled(121, 8, 3, 1.2), "cross": cross}
 
 
 # scorelab samplers: (label, process, method, options); the same fixed set on every mixture, each at its defaults
