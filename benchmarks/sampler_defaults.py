@@ -6,13 +6,11 @@ over in benchmarks/samplers.py). Moment KL, median of sampling seeds 0 and 1, n 
 The rule: keep the configurations that beat every row on every mixture of the choice, then take the smallest
 geometric mean of (error / the sweep's best) over those mixtures. The choice was made on the default ``--mixtures``
 (the ten mixtures of benchmarks/samplers.py and the first five of its ``LATE_MIXTURES``); the next six of
-``LATE_MIXTURES`` were written before it and confirm it. The rule ranks sigma_min = 0.01 first; the default takes
-sigma_min = 0.02, which also beats every row on all 21 mixtures and is the better of the two on the learned runs
-(the docs section):
+``LATE_MIXTURES`` were written before it and confirm it:
 
     .venv/bin/python benchmarks/sampler_defaults.py --nfe 5
     .venv/bin/python benchmarks/sampler_defaults.py --nfe 5 --mixtures ring5 line7 gmm-d10-K12 gmm-d2-K4-x0.5 \
-        three-scales gmm-d5-K6-x1.5 --show "ipndm order=2 rho=10.0 sigma_min=0.02 sigma_max=10.0"
+        three-scales gmm-d5-K6-x1.5 --show "ipndm order=2 rho=10.0 sigma_min=0.01 sigma_max=10.0"
 """
 
 from __future__ import annotations
