@@ -79,7 +79,8 @@ def main():
           "error over the best row (1.00: the configuration beats every row)")
     print("| configuration | beats the rows | geo. mean | worst over rows | " + " | ".join(a.mixtures) + " |\n"
           "|---|---|---|---|" + "---|" * len(a.mixtures))
-    for bad, g, k in ranked[:a.top] + [r for r in ranked if r[2] in a.show or r[2] == "None"]:
+    shown = ranked[:a.top] + [r for r in ranked[a.top:] if r[2] in a.show or r[2] == "None"]
+    for bad, g, k in shown:
         print(f"| {k} | {'no' if bad else 'yes'} | {g:.2f} | {max(vs_rows[k]):.2f} | "
               + " | ".join(f"{v:.2f}" for v in vs_rows[k]) + " |")
 
