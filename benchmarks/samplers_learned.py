@@ -26,6 +26,11 @@ deterministic sampler the same x_T, and the sample set of a seed moves the dista
     nice -n 5 .venv/bin/python benchmarks/samplers_learned.py --cache /tmp/learned-runs --runs toy --seeds 0 1 2
     nice -n 5 .venv/bin/python benchmarks/samplers_learned.py --cache /tmp/learned-runs --runs digits \
         --digits-dir /tmp/learned-runs/digits --budgets 10 20 --opt-budgets --seeds 0 1 2
+
+``--digits-dir`` takes any image run trained on the train split of a built-in set: the Fashion-MNIST run of
+``benchmarks/images.py fashion-gpu`` too, on a GPU with ``--device cuda`` (the network runs there, the samplers
+and peers on the CPU with the same draws: ``HostSide``), e.g. ``--digits-dir OUT/run --digits-n 2000 --budgets 10
+20 5 --opt-budgets --seeds 0 1 2 --threads 16 --device cuda``.
 """
 
 from __future__ import annotations
@@ -56,6 +61,29 @@ def _train(config: str, out: Path, steps: int, extra=()):
            "--set", f"train.steps={steps}", *extra]
     print("[train]", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
+
+
+class HostSide:
+    """A run held on an accelerator, seen from the CPU: every sampler and peer runs on the host with CPU generators
+    (the same seeds give the same x_T as a CPU run), and each score evaluation moves x to the run's device and back."""
+
+    def __init__(self, run):
+        self._run = run
+
+    def __getattr__(self, name):
+        return getattr(self._run, name)
+
+    def score(self, x, t, y=None):
+        dev = self._run.device
+        t = t.to(dev) if isinstance(t, torch.Tensor) else t
+        return self._run.score(x.to(dev), t, y).to(x.device)
+
+    __call__ = score
+
+
+def load_run(path: Path, device: str):
+    run = scorelab.load(path, device=device)
+    return run if run.device.type == "cpu" else HostSide(run)
 
 
 def train_toy(cache: Path, steps: int) -> Path:
@@ -255,7 +283,8 @@ def bench_digits(run, K, budgets, n, seeds, opt_budgets, probe, cache, **select)
           f"{floors[:, 0].mean():.4g} (min {floors[:, 0].min():.4g}, max {floors[:, 0].max():.4g}), sliced W2 "
           f"{floors[:, 1].mean():.4g}", flush=True)
     rows, defaults, per_seed = _collect(run, K, budgets, m, seeds, opt_budgets, probe, metrics, "digits", **select)
-    table(f"digits run ({run.run_dir}, {run.step} steps, {run.sde!r}), n = {m} samples against the {m} test images, "
+    name = run.config["data"]["name"]
+    table(f"{name} run ({run.run_dir}, {run.step} steps, {run.sde!r}), n = {m} samples against the {m} test images, "
           f"median over seeds {seeds}", rows, budgets, ("Frechet distance", "sliced W2"), tuple(floors.mean(0)),
           defaults, per_seed)
 
@@ -279,6 +308,8 @@ def main():
     ap.add_argument("--only", nargs="+", default=None, metavar="LABEL",
                     help="run only these scorelab rows of OURS (e.g. sde-dpm2M+dz); the summary then covers them")
     ap.add_argument("--no-peers", action="store_true", help="skip the peers' rows (they depend only on the seed)")
+    ap.add_argument("--device", default="cpu", help="where the networks run (cuda: the samplers stay on the CPU, "
+                    "see HostSide)")
     ap.add_argument("--classifier-cache", type=Path, default=None,
                     help="folder of the reference classifier (default: $SCORELAB_CACHE or ~/.cache/scorelab)")
     a = ap.parse_args()
@@ -298,11 +329,11 @@ def main():
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     if "toy" in a.runs:
         t0 = time.time()
-        bench_toy(scorelab.load(a.cache / "toy"), K, a.budgets, 4000, a.seeds, a.opt_budgets, a.probe, **select)
+        bench_toy(load_run(a.cache / "toy", a.device), K, a.budgets, 4000, a.seeds, a.opt_budgets, a.probe, **select)
         print(f"[toy] {time.time() - t0:.0f} s", flush=True)
     if "digits" in a.runs:
         t0 = time.time()
-        bench_digits(scorelab.load(a.digits_dir), K, a.budgets, a.digits_n, a.seeds, a.opt_budgets, a.probe,
+        bench_digits(load_run(a.digits_dir, a.device), K, a.budgets, a.digits_n, a.seeds, a.opt_budgets, a.probe,
                      a.classifier_cache, **select)
         print(f"[digits] {time.time() - t0:.0f} s", flush=True)
 
