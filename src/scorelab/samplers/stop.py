@@ -1,0 +1,85 @@
+"""Where to stop: the last noise level of a grid chosen for the score (``sample(..., sigma_min="auto")``).
+
+A sampler that ends at sigma leaves each sample with the noise sigma on top of the data (or, after a final
+denoising step, shrunk towards the posterior mean): harmless where the data are wide at that scale, ruinous on
+modes narrower than sigma. What "narrow" means is read off the score itself:
+
+    r(sigma) = E |sigma score_sigma(x0 + sigma eps)|^2 / d        (score in the units of x0, VE)
+
+is the share of the perturbed variance that is noise: sigma^2 / (s^2 + sigma^2) for data of local scale s, so
+r(sigma) <= R_TARGET = 0.05 means the noise is at most a twentieth of the variance (sigma <= s / 4.4). For an
+exact score r falls as sigma falls; a learned score is least accurate near the smallest noise it was trained on,
+and there its r stops falling and turns up (docs/samplers.md, "Where to stop"): below that level it is not trusted.
+
+``choose_sigma_min`` runs the method on a pilot batch (at most ``PILOT`` draws, from a copy of the caller's
+generator, whose own stream it leaves untouched) to its own default end, denoises it once (x0_hat = E[x0 | x],
+Tweedie), and measures r on x0_hat + sigma eps down the ladder ``LADDER`` (one score evaluation per level, one draw
+of eps shared by all levels). It returns the first level with r <= R_TARGET, stopping early where r no longer
+falls, never below a VE process's sigma_min. Where the data are narrower than the pilot's end the denoising
+shrinks x0_hat, and r reads low: sigma^2 (k v + sigma^2) / (v + sigma^2)^2 instead of sigma^2 / (v + sigma^2) for
+a Gaussian of variance v, k = v / (v + end^2); the choice is then one level higher than the exact r would give.
+Cost: the method's budget + 1 + len(LADDER) evaluations on the pilot batch, and one host read per level, all
+before the sampler's loop.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .grids import end_time
+
+LADDER = (0.03, 0.02, 0.01, 0.005, 0.002)  # candidate last levels, in data units (EDM's sigma_min is 0.002)
+R_TARGET = 0.05
+PILOT = 256
+
+
+def noise_share(score_fn, sde, x0: torch.Tensor, sigma: float, generator=None, eps=None) -> float:
+    """r(sigma) = mean over the batch of |sigma score(m (x0 + sigma eps), t)|^2 m^2 / d, t the time of noise level
+    sigma (s(t) / m(t) = sigma) and m its marginal scale: the noise's share of the variance at that level. ``eps``
+    (default: a draw from ``generator``) lets several levels share one draw, so that their r differ by the level
+    and not by the draw."""
+    t = end_time(sde, sigma)
+    m = float(sde.marginal_scale(torch.tensor(t, dtype=torch.float64)))
+    if eps is None:
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    s = score_fn(m * (x0 + sigma * eps), torch.full((x0.shape[0],), t, dtype=x0.dtype, device=x0.device))
+    return float((sigma * m * s).pow(2).flatten(1).sum(1).mean()) / x0[0].numel()
+
+
+def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict, generator=None,
+                     dtype: torch.dtype = torch.float32, device=None) -> float:
+    """The last noise level for ``method`` at budget ``nfe`` on this score (see the module's docstring).
+    ``options`` are the method's other options; its own default sigma_min is where the ladder starts."""
+    from . import options_of, sample
+
+    known = options_of(method)
+    if "sigma_min" not in known:
+        raise ValueError(f"sigma_min='auto' needs a method whose grid ends at sigma_min; {method!r} has no "
+                         "sigma_min option.")
+    lo = float(getattr(sde, "sigma_min", 0.0))  # a VE process's smallest trained level; none for VP / sub-VP
+    start = float(known["sigma_min"])
+    ladder = [start] + [s for s in LADDER if s < start and s >= lo]
+    pilot = {**options, "sigma_min": start}
+    if "denoise_to_zero" in known:
+        pilot["denoise_to_zero"] = False
+    n = min(int(shape[0]), PILOT)
+    if generator is not None:  # a copy: the caller's stream is left as it was, so a run that keeps the method's
+        state, generator = generator.get_state(), torch.Generator(generator.device)  # own end draws what it
+        generator.set_state(state)  # would have drawn without the pilot
+    x = sample(score_fn, sde, (n, *shape[1:]), method, nfe, generator=generator, dtype=dtype, device=device,
+               **pilot).x
+    t0 = end_time(sde, start)
+    m0 = float(sde.marginal_scale(torch.tensor(t0, dtype=torch.float64)))
+    with torch.no_grad():
+        x0 = x / m0 + start**2 * m0 * score_fn(x, torch.full((n,), t0, dtype=x.dtype, device=x.device))
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)  # one draw, all levels
+        chosen, r_prev = start, None
+        for sigma in ladder:
+            r = noise_share(score_fn, sde, x0, sigma, eps=eps)
+            if r_prev is not None and not r < r_prev:
+                break  # r stopped falling: the score is not trusted this low
+            chosen, r_prev = sigma, r
+            if r <= R_TARGET:
+                break
+    return chosen
+

@@ -1,0 +1,92 @@
+"""The last noise level chosen for the score (samplers/stop.py): r(sigma) against its closed form, the choice on
+data of known width, the guard against a score that goes wrong at small noise, and what it buys on sharp modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scorelab.metrics import mixture_error
+from scorelab.oracle import GaussianMixture
+from scorelab.samplers import sample, stop
+from scorelab.sde import VESDE, VPSDE
+
+F64 = torch.float64
+
+
+def gaussian(s: float, d: int = 3) -> GaussianMixture:
+    """N(0, s^2 I) as a one-component mixture: r(sigma) = sigma^2 / (s^2 + sigma^2) exactly."""
+    return GaussianMixture(torch.ones(1, dtype=F64), torch.zeros(1, d, dtype=F64), torch.full((1,), s * s, dtype=F64))
+
+
+@pytest.mark.parametrize("sde", [VESDE(0.002, 80.0), VPSDE(0.1, 20.0)], ids=["ve", "vp"])
+@pytest.mark.parametrize("s", [0.01, 0.05, 0.3])
+def test_noise_share_is_the_noise_fraction_of_the_variance(sde, s):
+    g = gaussian(s)
+    x0 = g.sample(20000, generator=torch.Generator().manual_seed(0))
+    for sigma in (0.005, 0.02, 0.1):
+        r = stop.noise_share(g.score_fn(sde), sde, x0, sigma, torch.Generator().manual_seed(1))
+        exact = sigma**2 / (s * s + sigma**2)
+        assert abs(r - exact) < 0.03 * exact + 1e-4, (sigma, r, exact)
+
+
+def _expected(s: float, start: float = 0.03) -> float:
+    """The rule on the exact r of N(0, s^2 I): the first ladder level with r <= R_TARGET (r falls with sigma)."""
+    ladder = [start] + [v for v in stop.LADDER if v < start]
+    return next((v for v in ladder if v * v / (s * s + v * v) <= stop.R_TARGET), ladder[-1])
+
+
+@pytest.mark.parametrize("s", [1.0, 0.1, 0.02, 0.004])
+def test_the_choice_follows_the_width_of_the_data(s):
+    """Wide data keep the method's own end (0.03); narrower data end lower, where r first reaches R_TARGET, or one
+    level above it: r is measured around the pilot's denoised samples, whose spread the denoising shrinks where the
+    data are narrower than the pilot's end, and so it reads a little low there."""
+    g, sde = gaussian(s), VESDE(0.002, 80.0)
+    got = stop.choose_sigma_min(g.score_fn(sde), sde, (4000, 3), "unipc", 10, {}, torch.Generator().manual_seed(0))
+    ladder = [0.03, *stop.LADDER[1:]]
+    i = ladder.index(_expected(s))
+    assert got in ladder[max(i - 1, 0):i + 1], (s, got)
+    if s == 1.0:
+        assert got == 0.03
+    if s == 0.004:
+        assert got == 0.002
+
+
+def test_a_score_that_goes_wrong_at_small_noise_is_not_followed_there():
+    """A learned score is least accurate near its smallest trained noise, where its r turns up: the choice stops at
+    the last level where r still fell, although r there is above the target."""
+    g, sde = gaussian(0.003), VESDE(0.002, 80.0)
+    exact = g.score_fn(sde)
+
+    def learned(x, t):  # exact above sigma 0.015, three times too large below (r nine times too large)
+        sig = (sde.marginal_std(t.double()) / sde.marginal_scale(t.double())).to(x.dtype)
+        return exact(x, t) * torch.where(sig < 0.015, 3.0, 1.0)[:, None]
+    assert stop.choose_sigma_min(exact, sde, (512, 3), "unipc", 10, {}, torch.Generator().manual_seed(0)) == 0.002
+    assert stop.choose_sigma_min(learned, sde, (512, 3), "unipc", 10, {}, torch.Generator().manual_seed(0)) == 0.02
+
+
+def test_never_below_a_ve_process_s_smallest_level():
+    g, sde = gaussian(0.001), VESDE(0.01, 10.0)
+    assert stop.choose_sigma_min(g.score_fn(sde), sde, (512, 3), "sde_dpm_solver", 20, {"denoise_to_zero": True},
+                                 torch.Generator().manual_seed(0)) == 0.01
+
+
+def test_auto_ends_low_enough_for_needles_and_is_reproducible():
+    """Four needles 0.02 wide (the benchmark's "cross"): ending at the method's own 0.03, UniPC at 10 evaluations is
+    far off; with sigma_min="auto" it ends lower and the error falls more than tenfold. Same seed, same samples."""
+    means = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.0], [0.0, -2.0]], dtype=F64)
+    a, b = torch.tensor([1.0, 0.02**2], dtype=F64), torch.tensor([0.02**2, 1.0], dtype=F64)
+    gmm = GaussianMixture(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=F64), means, torch.stack([b, b, a, a]))
+    sde = VESDE(0.002, 80.0)
+    run = lambda **o: sample(gmm.score_fn(sde), sde, (2000, 2), "unipc", 10, generator=torch.Generator().manual_seed(0),
+                             **o).x
+    fixed, auto = run(), run(sigma_min="auto")
+    assert torch.equal(auto, run(sigma_min="auto"))
+    e_fixed, e_auto = mixture_error(fixed, gmm).moment_kl, mixture_error(auto, gmm).moment_kl
+    assert e_auto < 0.1 * e_fixed, (e_auto, e_fixed)
+
+
+def test_auto_needs_a_method_that_ends_at_sigma_min():
+    g, sde = gaussian(0.1), VESDE(0.002, 80.0)
+    with pytest.raises(ValueError, match="sigma_min='auto' needs a method"):
+        sample(g.score_fn(sde), sde, (8, 3), "ancestral", 10, sigma_min="auto")
