@@ -50,6 +50,7 @@ def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict,
                      dtype: torch.dtype = torch.float32, device=None) -> float:
     """The last noise level for ``method`` at budget ``nfe`` on this score (see the module's docstring).
     ``options`` are the method's other options; its own default sigma_min is where the ladder starts."""
+    from ..tweedie import tweedie_mean
     from . import options_of, sample
 
     known = options_of(method)
@@ -63,15 +64,14 @@ def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict,
     if "denoise_to_zero" in known:
         pilot["denoise_to_zero"] = False
     n = min(int(shape[0]), PILOT)
-    if generator is not None:  # a copy: the caller's stream is left as it was, so a run that keeps the method's
-        state, generator = generator.get_state(), torch.Generator(generator.device)  # own end draws what it
-        generator.set_state(state)  # would have drawn without the pilot
+    if generator is not None:  # a copy, so that the caller's stream is left as it was
+        copy = torch.Generator(generator.device)
+        copy.set_state(generator.get_state())
+        generator = copy
     x = sample(score_fn, sde, (n, *shape[1:]), method, nfe, generator=generator, dtype=dtype, device=device,
                **pilot).x
-    t0 = end_time(sde, start)
-    m0 = float(sde.marginal_scale(torch.tensor(t0, dtype=torch.float64)))
     with torch.no_grad():
-        x0 = x / m0 + start**2 * m0 * score_fn(x, torch.full((n,), t0, dtype=x.dtype, device=x.device))
+        x0 = tweedie_mean(score_fn, sde, x, end_time(sde, start))
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)  # one draw, all levels
         chosen, r_prev = start, None
         for sigma in ladder:
