@@ -90,3 +90,21 @@ def test_auto_needs_a_method_that_ends_at_sigma_min():
     g, sde = gaussian(0.1), VESDE(0.002, 80.0)
     with pytest.raises(ValueError, match="sigma_min='auto' needs a method"):
         sample(g.score_fn(sde), sde, (8, 3), "ancestral", 10, sigma_min="auto")
+
+
+def test_a_word_other_than_auto_is_refused_in_one_line():
+    g, sde = gaussian(0.1), VESDE(0.002, 80.0)
+    with pytest.raises(ValueError, match="or 'auto'"):
+        sample(g.score_fn(sde), sde, (8, 3), "unipc", 10, sigma_min="automatic")
+
+
+def test_an_optimised_grid_for_the_default_ends_at_the_chosen_level(tmp_path):
+    """optimized_grid with no method takes the budget default, whose sigma_min="auto" it resolves on its probe
+    batch: on N(0, 0.004^2 I) the grid ends below UniPC's own 0.03."""
+    from scorelab.samplers import optimized_grid
+    from scorelab.samplers._common import sigma_of
+
+    g, sde = gaussian(0.004), VESDE(0.002, 80.0)
+    grid = optimized_grid(g.score_fn(sde), sde, 10, None, dims=(3,), probe=64, sweeps=1, reference_nfe=40,
+                          cache_dir=tmp_path)
+    assert float(sigma_of(sde, grid[-1])) < 0.0021
