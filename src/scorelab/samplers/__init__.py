@@ -161,7 +161,7 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     if x_init is not None and not isinstance(x_init, torch.Tensor):
         raise TypeError(f"x_init must be a tensor [B, *dims] or None, got {type(x_init).__name__}.")
     shape = tuple(x_init.shape) if shape is None and x_init is not None else check_shape(shape)
-    if isinstance(options.get("sigma_min"), str) and options["sigma_min"] == "auto":  # chosen for this score
+    if options.get("sigma_min") == "auto":  # chosen for this score
         options = {**options, "sigma_min": choose_sigma_min(
             score_fn, sde, shape, method, nfe, options, generator, dtype,
             generator.device if device is None and generator is not None else device)}

@@ -52,14 +52,14 @@ def optimized_grid(score_fn, sde, nfe: int, method: str | None = None, *, dims, 
     if method not in ODE_METHODS or options.get("eta", 0.0) > 0 or options.get("solver") == "dopri5":
         raise ValueError(f"an optimized grid needs a deterministic fixed-step method, one of {list(ODE_METHODS)} "
                          f"(dpm_solver with eta=0), got {method!r}; pass grid='log_snr' or 'karras' for the others.")
-    if isinstance(options.get("sigma_min"), str) and options["sigma_min"] == "auto":  # resolved once, on the probe
+    if not all(isinstance(v, int) and v >= 1 for v in (probe, sweeps, reference_nfe)) or not isinstance(seed, int):
+        raise ValueError("probe, sweeps and reference_nfe must be positive integers and seed an integer.")
+    if options.get("sigma_min") == "auto":  # resolved once, on the probe
         from .stop import choose_sigma_min
 
         g = torch.Generator(device or "cpu").manual_seed(seed)
         options = {**options, "sigma_min": choose_sigma_min(score_fn, sde, (probe, *dims), method, nfe, options, g,
                                                             dtype, device)}
-    if not all(isinstance(v, int) and v >= 1 for v in (probe, sweeps, reference_nfe)) or not isinstance(seed, int):
-        raise ValueError("probe, sweeps and reference_nfe must be positive integers and seed an integer.")
     fn = METHODS[method]
     opts = _bind(method, sde, options)
     base = _grid(fn, sde, fn.steps(nfe, opts), opts, None)
