@@ -11,6 +11,9 @@ the model; ``--only`` picks rows), by
 ``default_sampler(nfe)`` (the "default" of the summary: ``sample()`` with no method), and by the peers':
 k-diffusion through ``interop.k_diffusion_denoiser`` (on the VP run through the same wrapper in sigma = s/m),
 diffusers' DDIM / DPM-Solver++ / UniPC through ``interop.epsilon_model``, diffusers' ScoreSdeVe PC on the VE run.
+A third run, ``digits-exact``, keeps the digits run's process, scaler and classifier but swaps its network for the
+exact score of a Gaussian mixture fitted to the same train split (``digits_mixture``): what the samplers do on
+image-shaped data when the score is right, beside what they do on the model.
 
 Distances. Toy: moment KL and mode TV against the exact ring (``mixture_error``) and sliced W2 against 4000
 fresh exact draws; floor: a second exact sample set. Digits: ``scorelab evaluate``'s protocol
@@ -19,9 +22,11 @@ Frechet distance between Gaussian fits of the reference classifier's pooled feat
 ``--classifier-cache``, default $SCORELAB_CACHE) of m = min(--digits-n, 299) samples and the m test images;
 floor: m train images against the same test images, the mean over evaluate.FLOOR_DRAWS train subsets (the
 same subsets as ``scorelab evaluate --seed 0``); second column sliced W2 in [-1, 1] pixels against the same
-test images, floor over the same train subsets. Every number is the median over the sampling ``--seeds``; under
-the summary, the per-seed difference between scorelab's best and the two best peers (a seed gives every
-deterministic sampler the same x_T, and the sample set of a seed moves the distance more than the samplers do).
+test images, floor over the same train subsets. Digits-exact: the Frechet distance in the same features against
+as many exact draws of the mixture, quantised the same way, and moment KL in model units against the mixture;
+floor: a second exact sample set. Every number is the median over the sampling ``--seeds``; under the summary,
+the per-seed difference between scorelab's best and the two best peers (a seed gives every deterministic sampler
+the same x_T, and the sample set of a seed moves the distance more than the samplers do).
 
     nice -n 5 .venv/bin/python benchmarks/samplers_learned.py --cache /tmp/learned-runs --runs toy --seeds 0 1 2
     nice -n 5 .venv/bin/python benchmarks/samplers_learned.py --cache /tmp/learned-runs --runs digits \
@@ -289,12 +294,83 @@ def bench_digits(run, K, budgets, n, seeds, opt_budgets, probe, cache, **select)
           defaults, per_seed)
 
 
+class ExactRun:
+    """An image run seen through the exact score of a mixture in its model units: the run's data shape, process,
+    scaler and config (so its reference classifier and quantisation), the mixture's score; ``run_dir`` is ``out``,
+    so that grids optimised for the exact score are cached apart from the learned model's."""
+
+    def __init__(self, run, gmm, out: Path):
+        self._run, self._score, self.run_dir = run, gmm.score_fn(run.sde), out
+        self.gmm = gmm
+
+    def __getattr__(self, name):
+        return getattr(self._run, name)
+
+    def score(self, x, t, y=None):
+        flat = self._score(x.reshape(x.shape[0], -1).double(), t.double() if torch.is_tensor(t) else t)
+        return flat.reshape(x.shape).to(x.dtype)
+
+    __call__ = score
+
+
+def digits_mixture(run, components: int = 10, copies: int = 10, seed: int = 0):
+    """A full-covariance Gaussian mixture fitted (scikit-learn, EM) to the train split of the run's built-in image
+    set in the run's model units, dequantised as the run was trained (``copies`` draws of U[0, 1) per image when
+    data.dequantize): an image-shaped distribution whose score is exact."""
+    from sklearn.mixture import GaussianMixture as EM
+
+    from scorelab.evaluate import _image_sets
+    from scorelab.oracle import GaussianMixture
+
+    x = _image_sets()[run.config["data"]["name"]](split="train").x.float()
+    g = torch.Generator().manual_seed(seed)
+    v = torch.cat([x + torch.rand(x.shape, generator=g) for _ in range(copies)]) if run.dequantized else x
+    y = run.to_model(v).reshape(len(v), -1).double().numpy()
+    em = EM(components, covariance_type="full", reg_covar=1e-5, random_state=seed, max_iter=300).fit(y)
+    return GaussianMixture(torch.tensor(em.weights_), torch.tensor(em.means_), torch.tensor(em.covariances_))
+
+
+def bench_digits_exact(run, K, budgets, n, seeds, opt_budgets, probe, cache, out: Path, **select):
+    """The digits run's data shape, process and classifier with the exact score of ``digits_mixture(run)``:
+    Frechet distance in the reference classifier's features of quantised samples against as many quantised exact
+    draws (seed 999), and moment KL in model units against the mixture; floor: fresh exact draws (seed 1000)."""
+    from scorelab.classifier import features, reference_classifier
+    from scorelab.evaluate import quantize
+    from scorelab.metrics import frechet_distance
+
+    t0 = time.time()
+    gmm = digits_mixture(run)
+    ev = torch.linalg.eigvalsh(gmm.covs).sqrt()
+    print(f"mixture: {gmm.K} components fitted to the {run.config['data']['name']} train split in "
+          f"{time.time() - t0:.0f} s; per-direction std {float(ev.min()):.3g}..{float(ev.max()):.3g}", flush=True)
+    ex = ExactRun(run, gmm, out)
+    clf, info = reference_classifier(run.config["data"]["name"], cache=cache)
+    levels, (lo, hi) = run.data_levels(), run.data_range()
+
+    def images(x):
+        x = run.to_data(x.reshape(len(x), *run.data_shape)).float()
+        return quantize(torch.nan_to_num(x, nan=lo), (lo, hi), levels, dequantized=run.dequantized)
+    f_ref = features(clf, images(gmm.sample(n, generator=torch.Generator().manual_seed(999)).float()))
+
+    def metrics(x):
+        return (frechet_distance(features(clf, images(x)), f_ref),
+                mixture_error(x.reshape(len(x), -1), gmm).moment_kl)
+    floor = metrics(gmm.sample(n, generator=torch.Generator().manual_seed(1000)).float())
+    rows, defaults, per_seed = _collect(ex, K, budgets, n, seeds, opt_budgets, probe, metrics, "digits-exact",
+                                        **select)
+    table(f"exact score of a {gmm.K}-component mixture fitted to {run.config['data']['name']} (process, scaler and "
+          f"classifier of {run.run_dir}), n = {n}, median over seeds {seeds}", rows, budgets,
+          ("Frechet distance", "moment KL"), floor, defaults, per_seed)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", type=Path, required=True, help="directory of the toy run (trained when absent)")
     ap.add_argument("--toy-steps", type=int, default=4000)
     ap.add_argument("--train-only", action="store_true")
-    ap.add_argument("--runs", nargs="+", default=["toy", "digits"])
+    ap.add_argument("--runs", nargs="+", default=["toy", "digits"], choices=["toy", "digits", "digits-exact"],
+                    help="digits-exact: the digits run's process and classifier with the exact score of a mixture "
+                    "fitted to its train split (bench_digits_exact)")
     ap.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 20, 50])
     ap.add_argument("--opt-budgets", type=int, nargs="*", default=[5, 10, 20],
                     help="budgets at which the optimised grids are searched (cached in RUN/grids); none: no +opt rows")
@@ -317,8 +393,9 @@ def main():
     if a.only is not None and not set(a.only) <= set(labels):
         ap.error(f"--only takes labels of OURS: {labels}")
     select = {"only": a.only, "peers_too": not a.no_peers}
-    if "digits" in a.runs and a.digits_dir is None:
-        ap.error("--runs digits needs --digits-dir RUN (a copy of a digits run trained on the train split)")
+    if {"digits", "digits-exact"} & set(a.runs) and a.digits_dir is None:
+        ap.error("--runs digits and digits-exact need --digits-dir RUN (a copy of a digits run trained on the train "
+                 "split)")
     if "toy" in a.runs:
         train_toy(a.cache, a.toy_steps)
     if a.train_only:
@@ -336,6 +413,11 @@ def main():
         bench_digits(load_run(a.digits_dir, a.device), K, a.budgets, a.digits_n, a.seeds, a.opt_budgets, a.probe,
                      a.classifier_cache, **select)
         print(f"[digits] {time.time() - t0:.0f} s", flush=True)
+    if "digits-exact" in a.runs:
+        t0 = time.time()
+        bench_digits_exact(load_run(a.digits_dir, "cpu"), K, a.budgets, a.digits_n, a.seeds, a.opt_budgets, a.probe,
+                           a.classifier_cache, a.cache / "digits-exact", **select)
+        print(f"[digits-exact] {time.time() - t0:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
