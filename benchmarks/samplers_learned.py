@@ -301,7 +301,6 @@ class ExactRun:
 
     def __init__(self, run, gmm, out: Path):
         self._run, self._score, self.run_dir = run, gmm.score_fn(run.sde), out
-        self.gmm = gmm
 
     def __getattr__(self, name):
         return getattr(self._run, name)
@@ -344,7 +343,7 @@ def bench_digits_exact(run, K, budgets, n, seeds, opt_budgets, probe, cache, out
     print(f"mixture: {gmm.K} components fitted to the {run.config['data']['name']} train split in "
           f"{time.time() - t0:.0f} s; per-direction std {float(ev.min()):.3g}..{float(ev.max()):.3g}", flush=True)
     ex = ExactRun(run, gmm, out)
-    clf, info = reference_classifier(run.config["data"]["name"], cache=cache)
+    clf, _ = reference_classifier(run.config["data"]["name"], cache=cache)
     levels, (lo, hi) = run.data_levels(), run.data_range()
 
     def images(x):
