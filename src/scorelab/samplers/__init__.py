@@ -19,7 +19,7 @@ from ._common import CHOICES, BudgetExceeded, CountedScore, SampleResult, check_
 from .grid_search import optimized_grid
 from .grids import GRIDS, end_time, make_grid
 from .steps import CORRECTORS, PREDICTORS
-from .stop import choose_sigma_min
+from .stop import auto_start, choose_sigma_min
 
 # the modules keep their names (``scorelab.samplers.ode`` is the module); the table holds the functions
 METHODS = {f.__name__: f for f in (langevin.langevin, langevin.annealed_langevin, langevin.mala, pc.ancestral,
@@ -31,7 +31,7 @@ DEFAULT_NFE = 400  # the budget of sample() when none is named
 # the default of ``sample()`` by budget, the first row whose smallest nfe the budget reaches: (nfe, method, options)
 BY_BUDGET = ((100, "ancestral", {}), (20, "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto"}),
              (8, "unipc", {"sigma_min": "auto"}),
-             (1, "ipndm", {"order": 2, "rho": 10.0, "sigma_min": 0.01, "sigma_max": 10.0}))
+             (1, "ipndm", {"order": 2, "rho": 10.0, "sigma_min": "auto:0.01", "sigma_max": 10.0}))
 
 
 def default_sampler(nfe: int) -> tuple[str, dict]:
@@ -40,8 +40,9 @@ def default_sampler(nfe: int) -> tuple[str, dict]:
     with its last evaluation spent on x0_hat; from 8 UniPC (Zhao et al. 2023); both of these end at the noise level
     chosen for the score (``sigma_min="auto"``, ``samplers/stop.py``: 0.03 unless the data are sharper); below 8
     iPNDM (Zhang & Chen 2023) of order 2 on the Karras grid with rho = 10 from sigma_max = 10 (x_T drawn at that
-    level; data of about unit scale) to sigma_min = 0.01 (docs/samplers.md, "Default sampling by budget", "The
-    default at 5 evaluations", "Where to stop")."""
+    level; data of about unit scale) to the level chosen for the score from 0.01 down (``sigma_min="auto:0.01"``;
+    docs/samplers.md, "Default sampling by budget", "The default at 5 evaluations", "Where to stop", "The stop
+    level below 8 evaluations")."""
     _, name, options = next((row for row in BY_BUDGET if nfe >= row[0]), BY_BUDGET[-1])
     return name, dict(options)
 
@@ -161,10 +162,11 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     if x_init is not None and not isinstance(x_init, torch.Tensor):
         raise TypeError(f"x_init must be a tensor [B, *dims] or None, got {type(x_init).__name__}.")
     shape = tuple(x_init.shape) if shape is None and x_init is not None else check_shape(shape)
-    if options.get("sigma_min") == "auto":  # chosen for this score
+    start = auto_start(options.get("sigma_min"))
+    if start is not False:  # chosen for this score
         options = {**options, "sigma_min": choose_sigma_min(
             score_fn, sde, shape, method, nfe, options, generator, dtype,
-            generator.device if device is None and generator is not None else device)}
+            generator.device if device is None and generator is not None else device, start=start)}
     fn = METHODS[method]
     opts = _bind(method, sde, options)
     steps = fn.steps(nfe, opts)

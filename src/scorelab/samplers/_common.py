@@ -107,8 +107,10 @@ def check_option(name, v, sde, default) -> None:
         if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
             raise ValueError(f"{name} must be an integer {f'in [{lo}, {hi}]' if hi else f'>= {lo}'}, got {v!r}.")
     if name == "sigma_min" and isinstance(v, str):  # "auto" is resolved by sample() before the options get here
-        raise ValueError(f"sigma_min must be a number > 0, or 'auto' (the level chosen for the score, "
-                         f"scorelab.samplers.stop), got {v!r}.")
+        from .stop import auto_start
+
+        auto_start(v)  # refuses a string that is not "auto" or "auto:LEVEL" in one line
+        raise ValueError(f"sigma_min={v!r} is resolved by sample() and optimized_grid(); pass a number here.")
     if name in POSITIVE or name in BOUNDED:
         lo, hi, lo_in, hi_in = BOUNDED.get(name, (0, None, False, False))
         lo_in = lo_in or (name == "eps" and default == 0)

@@ -54,12 +54,13 @@ def optimized_grid(score_fn, sde, nfe: int, method: str | None = None, *, dims, 
                          f"(dpm_solver with eta=0), got {method!r}; pass grid='log_snr' or 'karras' for the others.")
     if not all(isinstance(v, int) and v >= 1 for v in (probe, sweeps, reference_nfe)) or not isinstance(seed, int):
         raise ValueError("probe, sweeps and reference_nfe must be positive integers and seed an integer.")
-    if options.get("sigma_min") == "auto":  # resolved once, on the probe
-        from .stop import choose_sigma_min
+    from .stop import auto_start, choose_sigma_min
 
+    start = auto_start(options.get("sigma_min"))
+    if start is not False:  # resolved once, on the probe
         g = torch.Generator(device or "cpu").manual_seed(seed)
         options = {**options, "sigma_min": choose_sigma_min(score_fn, sde, (probe, *dims), method, nfe, options, g,
-                                                            dtype, device)}
+                                                            dtype, device, start=start)}
     fn = METHODS[method]
     opts = _bind(method, sde, options)
     base = _grid(fn, sde, fn.steps(nfe, opts), opts, None)

@@ -1,4 +1,5 @@
-"""Where to stop: the last noise level of a grid chosen for the score (``sample(..., sigma_min="auto")``).
+"""Where to stop: the last noise level of a grid chosen for the score (``sample(..., sigma_min="auto")``, or
+``sigma_min="auto:LEVEL"`` to start the choice at LEVEL rather than at the method's own default end).
 
 A sampler that ends at sigma leaves each sample with the noise sigma on top of the data (or, after a final
 denoising step, shrunk towards the posterior mean): harmless where the data are wide at that scale, ruinous on
@@ -12,14 +13,14 @@ exact score r falls as sigma falls; a learned score is least accurate near the s
 and there its r stops falling and turns up (docs/samplers.md, "Where to stop"): below that level it is not trusted.
 
 ``choose_sigma_min`` runs the method on a pilot batch (at most ``PILOT`` draws, from a copy of the caller's
-generator, whose own stream it leaves untouched) to its own default end, denoises it once (x0_hat = E[x0 | x],
-Tweedie), and measures r on x0_hat + sigma eps down the ladder ``LADDER`` (one score evaluation per level, one draw
-of eps shared by all levels). It returns the first level with r <= R_TARGET, stopping early where r no longer
-falls, never below a VE process's sigma_min. Where the data are narrower than the pilot's end the denoising
-shrinks x0_hat, and r reads low: sigma^2 (k v + sigma^2) / (v + sigma^2)^2 instead of sigma^2 / (v + sigma^2) for
-a Gaussian of variance v, k = v / (v + end^2); the choice is then one level higher than the exact r would give.
-Cost: the method's budget + 1 + len(LADDER) evaluations on the pilot batch, and one host read per level, all
-before the sampler's loop.
+generator, whose own stream it leaves untouched) to its own default end (or the LEVEL of "auto:LEVEL"), denoises it
+once (x0_hat = E[x0 | x], Tweedie), and measures r on x0_hat + sigma eps down the ladder ``LADDER`` (one score
+evaluation per level, one draw of eps shared by all levels). It returns the first level with r <= R_TARGET, stopping
+early where r no longer falls, never below a VE process's sigma_min. Where the data are narrower than the pilot's
+end the denoising shrinks x0_hat, and r reads low: sigma^2 (k v + sigma^2) / (v + sigma^2)^2 instead of sigma^2 / (v
++ sigma^2) for a Gaussian of variance v, k = v / (v + end^2); the choice is then one level higher than the exact r
+would give. Cost: the method's budget + 1 + len(LADDER) evaluations on the pilot batch, and one host read per level,
+all before the sampler's loop; none where the ladder has one level (a VE process trained down to the start).
 """
 
 from __future__ import annotations
@@ -46,10 +47,30 @@ def noise_share(score_fn, sde, x0: torch.Tensor, sigma: float, generator=None, e
     return float((sigma * m * s).pow(2).flatten(1).sum(1).mean()) / x0[0].numel()
 
 
+def auto_start(value) -> float | None | bool:
+    """What a sigma_min option asks of this module: False for a number (no choice to make); for "auto", None (the
+    ladder starts at the method's own default end); for "auto:LEVEL", LEVEL (> 0, a level in data units where the
+    pilot ends and the ladder starts, e.g. "auto:0.01"). Any other string is refused in one line."""
+    if not isinstance(value, str):
+        return False
+    if value == "auto":
+        return None
+    head, _, level = value.partition(":")
+    try:
+        start = float(level) if head == "auto" else None
+    except ValueError:
+        start = None
+    if start is None or not start > 0 or start == float("inf"):
+        raise ValueError(f"sigma_min must be a number > 0 or 'auto' (the level chosen for the score, starting at the "
+                         f"method's own end), or 'auto:LEVEL' (starting at LEVEL, e.g. 'auto:0.01'); got {value!r}.")
+    return start
+
+
 def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict, generator=None,
-                     dtype: torch.dtype = torch.float32, device=None) -> float:
+                     dtype: torch.dtype = torch.float32, device=None, start: float | None = None) -> float:
     """The last noise level for ``method`` at budget ``nfe`` on this score (see the module's docstring).
-    ``options`` are the method's other options; its own default sigma_min is where the ladder starts."""
+    ``options`` are the method's other options; the ladder starts at ``start`` (default: the method's own default
+    sigma_min), where the pilot ends."""
     from ..tweedie import tweedie_mean
     from . import options_of, sample
 
@@ -58,8 +79,10 @@ def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict,
         raise ValueError(f"sigma_min='auto' needs a method whose grid ends at sigma_min; {method!r} has no "
                          "sigma_min option.")
     lo = float(getattr(sde, "sigma_min", 0.0))  # a VE process's smallest trained level; none for VP / sub-VP
-    start = float(known["sigma_min"])
+    start = float(known["sigma_min"] if start is None else start)
     ladder = [start] + [s for s in LADDER if s < start and s >= lo]
+    if len(ladder) == 1:  # nothing to choose (e.g. a VE run trained down to start): no pilot
+        return start
     pilot = {**options, "sigma_min": start}
     if "denoise_to_zero" in known:
         pilot["denoise_to_zero"] = False
