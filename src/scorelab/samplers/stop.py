@@ -17,10 +17,11 @@ generator, whose own stream it leaves untouched) to its own default end (or the 
 once (x0_hat = E[x0 | x], Tweedie), and measures r on x0_hat + sigma eps down the ladder ``LADDER`` (one score
 evaluation per level, one draw of eps shared by all levels). It returns the first level with r <= R_TARGET, stopping
 early where r no longer falls, never below a VE process's sigma_min. Where the data are narrower than the pilot's
-end the denoising shrinks x0_hat, and r reads low: sigma^2 (k v + sigma^2) / (v + sigma^2)^2 instead of sigma^2 / (v
-+ sigma^2) for a Gaussian of variance v, k = v / (v + end^2); the choice is then one level higher than the exact r
-would give. Cost: the method's budget + 1 + len(LADDER) evaluations on the pilot batch, and one host read per level,
-all before the sampler's loop; none where the ladder has one level (a VE process trained down to the start).
+end the denoising shrinks x0_hat, and r reads low: sigma^2 (k v + sigma^2) / (v + sigma^2)^2 instead of
+sigma^2 / (v + sigma^2) for a Gaussian of variance v, k = v / (v + end^2); the choice is then one level higher
+than the exact r would give. Cost: the method's budget + 1 + len(LADDER) evaluations on the pilot batch, and one
+host read per level, all before the sampler's loop; none where the ladder has one level (a VE process trained down
+to the start).
 """
 
 from __future__ import annotations
