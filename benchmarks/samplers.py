@@ -164,6 +164,38 @@ def blob_needles_3d() -> GaussianMixture:
 # written before the sweeps at 10 and 20 evaluations and confirm those; the four after "cross" were written
 # before the stop level chosen for the score (sigma_min="auto", docs/samplers.md "Where to stop") was first run;
 # batch 5 (the last seven) before that level was used below 8 evaluations ("The stop level below 8 evaluations")
+
+
+def star5() -> GaussianMixture:
+    """5 needles 1.2 long (std 0.35) and 0.025 wide, centred 1.5 from the origin on rays 72 degrees apart; weights
+    2, 5, 1, 4, 3."""
+    a = torch.arange(5, dtype=F64) * (2 * math.pi / 5) + 0.7
+    v, u = torch.stack([a.cos(), a.sin()], 1), torch.stack([-a.sin(), a.cos()], 1)
+    covs = torch.stack([0.35**2 * torch.outer(v[k], v[k]) + 0.025**2 * torch.outer(u[k], u[k]) for k in range(5)])
+    return GaussianMixture(torch.tensor([2.0, 5.0, 1.0, 4.0, 3.0], dtype=F64), 1.5 * v, covs)
+
+
+def ring4_widths() -> GaussianMixture:
+    """4 isotropic components on the circle of radius 2 with stds 0.05, 0.1, 0.2 and 0.4, equal weights."""
+    a = torch.arange(4, dtype=F64) * (math.pi / 2) + 0.25
+    std = torch.tensor([0.05, 0.1, 0.2, 0.4], dtype=F64)
+    return GaussianMixture(torch.ones(4, dtype=F64), 2.0 * torch.stack([a.cos(), a.sin()], 1),
+                           std[:, None, None] ** 2 * torch.eye(2, dtype=F64))
+
+
+def sheets_5d() -> GaussianMixture:
+    """d = 5, 4 components, each flat in one random direction (std 0.02) and 0.5 wide in the others; means ~ N(0, 4 I),
+    weights 1, 2, 3, 4."""
+    g = torch.Generator().manual_seed(181)
+    means = 2.0 * torch.randn(4, 5, generator=g, dtype=F64)
+    covs = []
+    for _ in range(4):
+        n = torch.randn(5, generator=g, dtype=F64)
+        n = n / n.norm()
+        covs.append(0.5**2 * (torch.eye(5, dtype=F64) - torch.outer(n, n)) + 0.02**2 * torch.outer(n, n))
+    return GaussianMixture(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=F64), means, torch.stack(covs))
+
+
 LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  "gmm-d6-K8": lambda: gmm16(41, d=6, K=8), "gmm-d2-K30": lambda: gmm16(51, d=2, K=30),
                  "gmm-d3-K7-x2": lambda: _scaled(61, 3, 7, 2.0),
@@ -179,7 +211,12 @@ LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  "needle-ring6": needle_ring6, "grid16-two-scales": grid16_two_scales,
                  "blob-needles-3d": blob_needles_3d, "ring9-std.06": lambda: _ring(9, 2.0, 0.06, 23, 0.4),
                  "gmm-d4-K5-x0.2": lambda: _scaled(151, 4, 5, 0.2), "gmm-d12-K6-x0.3": lambda: _scaled(161, 12, 6, 0.3),
-                 "gmm-d2-K12": lambda: gmm16(171, d=2, K=12)}
+                 "gmm-d2-K12": lambda: gmm16(171, d=2, K=12),
+                 # batch 6, written before the pilot of sigma_min="auto" was moved to the ladder's bottom and first
+                 # run on them
+                 "star5": star5, "ring4-widths": ring4_widths, "sheets-5d": sheets_5d,
+                 "gmm-d3-K8-x0.05": lambda: _scaled(191, 3, 8, 0.05), "gmm-d7-K4-x0.5": lambda: _scaled(201, 7, 4, 0.5),
+                 "ring11-std.02": lambda: _ring(11, 3.0, 0.02, 29, 0.3)}
 
 
 # scorelab samplers: (label, process, method, options); the same fixed set on every mixture, each at its defaults

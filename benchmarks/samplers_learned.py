@@ -115,7 +115,9 @@ OURS = [("ancestral", "ancestral", {}), ("euler_maruyama", "euler_maruyama", {})
         # after a sweep of grids and variants on the digits run (seeds 0-9), confirmed on seeds 10-29
         ("unipc/uniform", "unipc", {"grid": "uniform"}), ("deis/uniform", "deis", {"grid": "uniform"}),
         # the default below 8 evaluations before its end was chosen for the score ("auto:0.01", 2026-11-25)
-        ("ipndm2/rho10/10-.01", "ipndm", {"order": 2, "rho": 10.0, "sigma_max": 10.0, "sigma_min": 0.01})]
+        ("ipndm2/rho10/10-.01", "ipndm", {"order": 2, "rho": 10.0, "sigma_max": 10.0, "sigma_min": 0.01}),
+        # the default from 20 evaluations before its pilot ran to the ladder's bottom (2026-11-25, 03:30 UTC)
+        ("sde-dpm2M+dz/auto:0.03", "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto:0.03"})]
 OPT = ("unipc", "dpm_solver", "ipndm", "deis")
 
 

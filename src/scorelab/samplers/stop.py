@@ -13,15 +13,20 @@ exact score r falls as sigma falls; a learned score is least accurate near the s
 and there its r stops falling and turns up (docs/samplers.md, "Where to stop"): below that level it is not trusted.
 
 ``choose_sigma_min`` runs the method on a pilot batch (at most ``PILOT`` draws, from a copy of the caller's
-generator, whose own stream it leaves untouched) to its own default end (or the LEVEL of "auto:LEVEL"), denoises it
-once (x0_hat = E[x0 | x], Tweedie), and measures r on x0_hat + sigma eps down the ladder ``LADDER`` (one score
-evaluation per level, one draw of eps shared by all levels). It returns the first level with r <= R_TARGET, stopping
-early where r no longer falls, never below a VE process's sigma_min. Where the data are narrower than the pilot's
-end the denoising shrinks x0_hat, and r reads low: sigma^2 (k v + sigma^2) / (v + sigma^2)^2 instead of
-sigma^2 / (v + sigma^2) for a Gaussian of variance v, k = v / (v + end^2); the choice is then one level higher
-than the exact r would give. Cost: the method's budget + 1 + len(LADDER) evaluations on the pilot batch, and one
-host read per level, all before the sampler's loop; none where the ladder has one level (a VE process trained down
-to the start).
+generator, whose own stream it leaves untouched), denoises it once (x0_hat = E[x0 | x], Tweedie), and measures r on
+x0_hat + sigma eps down the ladder ``LADDER`` from the method's own default end, or from LEVEL for "auto:LEVEL"
+(one score evaluation per level, one draw of eps shared by all levels). It returns the first level with
+r <= R_TARGET, stopping early where r no longer falls, never below a VE process's sigma_min. Where the pilot ends:
+
+- "auto": at the bottom of the ladder, so that x0_hat keeps the data's narrow widths and r reads them as they are;
+- "auto:LEVEL": at LEVEL. Where the data are narrower than LEVEL the denoising shrinks x0_hat and r reads low:
+  sigma^2 (k v + sigma^2) / (v + sigma^2)^2 instead of sigma^2 / (v + sigma^2) for a Gaussian of variance v,
+  k = v / (v + LEVEL^2); the choice is then a level or two higher than the exact r would give. The budget defaults
+  below 20 evaluations use this reading: with few steps a lower end stretches the grid, and the higher choice wins
+  there (docs/samplers.md, "The pilot's end").
+
+Cost: the method's budget + 1 + len(LADDER) evaluations on the pilot batch, and one host read per level, all
+before the sampler's loop; none where the ladder has one level (a VE process trained down to the start).
 """
 
 from __future__ import annotations
@@ -50,8 +55,9 @@ def noise_share(score_fn, sde, x0: torch.Tensor, sigma: float, generator=None, e
 
 def auto_start(value) -> float | None | bool:
     """What a sigma_min option asks of this module: False for a number (no choice to make); for "auto", None (the
-    ladder starts at the method's own default end); for "auto:LEVEL", LEVEL (> 0, a level in data units where the
-    pilot ends and the ladder starts, e.g. "auto:0.01"). Any other string is refused in one line."""
+    ladder starts at the method's own default end, the pilot ends at its bottom); for "auto:LEVEL", LEVEL (> 0, a
+    level in data units where the pilot ends and the ladder starts, e.g. "auto:0.01"). Any other string is refused
+    in one line."""
     if not isinstance(value, str):
         return False
     if value == "auto":
@@ -70,8 +76,8 @@ def auto_start(value) -> float | None | bool:
 def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict, generator=None,
                      dtype: torch.dtype = torch.float32, device=None, start: float | None = None) -> float:
     """The last noise level for ``method`` at budget ``nfe`` on this score (see the module's docstring).
-    ``options`` are the method's other options; the ladder starts at ``start`` (default: the method's own default
-    sigma_min), where the pilot ends."""
+    ``options`` are the method's other options; the ladder starts at ``start``, where the pilot ends, or, when
+    ``start`` is None, at the method's own default sigma_min, the pilot then ending at the ladder's bottom."""
     from ..tweedie import tweedie_mean
     from . import options_of, sample
 
@@ -80,11 +86,12 @@ def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict,
         raise ValueError(f"sigma_min='auto' needs a method whose grid ends at sigma_min; {method!r} has no "
                          "sigma_min option.")
     lo = float(getattr(sde, "sigma_min", 0.0))  # a VE process's smallest trained level; none for VP / sub-VP
-    start = float(known["sigma_min"] if start is None else start)
+    precise, start = start is None, float(known["sigma_min"] if start is None else start)
     ladder = [start] + [s for s in LADDER if s < start and s >= lo]
     if len(ladder) == 1:  # nothing to choose (e.g. a VE run trained down to start): no pilot
         return start
-    pilot = {**options, "sigma_min": start}
+    end = ladder[-1] if precise else start  # where the pilot ends and is denoised
+    pilot = {**options, "sigma_min": end}
     if "denoise_to_zero" in known:
         pilot["denoise_to_zero"] = False
     n = min(int(shape[0]), PILOT)
@@ -95,7 +102,7 @@ def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict,
     x = sample(score_fn, sde, (n, *shape[1:]), method, nfe, generator=generator, dtype=dtype, device=device,
                **pilot).x
     with torch.no_grad():
-        x0 = tweedie_mean(score_fn, sde, x, end_time(sde, start))
+        x0 = tweedie_mean(score_fn, sde, x, end_time(sde, end))
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)  # one draw, all levels
         chosen, r_prev = start, None
         for sigma in ladder:
