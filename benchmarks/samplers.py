@@ -196,6 +196,43 @@ def sheets_5d() -> GaussianMixture:
     return GaussianMixture(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=F64), means, torch.stack(covs))
 
 
+
+def tri_needles_3d() -> GaussianMixture:
+    """3-D: needles along x, y and z through (2, 0, 0), (0, 2, 0) and (0, 0, 2), each std 0.6 along its own axis and
+    0.015 across it; weights 1, 2, 3."""
+    covs = torch.stack([torch.diag(torch.full((3,), 0.015**2, dtype=F64).index_fill(0, torch.tensor([k]), 0.36))
+                        for k in range(3)])
+    return GaussianMixture(torch.tensor([1.0, 2.0, 3.0], dtype=F64), 2.0 * torch.eye(3, dtype=F64), covs)
+
+
+def nested() -> GaussianMixture:
+    """2-D: a component of std 0.05 at 0 (weight 2), 4 of std 0.2 on the circle of radius 1.5 and 8 of std 0.08 on
+    radius 3.5 (weight 1 each)."""
+    a4, a8 = torch.arange(4, dtype=F64) * (math.pi / 2) + 0.6, torch.arange(8, dtype=F64) * (math.pi / 4) + 0.2
+    means = torch.cat([torch.zeros(1, 2, dtype=F64), 1.5 * torch.stack([a4.cos(), a4.sin()], 1),
+                       3.5 * torch.stack([a8.cos(), a8.sin()], 1)])
+    std = torch.tensor([0.05] + [0.2] * 4 + [0.08] * 8, dtype=F64)
+    return GaussianMixture(torch.tensor([2.0] + [1.0] * 12, dtype=F64), means, std[:, None, None] ** 2 * torch.eye(2, dtype=F64))
+
+
+def ellipses5() -> GaussianMixture:
+    """2-D: 5 ellipses at random angles, axis stds log-uniform in [0.03, 0.6], means uniform in [-3, 3]^2,
+    weights Dirichlet(1) (seed 301)."""
+    rng = np.random.RandomState(301)
+    ang, sd = rng.uniform(0, np.pi, 5), np.exp(rng.uniform(np.log(0.03), np.log(0.6), (5, 2)))
+    rot = np.stack([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]]).transpose(2, 0, 1)
+    covs = np.einsum("kij,kj,klj->kil", rot, sd**2, rot)
+    return GaussianMixture(torch.tensor(rng.dirichlet(np.ones(5))), torch.tensor(rng.uniform(-3, 3, (5, 2))),
+                           torch.tensor(covs))
+
+
+def line_1d() -> GaussianMixture:
+    """1-D: components at -4, -2, 0, 2, 4 with stds 0.02, 0.1, 0.5, 0.05 and 0.2, weights 1, 3, 2, 5, 4."""
+    return GaussianMixture(torch.tensor([1.0, 3.0, 2.0, 5.0, 4.0], dtype=F64),
+                           torch.arange(-4.0, 5.0, 2.0, dtype=F64)[:, None],
+                           torch.tensor([0.02, 0.1, 0.5, 0.05, 0.2], dtype=F64)[:, None, None] ** 2)
+
+
 LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  "gmm-d6-K8": lambda: gmm16(41, d=6, K=8), "gmm-d2-K30": lambda: gmm16(51, d=2, K=30),
                  "gmm-d3-K7-x2": lambda: _scaled(61, 3, 7, 2.0),
@@ -216,7 +253,11 @@ LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  # run on them
                  "star5": star5, "ring4-widths": ring4_widths, "sheets-5d": sheets_5d,
                  "gmm-d3-K8-x0.05": lambda: _scaled(191, 3, 8, 0.05), "gmm-d7-K4-x0.5": lambda: _scaled(201, 7, 4, 0.5),
-                 "ring11-std.02": lambda: _ring(11, 3.0, 0.02, 29, 0.3)}
+                 "ring11-std.02": lambda: _ring(11, 3.0, 0.02, 29, 0.3),
+                 # batch 7, written before the Gaussian-calibrated SDE step was first run on them
+                 "tri-needles-3d": tri_needles_3d, "ring7-wide": lambda: _ring(7, 2.5, 0.4, 37, 0.5),
+                 "nested": nested, "ellipses5": ellipses5, "gmm-d9-K6-x0.25": lambda: _scaled(211, 9, 6, 0.25),
+                 "gmm-d20-K4-x0.6": lambda: _scaled(221, 20, 4, 0.6), "line-1d": line_1d}
 
 
 # scorelab samplers: (label, process, method, options); the same fixed set on every mixture, each at its defaults
