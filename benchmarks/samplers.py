@@ -212,7 +212,8 @@ def nested() -> GaussianMixture:
     means = torch.cat([torch.zeros(1, 2, dtype=F64), 1.5 * torch.stack([a4.cos(), a4.sin()], 1),
                        3.5 * torch.stack([a8.cos(), a8.sin()], 1)])
     std = torch.tensor([0.05] + [0.2] * 4 + [0.08] * 8, dtype=F64)
-    return GaussianMixture(torch.tensor([2.0] + [1.0] * 12, dtype=F64), means, std[:, None, None] ** 2 * torch.eye(2, dtype=F64))
+    covs = std[:, None, None] ** 2 * torch.eye(2, dtype=F64)
+    return GaussianMixture(torch.tensor([2.0] + [1.0] * 12, dtype=F64), means, covs)
 
 
 def ellipses5() -> GaussianMixture:
