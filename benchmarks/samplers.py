@@ -271,6 +271,7 @@ OURS = [
     ("dpm3M", "ve", "dpm_solver", {"order": 3}),
     ("edm_heun", "ve", "edm_heun", {}),
     ("sde-dpm2M/smin.002", "ve", "dpm_solver", {"eta": 1.0, "sigma_min": 0.002}),
+    ("sde-dpm2M+dz/auto", "ve", "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto"}),  # uncalibrated
     ("lms", "ve", "lms", {}),
     ("ipndm", "ve", "ipndm", {}),
     ("ipndm2", "ve", "ipndm", {"order": 2}),

@@ -117,7 +117,9 @@ OURS = [("ancestral", "ancestral", {}), ("euler_maruyama", "euler_maruyama", {})
         # the default below 8 evaluations before its end was chosen for the score ("auto:0.01", 2026-11-25)
         ("ipndm2/rho10/10-.01", "ipndm", {"order": 2, "rho": 10.0, "sigma_max": 10.0, "sigma_min": 0.01}),
         # the default from 20 evaluations before its pilot ran to the ladder's bottom (2026-11-25, 03:30 UTC)
-        ("sde-dpm2M+dz/auto:0.03", "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto:0.03"})]
+        ("sde-dpm2M+dz/auto:0.03", "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto:0.03"}),
+        # the default from 20 evaluations before its weights were calibrated on Gaussian data (2026-11-25, 05:00 UTC)
+        ("sde-dpm2M+dz/auto", "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto"})]
 OPT = ("unipc", "dpm_solver", "ipndm", "deis")
 
 

@@ -29,7 +29,8 @@ METHODS = {f.__name__: f for f in (langevin.langevin, langevin.annealed_langevin
 DEFAULT_NFE = 400  # the budget of sample() when none is named
 
 # the default of ``sample()`` by budget, the first row whose smallest nfe the budget reaches: (nfe, method, options)
-BY_BUDGET = ((100, "ancestral", {}), (20, "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto"}),
+BY_BUDGET = ((100, "ancestral", {}),
+             (20, "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True}),
              (8, "unipc", {"sigma_min": "auto:0.03"}),
              (1, "ipndm", {"order": 2, "rho": 10.0, "sigma_min": "auto:0.01", "sigma_max": 10.0}))
 
@@ -37,7 +38,8 @@ BY_BUDGET = ((100, "ancestral", {}), (20, "sde_dpm_solver", {"denoise_to_zero": 
 def default_sampler(nfe: int) -> tuple[str, dict]:
     """The method and options of ``sample()`` when no method is named, at the budget ``nfe`` (``BY_BUDGET``): from 100
     evaluations the ancestral sampler; from 20 ``sde_dpm_solver`` (SDE-DPM-Solver++(2M), Lu et al. 2022b, eta = 1)
-    with its last evaluation spent on x0_hat; from 8 UniPC (Zhao et al. 2023); both of these end at the noise level
+    with its weights calibrated to be exact in variance on Gaussian data (``samplers/calibrate.py``) and its last
+    evaluation spent on x0_hat; from 8 UniPC (Zhao et al. 2023); both of these end at the noise level
     chosen for the score (``samplers/stop.py``: 0.03 unless the data are sharper; from 20 evaluations
     ``sigma_min="auto"``, whose pilot runs to the ladder's bottom, from 8 ``"auto:0.03"``, whose pilot ends at 0.03
     and reads data narrower than that as a little wider, so it stops higher, as a short grid needs: "The pilot's

@@ -32,6 +32,7 @@ import torch
 
 from .._checks import axpy
 from ._common import Schedule, method, posterior_mean
+from .calibrate import gaussian_weights
 from .multistep import data_plan, data_store, run_plan, warm_orders
 
 
@@ -52,17 +53,21 @@ def _steps(nfe, o):
         begin="sigma_max", deterministic=lambda o: not o.get("eta", 0))
 def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multistep: bool = True,
                sigma_min: float = 0.03, lower_order_final: bool = True, denoise_to_zero: bool = False,
-               rho: float = 7.0, eta: float = 0.0, sigma_max: float = 80.0):
+               rho: float = 7.0, eta: float = 0.0, sigma_max: float = 80.0, calibrate: bool = False):
     if order not in (1, 2, 3) or (eta > 0 and not multistep):
         raise ValueError(f"order must be 1, 2 or 3, and eta > 0 (stochastic) works with multistep=True; "
                          f"got eta={eta}, order={order}, multistep={multistep}.")
+    if calibrate and not (eta > 0 and order == 2):
+        raise ValueError(f"calibrate=True calibrates the SDE 2M step: it needs eta > 0 and order=2; got eta={eta}, "
+                         f"order={order}.")
     S = Schedule(sde, times, x)
     N, m, s = len(S), S.m, S.s
     lam = torch.log(S.m64) - torch.log(S.s64)  # half the log-SNR
     h = lam[1:] - lam[:-1]
     if multistep:  # the SDE variant (eta > 0) on every step, without lower_order_final
+        c = gaussian_weights((S.s64 / S.m64).cpu().numpy(), eta, denoise_to_zero) if calibrate else None
         plan, noise = _multistep_plan(S, h, warm_orders(N, order, lower_order_final and N < 15 and eta == 0), eta,
-                                      midpoint=eta > 0 and order == 2)
+                                      midpoint=eta > 0 and order == 2, c=c)
         x = run_plan(score, x, S, data_store(S), plan, callback, noise=noise, generator=generator)
     else:
         evals = int(min(score.budget - score.count, 3 * N)) - denoise_to_zero
@@ -82,16 +87,18 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
 @method(steps=lambda nfe, o: _steps(nfe, {**o, "multistep": True}), reserve=lambda o: int(o["denoise_to_zero"]),
         grid="log_snr", end="sigma_min", begin="sigma_max", deterministic=lambda o: o.get("eta", 1.0) == 0)
 def sde_dpm_solver(score, sde, x, times, generator, callback, order: int = 2, sigma_min: float = 0.03,
-                   denoise_to_zero: bool = False, eta: float = 1.0, sigma_max: float = 80.0):
+                   denoise_to_zero: bool = False, eta: float = 1.0, sigma_max: float = 80.0, calibrate: bool = False):
     """SDE-DPM-Solver++(2M) (Lu et al. 2022b): ``dpm_solver`` with eta = 1 (the reverse SDE) as its default, a name of
     its own so that ``default_method`` can name it; order 3 is SDE-DPM-Solver++(3M). Same draws as
     ``dpm_solver(eta=eta, order=order, ...)``. sigma_min = 0.03 and order 2: docs/samplers.md, "SDE-DPM-Solver++(3M)
-    and the default method from 20 evaluations"."""
+    and the default method from 20 evaluations". ``calibrate=True`` (order 2): the extrapolation weights of each
+    step chosen so that the sampler is exact in variance on Gaussian data of every scale from 2 sigma_min up
+    (``samplers/calibrate.py``; docs/samplers.md, "The calibrated SDE step")."""
     return dpm_solver(score, sde, x, times, generator, callback, order=order, sigma_min=sigma_min,
-                      denoise_to_zero=denoise_to_zero, eta=eta, sigma_max=sigma_max)
+                      denoise_to_zero=denoise_to_zero, eta=eta, sigma_max=sigma_max, calibrate=calibrate)
 
 
-def _multistep_plan(S, h, orders, eta=0.0, midpoint=False):
+def _multistep_plan(S, h, orders, eta=0.0, midpoint=False, c=None):
     """DPM-Solver++(kM) (eta = 0) and SDE-DPM-Solver++(kM) (eta > 0; Lu et al. 2022b) for ``run_plan``: the plan and
     each step's noise std (None for eta = 0). With y = x / m the eta-family dy/dlambda = (1 + eta)(D - y) + noise
     (eta = 0 the probability-flow ODE, eta = 1 the reverse SDE) has over a step the exact solution
@@ -104,7 +111,8 @@ def _multistep_plan(S, h, orders, eta=0.0, midpoint=False):
     scale as (1 + eta)^-k), h D' and h^2 D'' / 2 the divided differences D_1, D_2 of D in lambda over the last
     evaluations: x_{i+1} = a_i x_i + sum_j c_j (m' / m_j) m_j D_j over j = i, i-1, i-2. ``midpoint`` (SDE 2M) takes
     the midpoint form m_t (1 - e^{-H}) [D_0 + (1 / (2 r)) (D_0 - D_-1)], r = h_prev / h, for order 2; the order-2
-    warm-up step of 3M keeps phi_2(H) (D_0 - D_-1) / r, so that eta = 0 is the ODE 3M."""
+    warm-up step of 3M keeps phi_2(H) (D_0 - D_-1) / r, so that eta = 0 is the ODE 3M. ``c`` (with midpoint): the
+    weight c_i / r in place of 1 / (2 r) on each step (``calibrate.gaussian_weights``)."""
     phi1, phi2, phi3 = (p.tolist() for p in _phis((1 + eta) * h))
     hl = h.tolist()
 
@@ -113,7 +121,7 @@ def _multistep_plan(S, h, orders, eta=0.0, midpoint=False):
             return [-phi1[i]]
         r0 = hl[i - 1] / hl[i]  # d10 = (D_i - D_{i-1}) / r0 ~ h dD/dlambda
         if k == 2:
-            w = -0.5 * phi1[i] / r0 if midpoint else phi2[i] / r0
+            w = -(0.5 if c is None else c[i]) * phi1[i] / r0 if midpoint else phi2[i] / r0
             return [-phi1[i] + w, -w]
         # divided differences over lambda_{i-2}, lambda_{i-1}, lambda_i (DPM-Solver++(3M)):
         # D_1 = d10 + r0 (d10 - d11) / (r0 + rb) ~ h D', D_2 = (d10 - d11) / (r0 + rb) ~ h^2 D'' / 2, so
