@@ -53,7 +53,7 @@ def _steps(nfe, o):
         begin="sigma_max", deterministic=lambda o: not o.get("eta", 0))
 def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multistep: bool = True,
                sigma_min: float = 0.03, lower_order_final: bool = True, denoise_to_zero: bool = False,
-               rho: float = 7.0, eta: float = 0.0, sigma_max: float = 80.0, calibrate: bool = False):
+               rho: float = 7.0, eta: float = 0.0, calibrate: bool = False, sigma_max: float = 80.0):
     if order not in (1, 2, 3) or (eta > 0 and not multistep):
         raise ValueError(f"order must be 1, 2 or 3, and eta > 0 (stochastic) works with multistep=True; "
                          f"got eta={eta}, order={order}, multistep={multistep}.")
@@ -87,7 +87,7 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
 @method(steps=lambda nfe, o: _steps(nfe, {**o, "multistep": True}), reserve=lambda o: int(o["denoise_to_zero"]),
         grid="log_snr", end="sigma_min", begin="sigma_max", deterministic=lambda o: o.get("eta", 1.0) == 0)
 def sde_dpm_solver(score, sde, x, times, generator, callback, order: int = 2, sigma_min: float = 0.03,
-                   denoise_to_zero: bool = False, eta: float = 1.0, sigma_max: float = 80.0, calibrate: bool = False):
+                   denoise_to_zero: bool = False, eta: float = 1.0, calibrate: bool = False, sigma_max: float = 80.0):
     """SDE-DPM-Solver++(2M) (Lu et al. 2022b): ``dpm_solver`` with eta = 1 (the reverse SDE) as its default, a name of
     its own so that ``default_method`` can name it; order 3 is SDE-DPM-Solver++(3M). Same draws as
     ``dpm_solver(eta=eta, order=order, ...)``. sigma_min = 0.03 and order 2: docs/samplers.md, "SDE-DPM-Solver++(3M)
