@@ -60,7 +60,7 @@ def test_weights_and_their_ratios():
     assert calibrate.gaussian_weights(sig[:2]) == [0.0]  # one step: nothing to calibrate
 
 
-def test_calibrated_default_on_wide_and_narrow_components():
+def test_calibrated_step_on_wide_and_narrow_components():
     """three components of std 0.03, 0.3 and 1: the uncalibrated step leaves the wide ones 5-10% too wide."""
     g = GaussianMixture(torch.tensor([0.3, 0.3, 0.4], dtype=F64), torch.tensor([[2.0, 0.0], [-2.0, 1.0], [0.0, -2.0]],
                         dtype=F64), torch.tensor([0.03, 0.3, 1.0], dtype=F64) ** 2)
