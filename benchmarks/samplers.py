@@ -272,6 +272,9 @@ OURS = [
     ("edm_heun", "ve", "edm_heun", {}),
     ("sde-dpm2M/smin.002", "ve", "dpm_solver", {"eta": 1.0, "sigma_min": 0.002}),
     ("sde-dpm2M+dz/auto", "ve", "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto"}),  # uncalibrated
+    # calibrated, stochastic on every step (the default from 20 evaluations before stochastic_below, 2026-11-25)
+    ("sde-dpm2M+dz/auto/cal", "ve", "sde_dpm_solver",
+     {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True}),
     ("lms", "ve", "lms", {}),
     ("ipndm", "ve", "ipndm", {}),
     ("ipndm2", "ve", "ipndm", {"order": 2}),

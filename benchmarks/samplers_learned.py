@@ -119,7 +119,12 @@ OURS = [("ancestral", "ancestral", {}), ("euler_maruyama", "euler_maruyama", {})
         # the default from 20 evaluations before its pilot ran to the ladder's bottom (2026-11-25, 03:30 UTC)
         ("sde-dpm2M+dz/auto:0.03", "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto:0.03"}),
         # the default from 20 evaluations before its weights were calibrated on Gaussian data (2026-11-25, 05:00 UTC)
-        ("sde-dpm2M+dz/auto", "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto"})]
+        ("sde-dpm2M+dz/auto", "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto"}),
+        # the calibrated SDE step stochastic only below a noise level (stochastic_below), the ODE above it
+        ("sde-dpm2M+dz/auto/cal/sb.5", "sde_dpm_solver",
+         {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True, "stochastic_below": 0.5}),
+        ("sde-dpm2M+dz/auto/cal/sb1", "sde_dpm_solver",
+         {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True, "stochastic_below": 1.0})]
 OPT = ("unipc", "dpm_solver", "ipndm", "deis")
 
 

@@ -30,7 +30,9 @@ DEFAULT_NFE = 400  # the budget of sample() when none is named
 
 # the default of ``sample()`` by budget, the first row whose smallest nfe the budget reaches: (nfe, method, options)
 BY_BUDGET = ((100, "ancestral", {}),
-             (20, "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True}),
+             (32, "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True}),
+             (20, "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True,
+                                     "stochastic_below": 0.7}),
              (8, "unipc", {"sigma_min": "auto:0.03"}),
              (1, "ipndm", {"order": 2, "rho": 10.0, "sigma_min": "auto:0.01", "sigma_max": 10.0}))
 
@@ -39,14 +41,15 @@ def default_sampler(nfe: int) -> tuple[str, dict]:
     """The method and options of ``sample()`` when no method is named, at the budget ``nfe`` (``BY_BUDGET``): from 100
     evaluations the ancestral sampler; from 20 ``sde_dpm_solver`` (SDE-DPM-Solver++(2M), Lu et al. 2022b, eta = 1)
     with its weights calibrated to be exact in variance on Gaussian data (``samplers/calibrate.py``) and its last
-    evaluation spent on x0_hat; from 8 UniPC (Zhao et al. 2023); both of these end at the noise level
-    chosen for the score (``samplers/stop.py``: 0.03 unless the data are sharper; from 20 evaluations
-    ``sigma_min="auto"``, whose pilot runs to the ladder's bottom, from 8 ``"auto:0.03"``, whose pilot ends at 0.03
-    and reads data narrower than that as a little wider, so it stops higher, as a short grid needs: "The pilot's
-    end"); below 8 iPNDM (Zhang & Chen 2023) of order 2 on the Karras grid with rho = 10 from sigma_max = 10 (x_T
-    drawn at that level; data of about unit scale) to the level chosen for the score from 0.01 down
-    (``sigma_min="auto:0.01"``; docs/samplers.md, "Default sampling by budget", "The default at 5 evaluations",
-    "Where to stop", "The stop level below 8 evaluations")."""
+    evaluation spent on x0_hat, below 32 evaluations stochastic only from noise level 0.7 down (the ODE above it,
+    ``stochastic_below=0.7``: data of about unit scale; docs/samplers.md, "The stochastic window"); from 8 UniPC
+    (Zhao et al. 2023); both of these end at the noise level chosen for the score (``samplers/stop.py``: 0.03 unless
+    the data are sharper; from 20 evaluations ``sigma_min="auto"``, whose pilot runs to the ladder's bottom, from 8
+    ``"auto:0.03"``, whose pilot ends at 0.03 and reads data narrower than that as a little wider, so it stops
+    higher, as a short grid needs: "The pilot's end"); below 8 iPNDM (Zhang & Chen 2023) of order 2 on the Karras
+    grid with rho = 10 from sigma_max = 10 (x_T drawn at that level; data of about unit scale) to the level chosen
+    for the score from 0.01 down (``sigma_min="auto:0.01"``; docs/samplers.md, "Default sampling by budget", "The
+    default at 5 evaluations", "Where to stop", "The stop level below 8 evaluations")."""
     _, name, options = next((row for row in BY_BUDGET if nfe >= row[0]), BY_BUDGET[-1])
     return name, dict(options)
 

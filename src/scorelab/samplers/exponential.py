@@ -20,7 +20,9 @@ starts at min(sigma_max, sigma(T)); 80 as EDM and the other ODE solvers, so that
 the same steps as a VE one), lower_order_final (order <= 2 on the last steps when there are fewer than 15, as
 DPM-Solver does, for stability), denoise_to_zero (the last evaluation spent on x0_hat at the final time: a
 first-order step to sigma = 0), eta > 0 (SDE-DPM-Solver++(1M/2M/3M), multistep; eta = 1 follows the reverse SDE and
-is ``sde_dpm_solver``'s default); the grid (``sample(grid=...)``) defaults to "log_snr". The defaults (order 2
+is ``sde_dpm_solver``'s default), stochastic_below (with eta > 0: only the steps that start at noise levels at or below
+it are stochastic, those above follow the probability-flow ODE, eta = 0; the window of stochasticity of Karras et al.
+2022, S_tmax); the grid (``sample(grid=...)``) defaults to "log_snr". The defaults (order 2
 multistep to sigma_min = 0.03: the noise left costs O((sigma_min^2 / v)^2) in the moments of a component of variance
 v, less than the hardest steps it saves; use 0.002 (EDM) for finer data or large budgets) measured best at 10-20
 evaluations: docs/samplers.md, "What wins at 10-20 evaluations (exact score)".
@@ -53,7 +55,8 @@ def _steps(nfe, o):
         begin="sigma_max", deterministic=lambda o: not o.get("eta", 0))
 def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multistep: bool = True,
                sigma_min: float = 0.03, lower_order_final: bool = True, denoise_to_zero: bool = False,
-               rho: float = 7.0, eta: float = 0.0, calibrate: bool = False, sigma_max: float = 80.0):
+               rho: float = 7.0, eta: float = 0.0, calibrate: bool = False, stochastic_below: float | None = None,
+               sigma_max: float = 80.0):
     if order not in (1, 2, 3) or (eta > 0 and not multistep):
         raise ValueError(f"order must be 1, 2 or 3, and eta > 0 (stochastic) works with multistep=True; "
                          f"got eta={eta}, order={order}, multistep={multistep}.")
@@ -65,8 +68,11 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
     lam = torch.log(S.m64) - torch.log(S.s64)  # half the log-SNR
     h = lam[1:] - lam[:-1]
     if multistep:  # the SDE variant (eta > 0) on every step, without lower_order_final
-        c = gaussian_weights((S.s64 / S.m64).cpu().numpy(), eta, denoise_to_zero) if calibrate else None
-        plan, noise = _multistep_plan(S, h, warm_orders(N, order, lower_order_final and N < 15 and eta == 0), eta,
+        sig = S.s64 / S.m64
+        etas = h.new_full(h.shape, float(eta)) if stochastic_below is None else \
+            torch.where(sig[:-1] <= stochastic_below, float(eta), 0.0)
+        c = gaussian_weights(sig.cpu().numpy(), etas.cpu().numpy(), denoise_to_zero) if calibrate else None
+        plan, noise = _multistep_plan(S, h, warm_orders(N, order, lower_order_final and N < 15 and eta == 0), etas,
                                       midpoint=eta > 0 and order == 2, c=c)
         x = run_plan(score, x, S, data_store(S), plan, callback, noise=noise, generator=generator)
     else:
@@ -87,7 +93,8 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
 @method(steps=lambda nfe, o: _steps(nfe, {**o, "multistep": True}), reserve=lambda o: int(o["denoise_to_zero"]),
         grid="log_snr", end="sigma_min", begin="sigma_max", deterministic=lambda o: o.get("eta", 1.0) == 0)
 def sde_dpm_solver(score, sde, x, times, generator, callback, order: int = 2, sigma_min: float = 0.03,
-                   denoise_to_zero: bool = False, eta: float = 1.0, calibrate: bool = False, sigma_max: float = 80.0):
+                   denoise_to_zero: bool = False, eta: float = 1.0, calibrate: bool = False,
+                   stochastic_below: float | None = None, sigma_max: float = 80.0):
     """SDE-DPM-Solver++(2M) (Lu et al. 2022b): ``dpm_solver`` with eta = 1 (the reverse SDE) as its default, a name of
     its own so that ``default_method`` can name it; order 3 is SDE-DPM-Solver++(3M). Same draws as
     ``dpm_solver(eta=eta, order=order, ...)``. sigma_min = 0.03 and order 2: docs/samplers.md, "SDE-DPM-Solver++(3M)
@@ -95,13 +102,15 @@ def sde_dpm_solver(score, sde, x, times, generator, callback, order: int = 2, si
     step chosen so that the sampler is exact in variance on Gaussian data of every scale from 2 sigma_min up
     (``samplers/calibrate.py``; docs/samplers.md, "The calibrated SDE step")."""
     return dpm_solver(score, sde, x, times, generator, callback, order=order, sigma_min=sigma_min,
-                      denoise_to_zero=denoise_to_zero, eta=eta, sigma_max=sigma_max, calibrate=calibrate)
+                      denoise_to_zero=denoise_to_zero, eta=eta, sigma_max=sigma_max, calibrate=calibrate,
+                      stochastic_below=stochastic_below)
 
 
-def _multistep_plan(S, h, orders, eta=0.0, midpoint=False, c=None):
+def _multistep_plan(S, h, orders, eta, midpoint=False, c=None):
     """DPM-Solver++(kM) (eta = 0) and SDE-DPM-Solver++(kM) (eta > 0; Lu et al. 2022b) for ``run_plan``: the plan and
-    each step's noise std (None for eta = 0). With y = x / m the eta-family dy/dlambda = (1 + eta)(D - y) + noise
-    (eta = 0 the probability-flow ODE, eta = 1 the reverse SDE) has over a step the exact solution
+    each step's noise std (None when every step has eta = 0); ``eta`` holds each step's eta (float64, like h).
+    With y = x / m the eta-family dy/dlambda = (1 + eta)(D - y) + noise (eta = 0 the probability-flow ODE, eta = 1
+    the reverse SDE) has over a step the exact solution
 
         x_t = (s_t / s_s) e^{-eta h} x_s + m_t int_0^h (1 + eta) e^{-(1 + eta)(h - u)} D(lambda_s + u) du
               + s_t sqrt(1 - e^{-2 eta h}) z.
@@ -131,7 +140,7 @@ def _multistep_plan(S, h, orders, eta=0.0, midpoint=False, c=None):
         b = phi2[i] * r0 / (r0 + rb) - 2 * phi3[i] / (r0 + rb)  # minus the weight of d11
         return [-phi1[i] + a / r0, -a / r0 - b / rb, b / rb]
 
-    noise = (S.s64[1:] * torch.sqrt(-torch.expm1(-2 * eta * h))).tolist() if eta > 0 else None
+    noise = (S.s64[1:] * torch.sqrt(-torch.expm1(-2 * eta * h))).tolist() if bool((eta > 0).any()) else None
     return data_plan(S, orders, weights, (S.s64[1:] / S.s64[:-1] * torch.exp(-eta * h)).tolist()), noise
 
 

@@ -83,7 +83,7 @@ def run_plan(score, x, S, store, plan, callback, corrector=None, noise=None, gen
                 x = project(x, S.t_d[i])
         x_prev = x
         x_next = _combine(a, x, w, vals)
-        if noise is not None:
+        if noise is not None and noise[i] > 0:  # steps with eta = 0 (``stochastic_below``) draw nothing
             x_next = axpy(x_next, gaussian(x, generator), noise[i], inplace=True)
         x = callback(i, S.t_d[i + 1], x_next)
         vals.pop(i - 4, None)  # the oldest of the last four (one enters per step)
