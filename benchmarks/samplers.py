@@ -234,6 +234,22 @@ def line_1d() -> GaussianMixture:
                            torch.tensor([0.02, 0.1, 0.5, 0.05, 0.2], dtype=F64)[:, None, None] ** 2)
 
 
+def blobs_mixed() -> GaussianMixture:
+    """2-D: 6 isotropic components, stds log-uniform in [0.05, 0.5], means uniform in [-3, 3]^2, weights Dirichlet(1)
+    (seed 431)."""
+    rng = np.random.RandomState(431)
+    sd = np.exp(rng.uniform(np.log(0.05), np.log(0.5), 6))
+    return GaussianMixture(torch.tensor(rng.dirichlet(np.ones(6))), torch.tensor(rng.uniform(-3, 3, (6, 2))),
+                           torch.tensor(sd)[:, None, None] ** 2 * torch.eye(2, dtype=F64))
+
+
+def needle_pair() -> GaussianMixture:
+    """2-D: two parallel needles, std 1.2 along x and 0.03 across, through (0, 0.7) and (0.3, -0.7), weights 1, 2."""
+    c = torch.diag(torch.tensor([1.2**2, 0.03**2], dtype=F64))
+    return GaussianMixture(torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([[0.0, 0.7], [0.3, -0.7]], dtype=F64),
+                           torch.stack([c, c]))
+
+
 LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  "gmm-d6-K8": lambda: gmm16(41, d=6, K=8), "gmm-d2-K30": lambda: gmm16(51, d=2, K=30),
                  "gmm-d3-K7-x2": lambda: _scaled(61, 3, 7, 2.0),
@@ -258,7 +274,12 @@ LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  # batch 7, written before the Gaussian-calibrated SDE step was first run on them
                  "tri-needles-3d": tri_needles_3d, "ring7-wide": lambda: _ring(7, 2.5, 0.4, 37, 0.5),
                  "nested": nested, "ellipses5": ellipses5, "gmm-d9-K6-x0.25": lambda: _scaled(211, 9, 6, 0.25),
-                 "gmm-d20-K4-x0.6": lambda: _scaled(221, 20, 4, 0.6), "line-1d": line_1d}
+                 "gmm-d20-K4-x0.6": lambda: _scaled(221, 20, 4, 0.6), "line-1d": line_1d,
+                 # batch 8, written before the stochastic window (stochastic_below) was first run on them
+                 "ring9-std.15": lambda: _ring(9, 2.5, 0.15, 23, 0.4), "gmm-d5-K8-x1": lambda: _scaled(401, 5, 8, 1.0),
+                 "gmm-d3-K6-x3": lambda: _scaled(411, 3, 6, 3.0), "gmm-d10-K5-x0.4": lambda: _scaled(421, 10, 5, 0.4),
+                 "ring3-std.5": lambda: _ring(3, 2.5, 0.5, 31, 0.2), "blobs-mixed": blobs_mixed,
+                 "needle-pair": needle_pair}
 
 
 # scorelab samplers: (label, process, method, options); the same fixed set on every mixture, each at its defaults
