@@ -100,7 +100,9 @@ def sde_dpm_solver(score, sde, x, times, generator, callback, order: int = 2, si
     ``dpm_solver(eta=eta, order=order, ...)``. sigma_min = 0.03 and order 2: docs/samplers.md, "SDE-DPM-Solver++(3M)
     and the default method from 20 evaluations". ``calibrate=True`` (order 2): the extrapolation weights of each
     step chosen so that the sampler is exact in variance on Gaussian data of every scale from 2 sigma_min up
-    (``samplers/calibrate.py``; docs/samplers.md, "The calibrated SDE step")."""
+    (``samplers/calibrate.py``; docs/samplers.md, "The calibrated SDE step"). ``stochastic_below=S``: eta only on the
+    steps that start at noise levels <= S, the probability-flow ODE above (docs/samplers.md, "The stochastic
+    window")."""
     return dpm_solver(score, sde, x, times, generator, callback, order=order, sigma_min=sigma_min,
                       denoise_to_zero=denoise_to_zero, eta=eta, sigma_max=sigma_max, calibrate=calibrate,
                       stochastic_below=stochastic_below)
