@@ -135,8 +135,8 @@ def test_calibrated_hybrid_is_exact_in_variance(v):
 
 
 def test_stochastic_below_on_a_ring():
-    """5 components of std 0.3 on a circle of radius 2: the SDE step above sigma ~ 1 moves the components' means and
-    widths; the ODE there (stochastic_below = 0.5) takes 3 times less moment KL at n = 20000 (docs/samplers.md)."""
+    """5 components of std 0.3 on a circle of radius 2, n = 20000, seeds 0 and 1: summed moment KL 0.0062 with the SDE
+    on every step, 0.0015 with the ODE above 0.5 (stochastic_below), which is the floor of as many exact draws."""
     angle = torch.arange(5, dtype=F64) * (2 * math.pi / 5) + 0.7
     g = GaussianMixture(torch.tensor([1.0, 3.0, 2.0, 5.0, 4.0], dtype=F64),
                         2.0 * torch.stack([angle.cos(), angle.sin()], 1), torch.full((5,), 0.3**2, dtype=F64))
