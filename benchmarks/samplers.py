@@ -250,6 +250,70 @@ def needle_pair() -> GaussianMixture:
                            torch.stack([c, c]))
 
 
+def needle_fan() -> GaussianMixture:
+    """2-D: 4 needles (std 0.8 along, 0.04 across) at angles 0.3, 1.1, 2.0, 2.6 rad, centred on the circle of radius
+    1.5 at the same angles, weights 2, 1, 3, 1."""
+    a = torch.tensor([0.3, 1.1, 2.0, 2.6], dtype=F64)
+    u = torch.stack([a.cos(), a.sin()], 1)
+    v = torch.stack([-a.sin(), a.cos()], 1)
+    covs = 0.8**2 * u[:, :, None] * u[:, None, :] + 0.04**2 * v[:, :, None] * v[:, None, :]
+    return GaussianMixture(torch.tensor([2.0, 1.0, 3.0, 1.0], dtype=F64), 1.5 * u, covs)
+
+
+def ring3d() -> GaussianMixture:
+    """3-D: 8 isotropic components of std 0.1 on a circle of radius 2 tilted by 0.6 rad about the x axis, weights
+    Dirichlet(1) (seed 441)."""
+    a = torch.arange(8, dtype=F64) * (2 * math.pi / 8)
+    means = torch.stack([2 * a.cos(), 2 * a.sin() * math.cos(0.6), 2 * a.sin() * math.sin(0.6)], 1)
+    w = torch.tensor(np.random.RandomState(441).dirichlet(np.ones(8)))
+    return GaussianMixture(w, means, torch.full((8,), 0.1**2))
+
+
+def grid16_std15() -> GaussianMixture:
+    """2-D: 4 x 4 components of std 0.15, spacing 1.2, weights Dirichlet(2) (seed 451)."""
+    c = torch.arange(4, dtype=F64) * 1.2 - 1.8
+    w = torch.tensor(np.random.RandomState(451).dirichlet(2 * np.ones(16)))
+    return GaussianMixture(w, torch.cartesian_prod(c, c), torch.full((16,), 0.15**2))
+
+
+def line_1d_b() -> GaussianMixture:
+    """1-D: 6 components at -5, -3, -1.5, 0, 2, 4.5 with stds 0.3, 0.05, 0.15, 0.03, 0.4 and 0.08, weights 2, 1, 4,
+    3, 2, 5."""
+    return GaussianMixture(torch.tensor([2.0, 1.0, 4.0, 3.0, 2.0, 5.0], dtype=F64),
+                           torch.tensor([-5.0, -3.0, -1.5, 0.0, 2.0, 4.5], dtype=F64)[:, None],
+                           torch.tensor([0.3, 0.05, 0.15, 0.03, 0.4, 0.08], dtype=F64)[:, None, None] ** 2)
+
+
+def clusters_of_blobs() -> GaussianMixture:
+    """2-D, two scales of grouping: 3 clusters (centres on the circle of radius 3) of 3 blobs each (std 0.08, 0.5
+    from their cluster's centre), weights Dirichlet(1) (seed 461)."""
+    rng = np.random.RandomState(461)
+    a = np.arange(3) * 2 * np.pi / 3 + 0.4
+    b = np.arange(3) * 2 * np.pi / 3 + 1.0
+    means = np.array([3 * np.array([np.cos(x), np.sin(x)]) + 0.5 * np.array([np.cos(y), np.sin(y)])
+                      for x in a for y in b])
+    return GaussianMixture(torch.tensor(rng.dirichlet(np.ones(9))), torch.tensor(means), torch.full((9,), 0.08**2))
+
+
+def line_1d_c() -> GaussianMixture:
+    """1-D: 4 components at -3, -1, 1.5, 3.5 with stds 0.1, 0.02, 0.3 and 0.06, weights 1, 2, 3, 2."""
+    return GaussianMixture(torch.tensor([1.0, 2.0, 3.0, 2.0], dtype=F64),
+                           torch.tensor([-3.0, -1.0, 1.5, 3.5], dtype=F64)[:, None],
+                           torch.tensor([0.1, 0.02, 0.3, 0.06], dtype=F64)[:, None, None] ** 2)
+
+
+def needles_and_blob() -> GaussianMixture:
+    """2-D: a needle (std 1 along, 0.05 across, angle 0.2 rad) through the origin, one (0.7 / 0.03, angle 1.9)
+    through (1, 1.5) and an isotropic blob of std 0.3 at (-2, 1.5), weights 2, 1, 1."""
+    def needle(a, along, across):
+        u = torch.tensor([math.cos(a), math.sin(a)], dtype=F64)
+        v = torch.tensor([-math.sin(a), math.cos(a)], dtype=F64)
+        return along**2 * torch.outer(u, u) + across**2 * torch.outer(v, v)
+    covs = torch.stack([needle(0.2, 1.0, 0.05), needle(1.9, 0.7, 0.03), 0.3**2 * torch.eye(2, dtype=F64)])
+    return GaussianMixture(torch.tensor([2.0, 1.0, 1.0], dtype=F64),
+                           torch.tensor([[0.0, 0.0], [1.0, 1.5], [-2.0, 1.5]], dtype=F64), covs)
+
+
 LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  "gmm-d6-K8": lambda: gmm16(41, d=6, K=8), "gmm-d2-K30": lambda: gmm16(51, d=2, K=30),
                  "gmm-d3-K7-x2": lambda: _scaled(61, 3, 7, 2.0),
@@ -279,7 +343,19 @@ LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  "ring9-std.15": lambda: _ring(9, 2.5, 0.15, 23, 0.4), "gmm-d5-K8-x1": lambda: _scaled(401, 5, 8, 1.0),
                  "gmm-d3-K6-x3": lambda: _scaled(411, 3, 6, 3.0), "gmm-d10-K5-x0.4": lambda: _scaled(421, 10, 5, 0.4),
                  "ring3-std.5": lambda: _ring(3, 2.5, 0.5, 31, 0.2), "blobs-mixed": blobs_mixed,
-                 "needle-pair": needle_pair}
+                 "needle-pair": needle_pair,
+                 # batch 9, written before the window read off the score (stochastic_below="auto") was first run on
+                 # them
+                 "ring4-std.25": lambda: _ring(4, 1.5, 0.25, 43, 0.3),
+                 "gmm-d4-K6-x1.8": lambda: _scaled(431, 4, 6, 1.8),
+                 "gmm-d6-K5-x0.7": lambda: _scaled(441, 6, 5, 0.7), "needle-fan": needle_fan, "ring3d": ring3d,
+                 "grid16-std.15": grid16_std15, "gmm-d2-K6": lambda: gmm16(451, d=2, K=6), "line-1d-b": line_1d_b,
+                 "clusters-of-blobs": clusters_of_blobs, "gmm-d16-K8-x0.5": lambda: _scaled(461, 16, 8, 0.5),
+                 # batch 10, written before the window's floor (window.S_MIN) was first run on them
+                 "ring6-std.12": lambda: _ring(6, 1.8, 0.12, 47, 0.6),
+                 "gmm-d3-K4-x1.3": lambda: _scaled(471, 3, 4, 1.3),
+                 "gmm-d8-K6-x0.35": lambda: _scaled(481, 8, 6, 0.35), "line-1d-c": line_1d_c,
+                 "needles-and-blob": needles_and_blob, "gmm-d2-K8-x0.7": lambda: _scaled(491, 2, 8, 0.7)}
 
 
 # scorelab samplers: (label, process, method, options); the same fixed set on every mixture, each at its defaults
@@ -296,6 +372,9 @@ OURS = [
     # calibrated, stochastic on every step (the default from 20 evaluations before stochastic_below, 2026-11-25)
     ("sde-dpm2M+dz/auto/cal", "ve", "sde_dpm_solver",
      {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True}),
+    # the fixed window of the default from 20 to 31 evaluations before it was read off the score (2026-11-25)
+    ("sde-dpm2M+dz/auto/cal/sb.7", "ve", "sde_dpm_solver",
+     {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True, "stochastic_below": 0.7}),
     ("lms", "ve", "lms", {}),
     ("ipndm", "ve", "ipndm", {}),
     ("ipndm2", "ve", "ipndm", {"order": 2}),

@@ -1,0 +1,97 @@
+"""Where to inject noise: the stochastic window read off the score (``stochastic_below="auto"``).
+
+A stochastic step (eta > 0) forgets part of the error made so far and pays for it with a larger error of its own; with
+few steps it pays off where the data look like one Gaussian at the current noise level (its calibrated weights make
+that case exact, ``samplers/calibrate.py``) and not where the posterior hesitates between modes. Which levels those
+are is read off the score through the noise share of stop.py,
+
+    r(sigma) = E |sigma score_sigma(x0 + sigma eps)|^2 / d,
+
+as the effective variance v(sigma) = sigma^2 (1 - r) / r that the data show at that level (constant, v, for a
+Gaussian of variance v) and its growth
+
+    kappa(sigma) = d log v / d log sigma:
+
+about 0 while sigma stays inside the components, up to 2 and above (r falling as sigma rises) once sigma reaches the
+gaps between modes, where the posterior spreads over several. The window ends at the first level of ``LADDER`` with
+kappa > ``KAPPA`` and r > ``R_MIN`` (below that the noise is too small a share to tell modes apart), and never below
+``S_MIN``: the steps that start above it follow the probability-flow ODE. None (no level found up to the top of the
+ladder): stochastic everywhere. Components of unequal widths (needles, 1-D lines of sharp and wide modes) raise kappa
+too, without a gap between modes; there a window that ends too low costs up to 4x, one that ends too high about 1.5x,
+hence the floor.
+
+``choose_stochastic_below`` runs the method with the fixed window ``PILOT_WINDOW`` on a pilot batch (at most
+``PILOT`` draws, from a copy of the caller's generator) down to ``PILOT_END`` (or the method's sigma_min where that is
+a number and higher), denoises it once (Tweedie) and measures r at every level of the ladder with one shared draw of
+eps. Cost: the method's budget + 1 + len(LADDER) evaluations on the pilot batch, one host read per level, all before
+the sampler's loop. The numbers behind the constants: docs/samplers.md, "The window read off the score".
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._common import sigma_of
+from .grids import end_time
+from .stop import PILOT, noise_share
+
+LADDER = tuple(0.05 * 1.2**k for k in range(27))  # 0.05 .. 5.5, in data units
+KAPPA = 1.8  # the growth of the effective variance where the window ends (2: r stops rising)
+R_MIN = 0.2
+S_MIN = 0.3  # the lowest end of the window (a 1-D line of sharp and wide modes read 0.26 and lost 4x there)
+PILOT_WINDOW = 0.7  # the window the pilot runs with (the fixed default before this choice)
+PILOT_END = 0.02
+
+
+def variance_growth(sigmas, r) -> list[float]:
+    """kappa = d log v / d log sigma at each level, v = sigma^2 (1 - r) / r (central differences in log sigma, one
+    sided at the ends); r clipped into (0, 1)."""
+    ls = [math.log(s) for s in sigmas]
+    lv = [2 * a + math.log((1 - q) / q) for a, q in zip(ls, (min(max(q, 1e-6), 1 - 1e-6) for q in r))]
+    n = len(ls)
+    if n < 2:
+        raise ValueError("variance_growth needs at least two levels.")
+    return [(lv[min(i + 1, n - 1)] - lv[max(i - 1, 0)]) / (ls[min(i + 1, n - 1)] - ls[max(i - 1, 0)])
+            for i in range(n)]
+
+
+def window_from_share(sigmas, r) -> float | None:
+    """The first level with kappa > KAPPA and r > R_MIN, at least S_MIN; None where no level qualifies."""
+    for s, q, k in zip(sigmas, r, variance_growth(sigmas, r)):
+        if k > KAPPA and q > R_MIN:
+            return max(float(s), S_MIN)
+    return None
+
+
+def choose_stochastic_below(score_fn, sde, shape, method: str, nfe: int, options: dict, generator=None,
+                            dtype: torch.dtype = torch.float32, device=None) -> float | None:
+    """The level below which ``method`` steps stochastically on this score (see the module's docstring); None:
+    stochastic everywhere. ``options`` are the method's other options."""
+    from ..tweedie import tweedie_mean
+    from . import options_of, sample
+
+    known = options_of(method)
+    if "stochastic_below" not in known:
+        raise ValueError(f"stochastic_below='auto' needs a method with a stochastic window (dpm_solver with eta > 0, "
+                         f"sde_dpm_solver); {method!r} has none.")
+    sm = options.get("sigma_min", known.get("sigma_min"))
+    end = max(PILOT_END, float(getattr(sde, "sigma_min", 0.0)), sm if isinstance(sm, (int, float)) else 0.0)
+    pilot = {**options, "stochastic_below": PILOT_WINDOW, "sigma_min": end}
+    if "denoise_to_zero" in known:
+        pilot["denoise_to_zero"] = False
+    n = min(int(shape[0]), PILOT)
+    if generator is not None:  # a copy, so that the caller's stream is left as it was
+        copy = torch.Generator(generator.device)
+        copy.set_state(generator.get_state())
+        generator = copy
+    x = sample(score_fn, sde, (n, *shape[1:]), method, nfe, generator=generator, dtype=dtype, device=device,
+               **pilot).x
+    with torch.no_grad():
+        x0 = tweedie_mean(score_fn, sde, x, end_time(sde, end))
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)  # one draw, all levels
+        top = float(sigma_of(sde, sde.T))
+        sigmas = [s for s in LADDER if s < top]
+        r = [noise_share(score_fn, sde, x0, s, eps=eps) for s in sigmas]
+    return window_from_share(sigmas, r) if len(sigmas) > 1 else None
