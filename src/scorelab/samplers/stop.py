@@ -73,13 +73,35 @@ def auto_start(value) -> float | None | bool:
     return start
 
 
+def pilot_draws(score_fn, sde, shape, method: str, nfe: int, options: dict, end: float, generator=None,
+                dtype: torch.dtype = torch.float32, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pilot batch of at most ``PILOT`` draws of ``method`` with ``options`` (its last evaluation not spent on
+    denoise_to_zero) to the noise level ``end``, denoised there once (x0_hat = E[x0 | x], Tweedie), and eps, one draw
+    shaped like it for every level the caller reads; both from a copy of ``generator``, whose own stream is left
+    untouched."""
+    from ..tweedie import tweedie_mean
+    from . import options_of, sample
+
+    if "denoise_to_zero" in options_of(method):
+        options = {**options, "denoise_to_zero": False}
+    n = min(int(shape[0]), PILOT)
+    if generator is not None:  # a copy, so that the caller's stream is left as it was
+        copy = torch.Generator(generator.device)
+        copy.set_state(generator.get_state())
+        generator = copy
+    x = sample(score_fn, sde, (n, *shape[1:]), method, nfe, generator=generator, dtype=dtype, device=device,
+               **options).x
+    with torch.no_grad():
+        x0 = tweedie_mean(score_fn, sde, x, end_time(sde, end))
+        return x0, torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+
+
 def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict, generator=None,
                      dtype: torch.dtype = torch.float32, device=None, start: float | None = None) -> float:
     """The last noise level for ``method`` at budget ``nfe`` on this score (see the module's docstring).
     ``options`` are the method's other options; the ladder starts at ``start``, where the pilot ends, or, when
     ``start`` is None, at the method's own default sigma_min, the pilot then ending at the ladder's bottom."""
-    from ..tweedie import tweedie_mean
-    from . import options_of, sample
+    from . import options_of
 
     known = options_of(method)
     if "sigma_min" not in known:
@@ -91,19 +113,9 @@ def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict,
     if len(ladder) == 1:  # nothing to choose (e.g. a VE run trained down to start): no pilot
         return start
     end = ladder[-1] if precise else start  # where the pilot ends and is denoised
-    pilot = {**options, "sigma_min": end}
-    if "denoise_to_zero" in known:
-        pilot["denoise_to_zero"] = False
-    n = min(int(shape[0]), PILOT)
-    if generator is not None:  # a copy, so that the caller's stream is left as it was
-        copy = torch.Generator(generator.device)
-        copy.set_state(generator.get_state())
-        generator = copy
-    x = sample(score_fn, sde, (n, *shape[1:]), method, nfe, generator=generator, dtype=dtype, device=device,
-               **pilot).x
+    x0, eps = pilot_draws(score_fn, sde, shape, method, nfe, {**options, "sigma_min": end}, end, generator, dtype,
+                          device)
     with torch.no_grad():
-        x0 = tweedie_mean(score_fn, sde, x, end_time(sde, end))
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)  # one draw, all levels
         chosen, r_prev = start, None
         for sigma in ladder:
             r = noise_share(score_fn, sde, x0, sigma, eps=eps)

@@ -21,10 +21,11 @@ too, without a gap between modes; there a window that ends too low costs up to 4
 hence the floor.
 
 ``choose_stochastic_below`` runs the method with the fixed window ``PILOT_WINDOW`` on a pilot batch (at most
-``PILOT`` draws, from a copy of the caller's generator) down to ``PILOT_END`` (or the method's sigma_min where that is
-a number and higher), denoises it once (Tweedie) and measures r at every level of the ladder with one shared draw of
-eps. Cost: the method's budget + 1 + len(LADDER) evaluations on the pilot batch, one host read per level, all before
-the sampler's loop. The numbers behind the constants: docs/samplers.md, "The window read off the score".
+``stop.PILOT`` draws, from a copy of the caller's generator) down to ``PILOT_END`` (or the method's sigma_min where
+that is a number and higher; ``stop.pilot_draws``), denoises it once (Tweedie) and measures r at every level of the
+ladder with one shared draw of eps. Cost: the method's budget + 1 + len(LADDER) evaluations on the pilot batch, one
+host read per level, all before the sampler's loop. The numbers behind the constants: docs/samplers.md, "The window
+read off the score".
 """
 
 from __future__ import annotations
@@ -34,8 +35,7 @@ import math
 import torch
 
 from ._common import sigma_of
-from .grids import end_time
-from .stop import PILOT, noise_share
+from .stop import noise_share, pilot_draws
 
 LADDER = tuple(0.05 * 1.2**k for k in range(27))  # 0.05 .. 5.5, in data units
 KAPPA = 1.8  # the growth of the effective variance where the window ends (2: r stops rising)
@@ -69,8 +69,7 @@ def choose_stochastic_below(score_fn, sde, shape, method: str, nfe: int, options
                             dtype: torch.dtype = torch.float32, device=None) -> float | None:
     """The level below which ``method`` steps stochastically on this score (see the module's docstring); None:
     stochastic everywhere. ``options`` are the method's other options."""
-    from ..tweedie import tweedie_mean
-    from . import options_of, sample
+    from . import options_of
 
     known = options_of(method)
     if "stochastic_below" not in known:
@@ -79,19 +78,9 @@ def choose_stochastic_below(score_fn, sde, shape, method: str, nfe: int, options
     sm = options.get("sigma_min", known.get("sigma_min"))
     end = max(PILOT_END, float(getattr(sde, "sigma_min", 0.0)), sm if isinstance(sm, (int, float)) else 0.0)
     pilot = {**options, "stochastic_below": PILOT_WINDOW, "sigma_min": end}
-    if "denoise_to_zero" in known:
-        pilot["denoise_to_zero"] = False
-    n = min(int(shape[0]), PILOT)
-    if generator is not None:  # a copy, so that the caller's stream is left as it was
-        copy = torch.Generator(generator.device)
-        copy.set_state(generator.get_state())
-        generator = copy
-    x = sample(score_fn, sde, (n, *shape[1:]), method, nfe, generator=generator, dtype=dtype, device=device,
-               **pilot).x
+    x0, eps = pilot_draws(score_fn, sde, shape, method, nfe, pilot, end, generator, dtype, device)
+    top = float(sigma_of(sde, sde.T))
+    sigmas = [s for s in LADDER if s < top]
     with torch.no_grad():
-        x0 = tweedie_mean(score_fn, sde, x, end_time(sde, end))
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)  # one draw, all levels
-        top = float(sigma_of(sde, sde.T))
-        sigmas = [s for s in LADDER if s < top]
         r = [noise_share(score_fn, sde, x0, s, eps=eps) for s in sigmas]
     return window_from_share(sigmas, r) if len(sigmas) > 1 else None
