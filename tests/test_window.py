@@ -76,6 +76,17 @@ def test_auto_is_the_chosen_level_draw_for_draw_and_leaves_the_stream():
     assert default_sampler(20)[1]["stochastic_below"] == "auto"
 
 
+def test_no_pilot_where_no_step_is_stochastic():
+    calls = []
+
+    def score(x, t):
+        calls.append(1)
+        return -x
+
+    assert window.choose_stochastic_below(score, VE, (10, 2), "dpm_solver", 20, {}) is None
+    assert not calls
+
+
 def test_refusals():
     g = ring()
     with pytest.raises(ValueError, match="stochastic_below must be"):

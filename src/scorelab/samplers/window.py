@@ -75,6 +75,8 @@ def choose_stochastic_below(score_fn, sde, shape, method: str, nfe: int, options
     if "stochastic_below" not in known:
         raise ValueError(f"stochastic_below='auto' needs a method with a stochastic window (dpm_solver with eta > 0, "
                          f"sde_dpm_solver); {method!r} has none.")
+    if not options.get("eta", known.get("eta")):  # eta = 0: no step is stochastic, nothing to choose, no pilot
+        return None
     sm = options.get("sigma_min", known.get("sigma_min"))
     end = max(PILOT_END, float(getattr(sde, "sigma_min", 0.0)), sm if isinstance(sm, (int, float)) else 0.0)
     pilot = {**options, "stochastic_below": PILOT_WINDOW, "sigma_min": end}
