@@ -124,7 +124,10 @@ OURS = [("ancestral", "ancestral", {}), ("euler_maruyama", "euler_maruyama", {})
         ("sde-dpm2M+dz/auto/cal/sb.5", "sde_dpm_solver",
          {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True, "stochastic_below": 0.5}),
         ("sde-dpm2M+dz/auto/cal/sb1", "sde_dpm_solver",
-         {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True, "stochastic_below": 1.0})]
+         {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True, "stochastic_below": 1.0}),
+        # the default from 20 to 31 evaluations before its window was read off the score (2026-11-25)
+        ("sde-dpm2M+dz/auto/cal/sb.7", "sde_dpm_solver",
+         {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True, "stochastic_below": 0.7})]
 OPT = ("unipc", "dpm_solver", "ipndm", "deis")
 
 

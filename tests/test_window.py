@@ -10,7 +10,7 @@ import torch
 
 from scorelab.metrics import mixture_error
 from scorelab.oracle import GaussianMixture
-from scorelab.samplers import default_sampler, sample, window
+from scorelab.samplers import sample, window
 from scorelab.sde import VESDE
 
 VE = VESDE(sigma_min=0.002, sigma_max=80.0)
@@ -73,7 +73,6 @@ def test_auto_is_the_chosen_level_draw_for_draw_and_leaves_the_stream():
     b = sample(sc, VE, (500, 2), "sde_dpm_solver", 20, generator=torch.Generator().manual_seed(3),
                **{**CAL, "stochastic_below": S}).x
     assert torch.equal(a, b)
-    assert default_sampler(20)[1]["stochastic_below"] == "auto"
 
 
 def test_no_pilot_where_no_step_is_stochastic():
