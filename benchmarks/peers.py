@@ -73,7 +73,7 @@ def k_diffusion_runs(K, score_fn, sde_ve, shape, nfe, seed, dtype=torch.float32,
     return out
 
 
-def _have_diffusers():
+def have_diffusers():
     if importlib.util.find_spec("diffusers") is None:
         print("[peers] diffusers not installed: skipped (pip install diffusers==0.42.1)")
         return False
@@ -98,7 +98,7 @@ def diffusers_vp_runs(score_fn, sde_vp, shape, nfe, seed, dtype=torch.float32, n
     """diffusers' DDIM / DPM-Solver++ / UniPC through the epsilon wrapper; DDPM's linear betas (= VPSDE(0.1, 20))
     unless ``betas`` (``betas_for(sde)``) are given."""
     out = {}
-    if not _have_diffusers():
+    if not have_diffusers():
         return out
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
     common = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
@@ -124,7 +124,7 @@ def diffusers_vp_runs(score_fn, sde_vp, shape, nfe, seed, dtype=torch.float32, n
 
 
 def diffusers_ve_pc(score_fn, sde_ve, shape, nfe, seed, dtype=torch.float32, sigma_min=0.002, sigma_max=80.0):
-    if not _have_diffusers():
+    if not have_diffusers():
         return {}
     from diffusers import ScoreSdeVeScheduler
     sch = ScoreSdeVeScheduler(sigma_min=sigma_min, sigma_max=sigma_max, snr=0.16)
@@ -156,4 +156,4 @@ def all_peer_runs(K, score_ve, sde_ve, score_vp, sde_vp, shape, nfe, seed, dtype
 
 
 __all__ = ["load_k_sampling", "k_diffusion_runs", "diffusers_vp_runs", "diffusers_ve_pc", "all_peer_runs",
-           "Counter", "betas_for"]
+           "have_diffusers", "Counter", "betas_for"]

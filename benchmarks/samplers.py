@@ -463,8 +463,18 @@ def fixed_choice_bound(meds, budget, k):
     return min(worst)
 
 
+# each scorelab row beside the peer whose step it corresponds to (the nearest one where no peer has the method)
+OVERHEAD_PAIRS = (("sl:dpm_solver[ve]", "k:dpmpp_2m"), ("sl:sde_dpm_solver[ve]", "k:dpmpp_2m_sde"),
+                  ("sl:sde_dpm_solver3M[ve]", "k:dpmpp_3m_sde"), ("sl:default@50[ve]", "k:dpmpp_2m_sde"),
+                  ("sl:edm_heun[ve]", "k:heun"), ("sl:ancestral[vp]", "k:euler_ancestral"),
+                  ("sl:ode-euler[vp]", "k:euler"), ("sl:lms[ve]", "k:lms"), ("sl:ipndm[ve]", "k:lms"),
+                  ("sl:unipc[vp]", "d:UniPC"), ("sl:deis[vp]", "d:DPMSolver++"))
+
+
 def overhead(K, n=100_000, nfe=50, reps=5):
-    """Wall time per evaluation-step with a cheap exact score: p_0 = N(0.5, 0.3 I) in 2-D, one run."""
+    """Wall time per evaluation-step with a cheap exact score: p_0 = N(0.5, 0.3 I) in 2-D, one run; the jobs are
+    timed in interleaved rounds (every job once per round, ``reps`` rounds), so that a neighbour's load falls on
+    all of them alike; then each scorelab row over its peer (``OVERHEAD_PAIRS``)."""
     def cheap(sde):
         def score(x, t):
             m, s = sde.marginal_scale(t)[:, None], sde.marginal_std(t)[:, None]
@@ -476,25 +486,34 @@ def overhead(K, n=100_000, nfe=50, reps=5):
     def ours(method, sde, **o):
         return lambda: sample(cheap(sde), sde, (n, 2), method=method, nfe=nfe,
                               generator=torch.Generator().manual_seed(0), **o)
-    jobs = {"sl:dpm_solver[ve]": ours("dpm_solver", ve), "sl:edm_heun[ve]": ours("edm_heun", ve),
-            "sl:ancestral[vp]": ours("ancestral", vp), "sl:ode-euler[vp]": ours("ode", vp, solver="euler"),
-            "sl:lms[ve]": ours("lms", ve), "sl:ipndm[ve]": ours("ipndm", ve), "sl:unipc[vp]": ours("unipc", vp),
-            "sl:deis[vp]": ours("deis", vp)}
+    jobs = {"sl:dpm_solver[ve]": ours("dpm_solver", ve), "sl:sde_dpm_solver[ve]": ours("sde_dpm_solver", ve),
+            "sl:sde_dpm_solver3M[ve]": ours("sde_dpm_solver", ve, order=3),
+            "sl:default@50[ve]": ours(None, ve),  # the default at 50: calibrated SDE 2M, its stop level's pilot
+            "sl:edm_heun[ve]": ours("edm_heun", ve), "sl:ancestral[vp]": ours("ancestral", vp),
+            "sl:ode-euler[vp]": ours("ode", vp, solver="euler"), "sl:lms[ve]": ours("lms", ve),
+            "sl:ipndm[ve]": ours("ipndm", ve), "sl:unipc[vp]": ours("unipc", vp), "sl:deis[vp]": ours("deis", vp)}
     if K is not None:
-        for name in ("euler", "dpmpp_2m", "heun", "lms"):
+        for name in ("euler", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "heun", "lms", "euler_ancestral"):
             jobs[f"k:{name}"] = (lambda name=name: peers.k_diffusion_runs(K, cheap(ve), ve, (n, 2), nfe, 0,
                                                                            names=(name,)))
-    for name in peers.VP_SCHEDULERS:
-        jobs[f"d:{name}"] = (lambda name=name: peers.diffusers_vp_runs(cheap(vp), vp, (n, 2), nfe, 0, names=(name,)))
-    print(f"\n### overhead: wall us per evaluation-step, batch {n} 2-D, nfe {nfe}, median of {reps}")
-    print("| sampler | us / step |\n|---|---|")
-    for name, job in jobs.items():
-        ts = []
-        for _ in range(reps):
+    if peers.have_diffusers():
+        for name in peers.VP_SCHEDULERS:
+            jobs[f"d:{name}"] = (lambda name=name: peers.diffusers_vp_runs(cheap(vp), vp, (n, 2), nfe, 0,
+                                                                           names=(name,)))
+    times = {name: [] for name in jobs}
+    for _ in range(reps):
+        for name, job in jobs.items():
             t0 = time.perf_counter()
             job()
-            ts.append(time.perf_counter() - t0)
-        print(f"| {name} | {1e6 * statistics.median(ts) / nfe:.0f} |", flush=True)
+            times[name].append(time.perf_counter() - t0)
+    us = {name: 1e6 * statistics.median(ts) / nfe for name, ts in times.items()}
+    print(f"\n### overhead: wall us per evaluation-step, batch {n} 2-D, nfe {nfe}, median of {reps} interleaved rounds")
+    print("| scorelab | us / step | peer | us / step | ratio |\n|---|---|---|---|---|")
+    for ours_name, peer in OVERHEAD_PAIRS:
+        theirs = us.get(peer, float("nan"))
+        print(f"| {ours_name} | {us[ours_name]:.0f} | {peer} | {theirs:.0f} | {us[ours_name] / theirs:.2f} |",
+              flush=True)
+    return us
 
 
 def main():

@@ -275,6 +275,7 @@ def digits_reference(run, n: int, cache=None, seed: int = 0):
     test_m = x_test[torch.randperm(len(x_test), generator=g)[:m]]
     subsets = [train[torch.randperm(len(train), generator=g)[:m]] for _ in range(FLOOR_DRAWS)]
     clf, info = reference_classifier(data["name"], cache=cache)
+    clf = clf.to(run.device)  # the run's device (HostSide: the accelerator); features come back to the CPU
     return clf, info, features(clf, test_m), test_m, subsets
 
 

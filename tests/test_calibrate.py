@@ -60,6 +60,28 @@ def test_weights_and_their_ratios():
     assert calibrate.gaussian_weights(sig[:2]) == [0.0]  # one step: nothing to calibrate
 
 
+def test_ratios_of_several_coefficient_sets_at_once():
+    """c as [P, N]: each row's ratios are those of that row alone (the batched Jacobian of the fit relies on it)."""
+    sig, v = levels(20, 0.03), np.array([1e-3, 0.1, 1.0, 30.0])
+    cs = np.random.default_rng(0).uniform(-0.5, 1.5, (3, 19))
+    batched = calibrate.variance_ratios(cs, sig, v, np.linspace(0.0, 1.0, 19), denoise=False)
+    assert batched.shape == (3, 4)
+    for row, c in zip(batched, cs):
+        assert np.array_equal(row, calibrate.variance_ratios(c, sig, v, np.linspace(0.0, 1.0, 19), denoise=False))
+
+
+def test_weights_are_fitted_once_per_grid():
+    """A second call on the same grid (every batch of a run) reuses the fit; a copy, so the caller may change it."""
+    sig = levels(30, 0.02)
+    calibrate._fitted.cache_clear()
+    first = calibrate.gaussian_weights(sig, 1.0, True)
+    first[1] = 99.0
+    again = calibrate.gaussian_weights(sig.copy(), np.ones(len(sig) - 1), True)  # the same eta, given per step
+    info = calibrate._fitted.cache_info()
+    assert (info.misses, info.hits) == (1, 1) and again[1] != 99.0
+    assert calibrate.gaussian_weights(sig, 1.0, False) != again  # the denoising step is part of the key
+
+
 def test_calibrated_step_on_wide_and_narrow_components():
     """three components of std 0.03, 0.3 and 1: the uncalibrated step leaves the wide ones 5-10% too wide."""
     g = GaussianMixture(torch.tensor([0.3, 0.3, 0.4], dtype=F64), torch.tensor([[2.0, 0.0], [-2.0, 1.0], [0.0, -2.0]],

@@ -29,6 +29,7 @@ distance 0.764 against 0.750 on the learned run at 20 evaluations (floor 0.715).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -42,44 +43,60 @@ POINTS = 40
 
 def variance_ratios(c, sig, v, eta: float = 1.0, denoise: bool = True) -> np.ndarray:
     """The 2M SDE sampler's final variance over v on N(0, v), for each v, over the noise levels ``sig`` (decreasing,
-    > 0) with coefficients c (c[0] unused: the first step has no history); exact, no sampling, float64."""
+    > 0) with coefficients c (c[..., 0] unused: the first step has no history); exact, no sampling, float64. c may
+    hold several sets of coefficients, [P, N]: the ratios are then [P, len(v)], one Python loop over the steps."""
     sig, v = np.asarray(sig, dtype=np.float64), np.asarray(v, dtype=np.float64)
+    c = np.asarray(c, dtype=np.float64)[..., None]  # [..., N, 1]: each step's coefficient against every v
     k = v[:, None] / (v[:, None] + sig[None, :] ** 2)
     h = np.log(sig[:-1] / sig[1:])
     a = (sig[1:] / sig[:-1]) * np.exp(-eta * h)
     b, noise = -np.expm1(-(1 + eta) * h), sig[1:] ** 2 * -np.expm1(-2 * eta * h)
+    # (y_{i+1}, y_i) = [[a0_i, a1_i], [1, 0]] (y_i, y_{i-1}) + noise: the coefficients of every step at once
+    w = np.concatenate([np.zeros_like(c[..., :1, :]), c[..., 1:, :] * h[1:, None] / h[:-1, None]], -2)
+    kt = k.T[:-1]  # [N, V]: k at each step's start
+    a0 = a[:, None] + b[:, None] * (1 + w) * kt
+    a1 = -b[:, None] * w * np.concatenate([kt[:1], kt[:-1]])  # step 0's a1 is 0 (w = 0)
+    a00, a01, a11 = a0**2, 2 * a0 * a1, a1**2
     c00, c01, c11 = v + sig[0] ** 2, np.zeros_like(v), np.ones_like(v)  # cov of (y_i, y_{i-1})
     for i in range(len(h)):
-        w = c[i] * h[i] / h[i - 1] if i > 0 else 0.0
-        a0, a1 = a[i] + b[i] * (1 + w) * k[:, i], -b[i] * w * k[:, i - 1]
-        c00, c01, c11 = a0**2 * c00 + 2 * a0 * a1 * c01 + a1**2 * c11 + noise[i], a0 * c00 + a1 * c01, c00
+        c00, c01, c11 = (a00[..., i, :] * c00 + a01[..., i, :] * c01 + a11[..., i, :] * c11 + noise[i],
+                         a0[..., i, :] * c00 + a1[..., i, :] * c01, c00)
     return (k[:, -1] ** 2 if denoise else 1.0) * c00 / v
 
 
 def gaussian_weights(sig, eta: float = 1.0, denoise: bool = True) -> list[float]:
-    """c_0..c_{N-1} for the noise levels ``sig`` [N + 1] (see the module's docstring); c_0 = 0."""
+    """c_0..c_{N-1} for the noise levels ``sig`` [N + 1] (see the module's docstring); c_0 = 0. ``eta``: a number or
+    one per step. Computed once per grid and kept (``_fitted``): sampling again on the same grid costs nothing."""
     sig = np.asarray(sig, dtype=np.float64)
     if not (np.all(np.isfinite(sig)) and np.all(sig > 0) and np.all(np.diff(sig) < 0)):
         raise ValueError("calibrate=True needs a grid of decreasing noise levels that ends above 0 (a grid ending at "
                          "t = 0 has none to calibrate on): end it at sigma_min > 0.")
+    etas = np.broadcast_to(np.asarray(eta, dtype=np.float64), sig[1:].shape)
+    return list(_fitted(tuple(sig.tolist()), tuple(etas.tolist()), bool(denoise)))
+
+
+@functools.lru_cache(maxsize=256)
+def _fitted(sig: tuple, eta: tuple, denoise: bool) -> tuple:
+    sig, eta = np.array(sig), np.array(eta)
     n = len(sig) - 1
     if n < 2:
-        return [0.0] * n
+        return (0.0,) * n
     free = min(FREE_END, n - 1)
     bulk = n - 1 - free
     lo, hi = BAND_LO * sig[-1], sig[0] / BAND_HI
     v = np.exp(np.linspace(2 * math.log(lo), 2 * math.log(max(hi, 2 * lo)), POINTS))
 
-    def full(p):
-        return np.concatenate([[0.0], np.full(bulk, p[0]) if bulk else [], p[1 if bulk else 0:]])
+    def full(p):  # [..., len(p)] parameters -> [..., n] coefficients
+        head = [np.zeros((*p.shape[:-1], 1))] + ([np.repeat(p[..., :1], bulk, -1)] if bulk else [])
+        return np.concatenate([*head, p[..., 1 if bulk else 0:]], -1)
 
-    def residuals(p):
-        return np.concatenate([np.log(variance_ratios(full(p), sig, v, eta, denoise)), RIDGE * (p - 0.5)])
+    def residuals(p):  # [..., len(p)] -> [..., POINTS + len(p)]
+        return np.concatenate([np.log(variance_ratios(full(p), sig, v, eta, denoise)), RIDGE * (p - 0.5)], -1)
 
     p = np.full(free + (1 if bulk else 0), 0.5)
     damping, r, eye = 1e-3, residuals(p), np.eye(len(p))
-    for _ in range(100):  # Levenberg-Marquardt, forward-difference Jacobian
-        J = np.stack([(residuals(p + 1e-7 * e) - r) / 1e-7 for e in eye], 1)
+    for _ in range(100):  # Levenberg-Marquardt, forward-difference Jacobian (its columns in one batched call)
+        J = np.ascontiguousarray(((residuals(p + 1e-7 * eye) - r) / 1e-7).T)
         A, g = J.T @ J, J.T @ r
         step = np.linalg.solve(A + damping * np.diag(A.diagonal() + 1e-12), -g)
         p_new = np.clip(p + step, -1.0, 3.0)
@@ -92,4 +109,4 @@ def gaussian_weights(sig, eta: float = 1.0, denoise: bool = True) -> list[float]
             damping *= 10
             if damping > 1e8:
                 break
-    return full(p).tolist()
+    return tuple(full(p).tolist())
