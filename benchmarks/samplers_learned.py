@@ -33,9 +33,9 @@ the same x_T, and the sample set of a seed moves the distance more than the samp
         --digits-dir /tmp/learned-runs/digits --budgets 10 20 --opt-budgets --seeds 0 1 2
 
 ``--digits-dir`` takes any image run trained on the train split of a built-in set: the Fashion-MNIST run of
-``benchmarks/images.py fashion-gpu`` too, on a GPU with ``--device cuda`` (the network runs there, the samplers
-and peers on the CPU with the same draws: ``HostSide``), e.g. ``--digits-dir OUT/run --digits-n 2000 --budgets 10
-20 5 --opt-budgets --seeds 0 1 2 --threads 16 --device cuda``.
+``benchmarks/images.py fashion-gpu`` too, on a GPU with ``--device cuda`` (the network and the reference classifier
+run there, the samplers and peers on the CPU with the same draws: ``HostSide``), e.g. ``--digits-dir OUT/run
+--digits-n 2000 --budgets 10 20 5 --opt-budgets --seeds 0 1 2 --threads 16 --device cuda``.
 """
 
 from __future__ import annotations
