@@ -314,6 +314,15 @@ def needles_and_blob() -> GaussianMixture:
                            torch.tensor([[0.0, 0.0], [1.0, 1.5], [-2.0, 1.5]], dtype=F64), covs)
 
 
+def ring_around_blob() -> GaussianMixture:
+    """2-D: six isotropic components of std 0.15 on the circle of radius 2.5 (weights 1) around a blob of std 0.8 at
+    the origin (weight 2): modes that part at two scales."""
+    angle = torch.arange(6, dtype=F64) * (math.pi / 3) + 0.25
+    means = torch.cat([torch.zeros(1, 2, dtype=F64), 2.5 * torch.stack([angle.cos(), angle.sin()], 1)])
+    stds = torch.tensor([0.8] + [0.15] * 6, dtype=F64)
+    return GaussianMixture(torch.tensor([2.0] + [1.0] * 6, dtype=F64), means, stds**2)
+
+
 LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  "gmm-d6-K8": lambda: gmm16(41, d=6, K=8), "gmm-d2-K30": lambda: gmm16(51, d=2, K=30),
                  "gmm-d3-K7-x2": lambda: _scaled(61, 3, 7, 2.0),
@@ -355,7 +364,15 @@ LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  "ring6-std.12": lambda: _ring(6, 1.8, 0.12, 47, 0.6),
                  "gmm-d3-K4-x1.3": lambda: _scaled(471, 3, 4, 1.3),
                  "gmm-d8-K6-x0.35": lambda: _scaled(481, 8, 6, 0.35), "line-1d-c": line_1d_c,
-                 "needles-and-blob": needles_and_blob, "gmm-d2-K8-x0.7": lambda: _scaled(491, 2, 8, 0.7)}
+                 "needles-and-blob": needles_and_blob, "gmm-d2-K8-x0.7": lambda: _scaled(491, 2, 8, 0.7),
+                 # batch 11, written after the window's floor under the reading (stochastic_below="auto:0.7") was
+                 # made the default from 20 to 31 evaluations, before any sampler ran on them (2026-12-04)
+                 "ring8-std.35": lambda: _ring(8, 3.0, 0.35, 53, 0.15),
+                 "ring5-std.2": lambda: _ring(5, 1.6, 0.2, 59, 0.9),
+                 "gmm-d4-K7-x1.5": lambda: _scaled(501, 4, 7, 1.5), "gmm-d7-K9-x1": lambda: _scaled(511, 7, 9, 1.0),
+                 "gmm-d2-K5-x2.5": lambda: _scaled(521, 2, 5, 2.5),
+                 "gmm-d14-K6-x0.8": lambda: _scaled(531, 14, 6, 0.8),
+                 "gmm-d3-K10-x0.6": lambda: _scaled(541, 3, 10, 0.6), "ring-around-blob": ring_around_blob}
 
 
 # scorelab samplers: (label, process, method, options); the same fixed set on every mixture, each at its defaults

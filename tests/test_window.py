@@ -86,10 +86,51 @@ def test_no_pilot_where_no_step_is_stochastic():
     assert not calls
 
 
+def test_a_floor_only_widens_the_window():
+    """"auto:FLOOR" keeps the reading where it is above FLOOR (the wide mixture reads above 1.2) and FLOOR where the
+    reading is lower or absent on the low side (the ring reads 0.3-0.7), the same sampler draw for draw."""
+    wide, low = wide_random_mixture(), ring()
+    kw = {"seed": 0, "n": 2000}
+    assert window.window_floor("auto") == window.S_MIN and window.window_floor("auto:0.7") == 0.7
+    assert window.window_floor(0.7) is False and window.window_floor(None) is False
+    read = window.choose_stochastic_below(wide.score_fn(VE), VE, (2000, 3), "sde_dpm_solver", 20, CAL,
+                                          generator=torch.Generator().manual_seed(0), floor=0.7)
+    assert read == choose(wide, **kw) > 1.2
+    assert choose(low, **kw) < 0.7
+    assert window.choose_stochastic_below(low.score_fn(VE), VE, (2000, 2), "sde_dpm_solver", 20, CAL,
+                                          generator=torch.Generator().manual_seed(0), floor=0.7) == 0.7
+    sc = low.score_fn(VE)
+    a, b = (sample(sc, VE, (500, 2), "sde_dpm_solver", 20, generator=torch.Generator().manual_seed(3),
+                   **{**CAL, "stochastic_below": S}).x for S in ("auto:0.7", 0.7))
+    assert torch.equal(a, b)
+
+
+def test_one_pilot_serves_the_window_and_the_stop_level():
+    """The stop level is chosen on the window's pilot: reading the window adds only its levels, read up to just above
+    the first that qualifies, not a second pilot run (20 + 1 evaluations per draw) on top of its 27 levels."""
+    g = ring()
+    sc = g.score_fn(VE)
+    rows = []
+
+    def counted(x, t):
+        rows.append(x.shape[0])
+        return sc(x, t)
+
+    def evals(S):
+        rows.clear()
+        sample(counted, VE, (256, 2), "sde_dpm_solver", 20, generator=torch.Generator().manual_seed(0),
+               **{**CAL, "stochastic_below": S})
+        return sum(rows) / 256
+
+    assert evals("auto:0.7") - evals(0.7) < len(window.LADDER) - 3
+    assert evals("auto") - evals(0.7) < len(window.LADDER)  # the window read (about 0.5) is not the pilot's
+
+
 def test_refusals():
     g = ring()
-    with pytest.raises(ValueError, match="stochastic_below must be"):
-        sample(g.score_fn(VE), VE, (10, 2), "sde_dpm_solver", 20, stochastic_below="high")
+    for bad in ("high", "auto:", "auto:0", "auto:-1", "auto:x", "autox:0.7"):
+        with pytest.raises(ValueError, match="stochastic_below must be"):
+            sample(g.score_fn(VE), VE, (10, 2), "sde_dpm_solver", 20, stochastic_below=bad)
     with pytest.raises(ValueError, match="needs a method with a stochastic window"):
         window.choose_stochastic_below(g.score_fn(VE), VE, (10, 2), "unipc", 10, {})
 

@@ -20,7 +20,6 @@ from ._common import (
     BudgetExceeded,
     CountedScore,
     SampleResult,
-    check_option,
     check_options,
     check_representable,
     sigma_of,
@@ -29,7 +28,7 @@ from .grid_search import optimized_grid
 from .grids import GRIDS, end_time, make_grid
 from .steps import CORRECTORS, PREDICTORS
 from .stop import auto_start, choose_sigma_min
-from .window import choose_stochastic_below
+from .window import PILOT_WINDOW, choose_stochastic_below, window_floor
 
 # the modules keep their names (``scorelab.samplers.ode`` is the module); the table holds the functions
 METHODS = {f.__name__: f for f in (langevin.langevin, langevin.annealed_langevin, langevin.mala, pc.ancestral,
@@ -42,7 +41,7 @@ DEFAULT_NFE = 400  # the budget of sample() when none is named
 BY_BUDGET = ((100, "ancestral", {}),
              (32, "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True}),
              (20, "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True,
-                                     "stochastic_below": 0.7}),
+                                     "stochastic_below": "auto:0.7"}),
              (8, "unipc", {"sigma_min": "auto:0.03"}),
              (1, "ipndm", {"order": 2, "rho": 10.0, "sigma_min": "auto:0.01", "sigma_max": 10.0}))
 
@@ -51,10 +50,11 @@ def default_sampler(nfe: int) -> tuple[str, dict]:
     """The method and options of ``sample()`` when no method is named, at the budget ``nfe`` (``BY_BUDGET``): from 100
     evaluations the ancestral sampler; from 20 ``sde_dpm_solver`` (SDE-DPM-Solver++(2M), Lu et al. 2022b, eta = 1)
     with its weights calibrated to be exact in variance on Gaussian data (``samplers/calibrate.py``) and its last
-    evaluation spent on x0_hat, below 32 evaluations stochastic only from noise level 0.7 down (the ODE above it,
-    ``stochastic_below=0.7``: data of about unit scale; docs/samplers.md, "The stochastic window"; the level read off
-    the score, ``"auto"``, wins on exact mixtures but loses on a learned one: "The window read off the score"); from
-    8 UniPC
+    evaluation spent on x0_hat, below 32 evaluations stochastic only from a noise level down, the ODE above it: the
+    level where the data's modes part, read off the score, but never below 0.7 (``stochastic_below="auto:0.7"``;
+    docs/samplers.md, "A floor under the window": the reading alone, ``"auto"``, wins on exact mixtures but loses on
+    a learned one, "The window read off the score"; 0.7 is the fixed window it replaced, "The stochastic window");
+    from 8 UniPC
     (Zhao et al. 2023); both of these end at the noise level chosen for the score (``samplers/stop.py``: 0.03 unless
     the data are sharper; from 20 evaluations ``sigma_min="auto"``, whose pilot runs to the ladder's bottom, from 8
     ``"auto:0.03"``, whose pilot ends at 0.03 and reads data narrower than that as a little wider, so it stops
@@ -182,15 +182,19 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
         raise TypeError(f"x_init must be a tensor [B, *dims] or None, got {type(x_init).__name__}.")
     shape = tuple(x_init.shape) if shape is None and x_init is not None else check_shape(shape)
     pilot_device = generator.device if device is None and generator is not None else device
-    if isinstance(options.get("stochastic_below"), str):  # "auto": read off the score, before sigma_min's pilot
-        if options["stochastic_below"] != "auto":
-            check_option("stochastic_below", options["stochastic_below"], sde, None)  # refused in one line
+    pilots: dict = {}  # the pilot runs of this call, so that the window's pilot is also the stop level's
+    floor = window_floor(options.get("stochastic_below"))  # refuses a string that is not "auto[:FLOOR]" in one line
+    pilot = options
+    if floor is not False:  # read off the score; the stop level is then read on the same pilot (the window's
+        # PILOT_WINDOW, not the window read: the same level on 480 of 486 mixtures and draws, docs/samplers.md,
+        # "A floor under the window")
+        pilot = {**options, "stochastic_below": PILOT_WINDOW}
         options = {**options, "stochastic_below": choose_stochastic_below(
-            score_fn, sde, shape, method, nfe, options, generator, dtype, pilot_device)}
+            score_fn, sde, shape, method, nfe, options, generator, dtype, pilot_device, floor=floor, memo=pilots)}
     start = auto_start(options.get("sigma_min"))
     if start is not False:  # chosen for this score
         options = {**options, "sigma_min": choose_sigma_min(
-            score_fn, sde, shape, method, nfe, options, generator, dtype, pilot_device, start=start)}
+            score_fn, sde, shape, method, nfe, pilot, generator, dtype, pilot_device, start=start, memo=pilots)}
     fn = METHODS[method]
     opts = _bind(method, sde, options)
     steps = fn.steps(nfe, opts)

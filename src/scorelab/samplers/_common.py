@@ -112,10 +112,10 @@ def check_option(name, v, sde, default) -> None:
         auto_start(v)  # refuses a string that is not "auto" or "auto:LEVEL" in one line
         raise ValueError(f"sigma_min={v!r} is resolved by sample() and optimized_grid(); pass a number here.")
     if name == "stochastic_below" and isinstance(v, str):
-        if v != "auto":
-            raise ValueError(f"stochastic_below must be a number > 0, None (stochastic on every step) or 'auto' "
-                             f"(the window read off the score); got {v!r}.")
-        raise ValueError("stochastic_below='auto' is resolved by sample(); pass a number here.")
+        from .window import window_floor
+
+        window_floor(v)  # refuses a string that is not "auto" or "auto:FLOOR" in one line
+        raise ValueError(f"stochastic_below={v!r} is resolved by sample(); pass a number here.")
     if name in POSITIVE or name in BOUNDED:
         lo, hi, lo_in, hi_in = BOUNDED.get(name, (0, None, False, False))
         lo_in = lo_in or (name == "eps" and default == 0)

@@ -74,17 +74,24 @@ def auto_start(value) -> float | None | bool:
 
 
 def pilot_draws(score_fn, sde, shape, method: str, nfe: int, options: dict, end: float, generator=None,
-                dtype: torch.dtype = torch.float32, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+                dtype: torch.dtype = torch.float32, device=None, memo: dict | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """A pilot batch of at most ``PILOT`` draws of ``method`` with ``options`` (its last evaluation not spent on
     denoise_to_zero) to the noise level ``end``, denoised there once (x0_hat = E[x0 | x], Tweedie), and eps, one draw
     shaped like it for every level the caller reads; both from a copy of ``generator``, whose own stream is left
-    untouched."""
+    untouched. ``memo``: a dict owned by one ``sample()`` call, in which a pilot run with the same method, budget,
+    options and end is kept and reused (the window's pilot is the stop level's when the window it reads is the
+    pilot's own)."""
     from ..tweedie import tweedie_mean
     from . import options_of, sample
 
     if "denoise_to_zero" in options_of(method):
         options = {**options, "denoise_to_zero": False}
     n = min(int(shape[0]), PILOT)
+    key = (method, nfe, n, tuple(shape[1:]), float(end), str(dtype), str(device),
+           tuple(sorted((k, repr(v)) for k, v in options.items())))
+    if memo is not None and key in memo:
+        return memo[key]
     if generator is not None:  # a copy, so that the caller's stream is left as it was
         copy = torch.Generator(generator.device)
         copy.set_state(generator.get_state())
@@ -93,14 +100,15 @@ def pilot_draws(score_fn, sde, shape, method: str, nfe: int, options: dict, end:
                **options).x
     with torch.no_grad():
         x0 = tweedie_mean(score_fn, sde, x, end_time(sde, end))
-        return x0, torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        drawn = x0, torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    if memo is not None:
+        memo[key] = drawn
+    return drawn
 
 
-def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict, generator=None,
-                     dtype: torch.dtype = torch.float32, device=None, start: float | None = None) -> float:
-    """The last noise level for ``method`` at budget ``nfe`` on this score (see the module's docstring).
-    ``options`` are the method's other options; the ladder starts at ``start``, where the pilot ends, or, when
-    ``start`` is None, at the method's own default sigma_min, the pilot then ending at the ladder's bottom."""
+def _ladder(sde, method: str, start: float | None) -> tuple[list[float], bool]:
+    """The candidate last levels for ``method`` (its own default end first, or ``start``) and whether the pilot runs
+    to the ladder's bottom (``start`` None) rather than ending at ``start``."""
     from . import options_of
 
     known = options_of(method)
@@ -109,12 +117,32 @@ def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict,
                          "sigma_min option.")
     lo = float(getattr(sde, "sigma_min", 0.0))  # a VE process's smallest trained level; none for VP / sub-VP
     precise, start = start is None, float(known["sigma_min"] if start is None else start)
-    ladder = [start] + [s for s in LADDER if s < start and s >= lo]
+    return [start] + [s for s in LADDER if s < start and s >= lo], precise
+
+
+def pilot_end(sde, method: str, sigma_min) -> float | None:
+    """Where ``choose_sigma_min``'s pilot ends for this sigma_min option ("auto" or "auto:LEVEL"); None where it runs
+    no pilot (a number, or a ladder of one level)."""
+    start = auto_start(sigma_min)
+    if start is False:
+        return None
+    ladder, precise = _ladder(sde, method, start)
+    return None if len(ladder) == 1 else ladder[-1] if precise else ladder[0]
+
+
+def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict, generator=None,
+                     dtype: torch.dtype = torch.float32, device=None, start: float | None = None,
+                     memo: dict | None = None) -> float:
+    """The last noise level for ``method`` at budget ``nfe`` on this score (see the module's docstring).
+    ``options`` are the method's other options; the ladder starts at ``start``, where the pilot ends, or, when
+    ``start`` is None, at the method's own default sigma_min, the pilot then ending at the ladder's bottom.
+    ``memo``: see ``pilot_draws``."""
+    ladder, precise = _ladder(sde, method, start)
     if len(ladder) == 1:  # nothing to choose (e.g. a VE run trained down to start): no pilot
-        return start
-    end = ladder[-1] if precise else start  # where the pilot ends and is denoised
+        return ladder[0]
+    start, end = ladder[0], ladder[-1] if precise else ladder[0]  # where the pilot ends and is denoised
     x0, eps = pilot_draws(score_fn, sde, shape, method, nfe, {**options, "sigma_min": end}, end, generator, dtype,
-                          device)
+                          device, memo)
     with torch.no_grad():
         chosen, r_prev = start, None
         for sigma in ladder:

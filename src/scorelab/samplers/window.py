@@ -21,11 +21,14 @@ too, without a gap between modes; there a window that ends too low costs up to 4
 hence the floor.
 
 ``choose_stochastic_below`` runs the method with the fixed window ``PILOT_WINDOW`` on a pilot batch (at most
-``stop.PILOT`` draws, from a copy of the caller's generator) down to ``PILOT_END`` (or the method's sigma_min where
-that is a number and higher; ``stop.pilot_draws``), denoises it once (Tweedie) and measures r at every level of the
-ladder with one shared draw of eps. Cost: the method's budget + 1 + len(LADDER) evaluations on the pilot batch, one
-host read per level, all before the sampler's loop. The numbers behind the constants: docs/samplers.md, "The window
-read off the score".
+``stop.PILOT`` draws, from a copy of the caller's generator; ``stop.pilot_draws``) down to where the stop level's
+pilot ends when ``sigma_min`` is "auto" or "auto:LEVEL" (``stop.pilot_end``), else to ``PILOT_END`` (or the method's
+sigma_min where that is a number and higher), denoises it once (Tweedie) and measures r up the ladder with one shared
+draw of eps, to one level above the first that qualifies. "auto:FLOOR" reads the same way and never ends the window
+below FLOOR. Cost: the method's budget + 1 + at most len(LADDER) evaluations on the pilot batch, one host read per
+level, all before the sampler's loop; ``sample()`` then chooses the stop level on the same pilot (it passes both
+one ``memo``). The numbers behind the constants: docs/samplers.md, "The window read off the score" and "A floor under
+the window".
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import math
 import torch
 
 from ._common import sigma_of
-from .stop import noise_share, pilot_draws
+from .stop import noise_share, pilot_draws, pilot_end
 
 LADDER = tuple(0.05 * 1.2**k for k in range(27))  # 0.05 .. 5.5, in data units
 KAPPA = 1.8  # the growth of the effective variance where the window ends (2: r stops rising)
@@ -57,18 +60,42 @@ def variance_growth(sigmas, r) -> list[float]:
             for i in range(n)]
 
 
-def window_from_share(sigmas, r) -> float | None:
-    """The first level with kappa > KAPPA and r > R_MIN, at least S_MIN; None where no level qualifies."""
-    for s, q, k in zip(sigmas, r, variance_growth(sigmas, r)):
-        if k > KAPPA and q > R_MIN:
-            return max(float(s), S_MIN)
-    return None
+def window_floor(value) -> float | bool:
+    """What a stochastic_below option asks of this module: False for a number or None (no choice to make); for
+    "auto", S_MIN; for "auto:FLOOR", FLOOR (> 0, the lowest end the reading may give, e.g. "auto:0.7": the window
+    only ever widens from 0.7). Any other string is refused in one line."""
+    if not isinstance(value, str):
+        return False
+    head, _, level = value.partition(":")
+    try:
+        floor = S_MIN if value == "auto" else float(level) if head == "auto" else None
+    except ValueError:
+        floor = None
+    if floor is None or not 0 < floor < float("inf"):
+        raise ValueError(f"stochastic_below must be a number > 0, None (stochastic on every step), 'auto' (the window "
+                         f"read off the score) or 'auto:FLOOR' (read, never below FLOOR, e.g. 'auto:0.7'); "
+                         f"got {value!r}.")
+    return floor
+
+
+def _qualifies(sigmas, r, i: int) -> bool:
+    """Whether level i has kappa > KAPPA and r > R_MIN; kappa from levels i - 1 .. i + 1 only, so that r need be
+    known no further than level i + 1."""
+    lo, hi = max(i - 1, 0), min(i + 2, len(sigmas))
+    return variance_growth(sigmas[lo:hi], r[lo:hi])[i - lo] > KAPPA and r[i] > R_MIN
+
+
+def window_from_share(sigmas, r, floor: float = S_MIN) -> float | None:
+    """The first level with kappa > KAPPA and r > R_MIN, at least ``floor``; None where no level qualifies."""
+    return next((max(float(sigmas[i]), floor) for i in range(len(sigmas)) if _qualifies(sigmas, r, i)), None)
 
 
 def choose_stochastic_below(score_fn, sde, shape, method: str, nfe: int, options: dict, generator=None,
-                            dtype: torch.dtype = torch.float32, device=None) -> float | None:
-    """The level below which ``method`` steps stochastically on this score (see the module's docstring); None:
-    stochastic everywhere. ``options`` are the method's other options."""
+                            dtype: torch.dtype = torch.float32, device=None, floor: float = S_MIN,
+                            memo: dict | None = None) -> float | None:
+    """The level below which ``method`` steps stochastically on this score (see the module's docstring), never below
+    ``floor``; None: stochastic everywhere. ``options`` are the method's other options; ``memo``: see
+    ``stop.pilot_draws``."""
     from . import options_of
 
     known = options_of(method)
@@ -78,11 +105,20 @@ def choose_stochastic_below(score_fn, sde, shape, method: str, nfe: int, options
     if not options.get("eta", known.get("eta")):  # eta = 0: no step is stochastic, nothing to choose, no pilot
         return None
     sm = options.get("sigma_min", known.get("sigma_min"))
-    end = max(PILOT_END, float(getattr(sde, "sigma_min", 0.0)), sm if isinstance(sm, (int, float)) else 0.0)
+    end = pilot_end(sde, method, sm)  # the stop level's pilot where one is to run: one pilot serves both
+    if end is None:
+        end = max(PILOT_END, float(getattr(sde, "sigma_min", 0.0)), sm if isinstance(sm, (int, float)) else 0.0)
     pilot = {**options, "stochastic_below": PILOT_WINDOW, "sigma_min": end}
-    x0, eps = pilot_draws(score_fn, sde, shape, method, nfe, pilot, end, generator, dtype, device)
+    x0, eps = pilot_draws(score_fn, sde, shape, method, nfe, pilot, end, generator, dtype, device, memo)
     top = float(sigma_of(sde, sde.T))
     sigmas = [s for s in LADDER if s < top]
-    with torch.no_grad():
-        r = [noise_share(score_fn, sde, x0, s, eps=eps) for s in sigmas]
-    return window_from_share(sigmas, r) if len(sigmas) > 1 else None
+    if len(sigmas) < 2:
+        return None
+    r: list[float] = []
+    with torch.no_grad():  # level by level up the ladder, stopping one level above the first that qualifies
+        for j, s in enumerate(sigmas):
+            r.append(noise_share(score_fn, sde, x0, s, eps=eps))
+            for i in ([j - 1] if j else []) + ([j] if j == len(sigmas) - 1 else []):
+                if _qualifies(sigmas, r, i):
+                    return max(float(sigmas[i]), floor)
+    return None
