@@ -389,9 +389,12 @@ OURS = [
     # calibrated, stochastic on every step (the default from 20 evaluations before stochastic_below, 2026-11-25)
     ("sde-dpm2M+dz/auto/cal", "ve", "sde_dpm_solver",
      {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True}),
-    # the fixed window of the default from 20 to 31 evaluations before it was read off the score (2026-11-25)
+    # the fixed window of the default from 20 to 31 evaluations before it was read off the score with a floor of
+    # 0.7 (2026-12-04), and the reading without that floor (down to 0.3: better on exact rings, worse on a learned one)
     ("sde-dpm2M+dz/auto/cal/sb.7", "ve", "sde_dpm_solver",
      {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True, "stochastic_below": 0.7}),
+    ("sde-dpm2M+dz/auto/cal/sb.auto", "ve", "sde_dpm_solver",
+     {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True, "stochastic_below": "auto"}),
     ("lms", "ve", "lms", {}),
     ("ipndm", "ve", "ipndm", {}),
     ("ipndm2", "ve", "ipndm", {"order": 2}),

@@ -26,7 +26,9 @@ r <= R_TARGET, stopping early where r no longer falls, never below a VE process'
   there (docs/samplers.md, "The pilot's end").
 
 Cost: the method's budget + 1 + len(LADDER) evaluations on the pilot batch, and one host read per level, all
-before the sampler's loop; none where the ladder has one level (a VE process trained down to the start).
+before the sampler's loop; none where the ladder has one level (a VE process trained down to the start). With the
+window read off the score (``stochastic_below="auto"``, ``samplers/window.py``) the window's pilot ends where this
+one does (``pilot_end``) and ``sample()`` reads the stop level on it: one pilot run for both.
 """
 
 from __future__ import annotations
@@ -80,8 +82,7 @@ def pilot_draws(score_fn, sde, shape, method: str, nfe: int, options: dict, end:
     denoise_to_zero) to the noise level ``end``, denoised there once (x0_hat = E[x0 | x], Tweedie), and eps, one draw
     shaped like it for every level the caller reads; both from a copy of ``generator``, whose own stream is left
     untouched. ``memo``: a dict owned by one ``sample()`` call, in which a pilot run with the same method, budget,
-    options and end is kept and reused (the window's pilot is the stop level's when the window it reads is the
-    pilot's own)."""
+    options and end is kept and reused (``sample()`` chooses the stop level on the window's pilot)."""
     from ..tweedie import tweedie_mean
     from . import options_of, sample
 
