@@ -372,7 +372,15 @@ LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  "gmm-d4-K7-x1.5": lambda: _scaled(501, 4, 7, 1.5), "gmm-d7-K9-x1": lambda: _scaled(511, 7, 9, 1.0),
                  "gmm-d2-K5-x2.5": lambda: _scaled(521, 2, 5, 2.5),
                  "gmm-d14-K6-x0.8": lambda: _scaled(531, 14, 6, 0.8),
-                 "gmm-d3-K10-x0.6": lambda: _scaled(541, 3, 10, 0.6), "ring-around-blob": ring_around_blob}
+                 "gmm-d3-K10-x0.6": lambda: _scaled(541, 3, 10, 0.6), "ring-around-blob": ring_around_blob,
+                 # batch 12, written after the start read off the data's scale (sigma_max="auto", max(10, k std))
+                 # was drafted, before its k was chosen or any sampler ran on them (2026-12-04): mostly wide data
+                 "gmm-d2-K6-x3.5": lambda: _scaled(551, 2, 6, 3.5),
+                 "gmm-d5-K5-x2.2": lambda: _scaled(561, 5, 5, 2.2),
+                 "ring6-r8-std1": lambda: _ring(6, 8.0, 1.0, 61, 0.3),
+                 "gmm-d8-K4-x2.8": lambda: _scaled(571, 8, 4, 2.8),
+                 "gmm-d3-K6-x1.1": lambda: _scaled(581, 3, 6, 1.1),
+                 "ring9-r4-std.3": lambda: _ring(9, 4.0, 0.3, 67, 0.2)}
 
 
 # scorelab samplers: (label, process, method, options); the same fixed set on every mixture, each at its defaults

@@ -316,7 +316,7 @@ def test_no_method_uses_the_budget_default():
     score = lambda x, t: -x / (1.0 + sde.marginal_std(t.double()).float()[:, None] ** 2)  # N(0, I) data
     assert [default_method(n) for n in (1, 7, 8, 19, 20, 99, 100, DEFAULT_NFE)] == \
         ["ipndm", "ipndm", "unipc", "unipc", "sde_dpm_solver", "sde_dpm_solver", "ancestral", "ancestral"]
-    assert default_sampler(5) == ("ipndm", {"order": 2, "rho": 10.0, "sigma_min": "auto:0.01", "sigma_max": 10.0})
+    assert default_sampler(5) == ("ipndm", {"order": 2, "rho": 10.0, "sigma_min": "auto:0.01", "sigma_max": "auto"})
     g = lambda: torch.Generator().manual_seed(1)
     plain = sample(score, sde, (64, 2), method="ipndm", nfe=5, generator=g())
     assert not torch.equal(sample(score, sde, (64, 2), nfe=5, generator=g()).x, plain.x)  # not ipndm's defaults

@@ -20,12 +20,14 @@ from ._common import (
     BudgetExceeded,
     CountedScore,
     SampleResult,
+    check_option,
     check_options,
     check_representable,
     sigma_of,
 )
 from .grid_search import optimized_grid
 from .grids import GRIDS, end_time, make_grid
+from .scale import choose_sigma_max
 from .steps import CORRECTORS, PREDICTORS
 from .stop import auto_start, choose_sigma_min
 from .window import PILOT_WINDOW, choose_stochastic_below, window_floor
@@ -43,7 +45,7 @@ BY_BUDGET = ((100, "ancestral", {}),
              (20, "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True,
                                      "stochastic_below": "auto:0.7"}),
              (8, "unipc", {"sigma_min": "auto:0.03"}),
-             (1, "ipndm", {"order": 2, "rho": 10.0, "sigma_min": "auto:0.01", "sigma_max": 10.0}))
+             (1, "ipndm", {"order": 2, "rho": 10.0, "sigma_min": "auto:0.01", "sigma_max": "auto"}))
 
 
 def default_sampler(nfe: int) -> tuple[str, dict]:
@@ -59,8 +61,9 @@ def default_sampler(nfe: int) -> tuple[str, dict]:
     the data are sharper; from 20 evaluations ``sigma_min="auto"``, whose pilot runs to the ladder's bottom, from 8
     ``"auto:0.03"``, whose pilot ends at 0.03 and reads data narrower than that as a little wider, so it stops
     higher, as a short grid needs: "The pilot's end"); below 8 iPNDM (Zhang & Chen 2023) of order 2 on the Karras
-    grid with rho = 10 from sigma_max = 10 (x_T drawn at that level; data of about unit scale) to the level chosen
-    for the score from 0.01 down (``sigma_min="auto:0.01"``; docs/samplers.md, "Default sampling by budget", "The
+    grid with rho = 10 from sigma_max = 10 (x_T drawn at that level) or 3 times the data's std read off the score
+    where that is higher (``sigma_max="auto"``, ``samplers/scale.py``; "Where a short grid starts") to the level
+    chosen for the score from 0.01 down (``sigma_min="auto:0.01"``; docs/samplers.md, "Default sampling by budget", "The
     default at 5 evaluations", "Where to stop", "The stop level below 8 evaluations")."""
     _, name, options = next((row for row in BY_BUDGET if nfe >= row[0]), BY_BUDGET[-1])
     return name, dict(options)
@@ -182,6 +185,10 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
         raise TypeError(f"x_init must be a tensor [B, *dims] or None, got {type(x_init).__name__}.")
     shape = tuple(x_init.shape) if shape is None and x_init is not None else check_shape(shape)
     pilot_device = generator.device if device is None and generator is not None else device
+    if isinstance(options.get("sigma_max"), str):  # "auto": from the data's scale read off the score, first
+        if options["sigma_max"] != "auto":
+            check_option("sigma_max", options["sigma_max"], sde, None)  # refused in one line
+        options = {**options, "sigma_max": choose_sigma_max(score_fn, sde, shape[1:], generator, dtype, pilot_device)}
     pilots: dict = {}  # the pilot runs of this call, so that the window's pilot is also the stop level's
     floor = window_floor(options.get("stochastic_below"))  # refuses a string that is not "auto[:FLOOR]" in one line
     pilot = options

@@ -116,6 +116,11 @@ def check_option(name, v, sde, default) -> None:
 
         window_floor(v)  # refuses a string that is not "auto" or "auto:FLOOR" in one line
         raise ValueError(f"stochastic_below={v!r} is resolved by sample(); pass a number here.")
+    if name == "sigma_max" and isinstance(v, str):
+        if v != "auto":
+            raise ValueError(f"sigma_max must be a number > 0 or 'auto' (3 times the data's std read off the score, "
+                             f"at least 10); got {v!r}.")
+        raise ValueError("sigma_max='auto' is resolved by sample(); pass a number here.")
     if name in POSITIVE or name in BOUNDED:
         lo, hi, lo_in, hi_in = BOUNDED.get(name, (0, None, False, False))
         lo_in = lo_in or (name == "eps" and default == 0)
