@@ -50,3 +50,17 @@ def test_auto_is_the_chosen_start_draw_for_draw_and_leaves_the_stream():
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="sigma_max must be a number > 0 or 'auto'"):
         sample(sc, ve, (10, 3), "ipndm", 5, sigma_max="high")
+
+
+def test_an_optimized_grid_takes_the_default_start():
+    """optimized_grid with no method (the default below 8 evaluations, sigma_max="auto") reads the start on its
+    probe: the grid begins at the level chosen there, above 10 on data of std about 5.8."""
+    from scorelab.samplers import optimized_grid
+    from scorelab.samplers._common import sigma_of
+
+    ve = VESDE(0.002, 80.0)
+    sc = mixture(8.0).score_fn(ve)
+    grid = optimized_grid(sc, ve, 5, dims=(3,), probe=64, sweeps=1, reference_nfe=40)
+    start = scale.choose_sigma_max(sc, ve, (3,), torch.Generator().manual_seed(0))
+    assert start > scale.FLOOR
+    assert float(sigma_of(ve, grid[0])) == pytest.approx(start, rel=1e-6)

@@ -54,8 +54,12 @@ def optimized_grid(score_fn, sde, nfe: int, method: str | None = None, *, dims, 
                          f"(dpm_solver with eta=0), got {method!r}; pass grid='log_snr' or 'karras' for the others.")
     if not all(isinstance(v, int) and v >= 1 for v in (probe, sweeps, reference_nfe)) or not isinstance(seed, int):
         raise ValueError("probe, sweeps and reference_nfe must be positive integers and seed an integer.")
+    from .scale import choose_sigma_max
     from .stop import auto_start, choose_sigma_min
 
+    if options.get("sigma_max") == "auto":  # resolved once, on the probe's x_T draw
+        g = torch.Generator(device or "cpu").manual_seed(seed)
+        options = {**options, "sigma_max": choose_sigma_max(score_fn, sde, tuple(dims), g, dtype, device)}
     start = auto_start(options.get("sigma_min"))
     if start is not False:  # resolved once, on the probe
         g = torch.Generator(device or "cpu").manual_seed(seed)
