@@ -407,6 +407,8 @@ OURS = [
     ("ipndm", "ve", "ipndm", {}),
     ("ipndm2", "ve", "ipndm", {"order": 2}),
     ("unipc", "vp", "unipc", {}),
+    # equal steps in t on the VP run, the peers' (diffusers') spacing: they win with it on wide 2-D data (batch 12)
+    ("unipc/uniform", "vp", "unipc", {"grid": "uniform"}),
     ("unipc-bh1", "vp", "unipc", {"variant": "bh1"}),
     ("deis", "vp", "deis", {}),
 ]
