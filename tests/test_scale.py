@@ -61,6 +61,6 @@ def test_an_optimized_grid_takes_the_default_start():
     ve = VESDE(0.002, 80.0)
     sc = mixture(8.0).score_fn(ve)
     grid = optimized_grid(sc, ve, 5, dims=(3,), probe=64, sweeps=1, reference_nfe=40)
-    start = scale.choose_sigma_max(sc, ve, (3,), torch.Generator().manual_seed(0))
+    start = scale.choose_sigma_max(sc, ve, (3,), torch.Generator().manual_seed(0), n=64)  # the probe's draws
     assert start > scale.FLOOR
     assert float(sigma_of(ve, grid[0])) == pytest.approx(start, rel=1e-6)

@@ -29,7 +29,7 @@ from .grid_search import optimized_grid
 from .grids import GRIDS, end_time, make_grid
 from .scale import choose_sigma_max
 from .steps import CORRECTORS, PREDICTORS
-from .stop import auto_start, choose_sigma_min
+from .stop import PILOT, auto_start, choose_sigma_min
 from .window import PILOT_WINDOW, choose_stochastic_below, window_floor
 
 # the modules keep their names (``scorelab.samplers.ode`` is the module); the table holds the functions
@@ -188,7 +188,8 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     if isinstance(options.get("sigma_max"), str):  # "auto": from the data's scale read off the score, first
         if options["sigma_max"] != "auto":
             check_option("sigma_max", options["sigma_max"], sde, None)  # refused in one line
-        options = {**options, "sigma_max": choose_sigma_max(score_fn, sde, shape[1:], generator, dtype, pilot_device)}
+        options = {**options, "sigma_max": choose_sigma_max(score_fn, sde, shape[1:], generator, dtype, pilot_device,
+                                                            n=min(shape[0], PILOT))}
     pilots: dict = {}  # the pilot runs of this call, so that the window's pilot is also the stop level's
     floor = window_floor(options.get("stochastic_below"))  # refuses a string that is not "auto[:FLOOR]" in one line
     pilot = options

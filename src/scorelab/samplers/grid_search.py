@@ -55,11 +55,12 @@ def optimized_grid(score_fn, sde, nfe: int, method: str | None = None, *, dims, 
     if not all(isinstance(v, int) and v >= 1 for v in (probe, sweeps, reference_nfe)) or not isinstance(seed, int):
         raise ValueError("probe, sweeps and reference_nfe must be positive integers and seed an integer.")
     from .scale import choose_sigma_max
-    from .stop import auto_start, choose_sigma_min
+    from .stop import PILOT, auto_start, choose_sigma_min
 
-    if options.get("sigma_max") == "auto":  # resolved once, on the probe's x_T draw
+    if options.get("sigma_max") == "auto":  # resolved once, on the probe
         g = torch.Generator(device or "cpu").manual_seed(seed)
-        options = {**options, "sigma_max": choose_sigma_max(score_fn, sde, tuple(dims), g, dtype, device)}
+        options = {**options, "sigma_max": choose_sigma_max(score_fn, sde, tuple(dims), g, dtype, device,
+                                                            n=min(probe, PILOT))}
     start = auto_start(options.get("sigma_min"))
     if start is not False:  # resolved once, on the probe
         g = torch.Generator(device or "cpu").manual_seed(seed)

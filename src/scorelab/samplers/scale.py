@@ -11,9 +11,9 @@ at a level sigma far above the data, the denoiser is linear to first order, D(y)
 (y - mu) for y = x0 + sigma eps, C the data's covariance (for a mixture, the spread of the means is part of C).
 With y = sigma eps drawn without the data (x_T itself), Cov(D, y) = sigma^2 C / (C + sigma^2) per eigendirection,
 so c = E[(D - E D) . (y - E y)] / d ~ v sigma^2 / (v + sigma^2) and v = c sigma^2 / (sigma^2 - c), v = std^2. One
-score evaluation on at most ``stop.PILOT`` draws from a copy of the caller's generator (its own stream untouched),
-one host read. Data narrower than FLOOR / PER_STD keep sigma_max = FLOOR. The numbers behind the constants:
-docs/samplers.md, "Where a short grid starts".
+score evaluation on at most ``stop.PILOT`` draws (no more than the caller's batch) from a copy of the caller's
+generator (its own stream untouched), one host read. Data narrower than FLOOR / PER_STD keep sigma_max = FLOOR.
+The numbers behind the constants: docs/samplers.md, "Where a short grid starts".
 """
 
 from __future__ import annotations
@@ -31,13 +31,10 @@ def data_std(score_fn, sde, dims, generator=None, dtype: torch.dtype = torch.flo
     """The data's root-mean-square std per dimension, from the denoiser's linear response at t = T (see the module's
     docstring)."""
     from ..tweedie import tweedie_mean
-    from .stop import PILOT
+    from .stop import PILOT, stream_copy
 
     n = PILOT if n is None else n
-    if generator is not None:  # a copy, so that the caller's stream is left as it was
-        copy = torch.Generator(generator.device)
-        copy.set_state(generator.get_state())
-        generator = copy
+    generator = stream_copy(generator)  # the caller's stream is left as it was
     T = float(sde.T)
     sigma = float(sigma_of(sde, T))
     m = float(sde.marginal_scale(torch.tensor(T, dtype=torch.float64)))
@@ -50,7 +47,9 @@ def data_std(score_fn, sde, dims, generator=None, dtype: torch.dtype = torch.flo
     return (c * sigma**2 / (sigma**2 - c)) ** 0.5
 
 
-def choose_sigma_max(score_fn, sde, dims, generator=None, dtype: torch.dtype = torch.float32, device=None) -> float:
-    """max(FLOOR, PER_STD data_std), at most the process's top level sigma(T)."""
+def choose_sigma_max(score_fn, sde, dims, generator=None, dtype: torch.dtype = torch.float32, device=None,
+                     n: int | None = None) -> float:
+    """max(FLOOR, PER_STD data_std), at most the process's top level sigma(T); ``n`` draws (default ``stop.PILOT``;
+    ``sample()`` passes min(batch, PILOT), as for its pilots)."""
     top = float(sigma_of(sde, sde.T))
-    return min(max(FLOOR, PER_STD * data_std(score_fn, sde, dims, generator, dtype, device)), top)
+    return min(max(FLOOR, PER_STD * data_std(score_fn, sde, dims, generator, dtype, device, n)), top)

@@ -75,6 +75,16 @@ def auto_start(value) -> float | None | bool:
     return start
 
 
+def stream_copy(generator: torch.Generator | None) -> torch.Generator | None:
+    """A generator at the same state as ``generator`` (None stays None): a pilot draws from it and leaves the
+    caller's stream as it was."""
+    if generator is None:
+        return None
+    copy = torch.Generator(generator.device)
+    copy.set_state(generator.get_state())
+    return copy
+
+
 def pilot_draws(score_fn, sde, shape, method: str, nfe: int, options: dict, end: float, generator=None,
                 dtype: torch.dtype = torch.float32, device=None, memo: dict | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,10 +103,7 @@ def pilot_draws(score_fn, sde, shape, method: str, nfe: int, options: dict, end:
            tuple(sorted((k, repr(v)) for k, v in options.items())))
     if memo is not None and key in memo:
         return memo[key]
-    if generator is not None:  # a copy, so that the caller's stream is left as it was
-        copy = torch.Generator(generator.device)
-        copy.set_state(generator.get_state())
-        generator = copy
+    generator = stream_copy(generator)
     x = sample(score_fn, sde, (n, *shape[1:]), method, nfe, generator=generator, dtype=dtype, device=device,
                **options).x
     with torch.no_grad():
