@@ -380,7 +380,17 @@ LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  "ring6-r8-std1": lambda: _ring(6, 8.0, 1.0, 61, 0.3),
                  "gmm-d8-K4-x2.8": lambda: _scaled(571, 8, 4, 2.8),
                  "gmm-d3-K6-x1.1": lambda: _scaled(581, 3, 6, 1.1),
-                 "ring9-r4-std.3": lambda: _ring(9, 4.0, 0.3, 67, 0.2)}
+                 "ring9-r4-std.3": lambda: _ring(9, 4.0, 0.3, 67, 0.2),
+                 # batch 13, written after the climb of sigma_min="auto:LEVEL" above LEVEL (stop.UP) was chosen,
+                 # before any sampler ran on them (2026-12-04): scales from 0.1 to 10
+                 "ring5-r6-std.8": lambda: _ring(5, 6.0, 0.8, 71, 0.2),
+                 "gmm-d2-K8-x3": lambda: _scaled(811, 2, 8, 3.0),
+                 "gmm-d3-K5-x4": lambda: _scaled(823, 3, 5, 4.0),
+                 "gmm-d6-K7-x2": lambda: _scaled(837, 6, 7, 2.0),
+                 "ring4-r10-std2": lambda: _ring(4, 10.0, 2.0, 73, 0.9),
+                 "gmm-d2-K10-x0.8": lambda: _scaled(845, 2, 10, 0.8),
+                 "ring7-r2-std.1": lambda: _ring(7, 2.0, 0.1, 79, 0.5),
+                 "gmm-d10-K6-x1.3": lambda: _scaled(851, 10, 6, 1.3)}
 
 
 # scorelab samplers: (label, process, method, options); the same fixed set on every mixture, each at its defaults

@@ -10,7 +10,7 @@ from scorelab.samplers import sample
 from scorelab.samplers.grids import end_time
 from scorelab.sde import VESDE, VPSDE, SubVPSDE
 from test_sampler_properties import unit_gaussian_score
-from test_samplers import _exact_flow, _gaussian_problem, _slope, gaussian_score, gen, small_mixture
+from test_samplers import _exact_flow, _gaussian_problem, _slope, as_returned, gaussian_score, gen, small_mixture
 
 F64 = torch.float64
 NEW = ("lms", "ipndm", "unipc", "deis")
@@ -34,7 +34,8 @@ def test_order_of_convergence(sde, method, opts, order):
     """Error against the exact probability-flow map x_T -> x(sigma = 0.002) of a Gaussian, from x_T at T."""
     mu, Q, lam, gmm = _gaussian_problem()
     x_T = sde.prior_sampling((64, 2), generator=gen(3), dtype=F64)
-    exact = _exact_flow(sde, mu, Q, lam, x_T, end_time(sde, 0.002))
+    t_end = end_time(sde, 0.002)
+    exact = as_returned(sde, method, opts, _exact_flow(sde, mu, Q, lam, x_T, t_end), t_end)
     if method in ("unipc", "deis"):
         opts = {**opts, "lower_order_final": False}
     nfes, errs = (40, 80, 160), []

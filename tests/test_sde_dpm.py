@@ -84,10 +84,11 @@ def _moments(sde, nfe, order, monkeypatch):
     x0 = torch.zeros(nfe + 1, 1, dtype=F64)
     x0[-1] = 1.0
     out = {}
+    m_end = float(sde.marginal_scale(torch.tensor(end_time(sde, 0.002), dtype=F64)))  # sample() returns x / m_end
     for name, fake in (("unit", unit), ("zero", lambda like, generator: torch.zeros_like(like))):
         monkeypatch.setattr(multistep, "gaussian", fake)  # the noise of run_plan
         out[name] = sample(_score(sde), sde, None, method="dpm_solver", nfe=nfe, x_init=x0, order=order, eta=1.0,
-                           sigma_min=0.002, sigma_max=1e6, dtype=F64, generator=torch.Generator()).x[:, 0]
+                           sigma_min=0.002, sigma_max=1e6, dtype=F64, generator=torch.Generator()).x[:, 0] * m_end
     z = out["zero"]
     return float(z[-1] - z[0]), float(z[0]), float(((out["unit"] - z)[:nfe] ** 2).sum())
 

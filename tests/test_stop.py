@@ -30,18 +30,28 @@ def test_noise_share_is_the_noise_fraction_of_the_variance(sde, s):
         assert abs(r - exact) < 0.03 * exact + 1e-4, (sigma, r, exact)
 
 
-def _expected(s: float, start: float = 0.03) -> float:
-    """The rule on the exact r of N(0, s^2 I): the first ladder level with r <= R_TARGET (r falls with sigma)."""
+def _expected(s: float, start: float = 0.03, climb: float | None = None) -> float:
+    """The rule on the exact r of N(0, s^2 I): the first ladder level with r <= R_TARGET (r falls with sigma); with
+    a ``climb`` target ("auto:LEVEL"), where r at the start is already at or below it, the highest level of ``UP``
+    that keeps r there."""
+    r = lambda v: v * v / (s * s + v * v)
     ladder = [start] + [v for v in stop.LADDER if v < start]
-    return next((v for v in ladder if v * v / (s * s + v * v) <= stop.R_TARGET), ladder[-1])
+    chosen = next((v for v in ladder if r(v) <= stop.R_TARGET), ladder[-1])
+    if climb is not None and chosen == start and r(start) <= climb:
+        for v in (v for v in stop.UP if v > start):
+            if r(v) > climb:
+                break
+            chosen = v
+    return chosen
 
 
 @pytest.mark.parametrize("s", [1.0, 0.1, 0.02, 0.004])
 def test_the_choice_follows_the_width_of_the_data(s):
-    """Wide data keep the method's own end (0.03); narrower data end lower, where r first reaches R_TARGET. With
-    "auto" the pilot runs to the ladder's bottom, and r reads the width as it is: exactly the level of the exact r.
+    """With "auto" wide data keep the method's own end (0.03); narrower data end lower, where r first reaches
+    R_TARGET: the pilot runs to the ladder's bottom, and r reads the width as it is, exactly the level of the exact r.
     With "auto:0.03" the pilot ends at 0.03, whose denoising shrinks data narrower than that, and r reads a little
-    low: the choice is that level or one above it."""
+    low: the choice is that level or one above it; data wide at 0.03 climb to the highest level of UP whose exact r
+    is at or below R_TARGET (0.2 for unit width)."""
     g, sde = gaussian(s), VESDE(0.002, 80.0)
     choose = lambda start: stop.choose_sigma_min(g.score_fn(sde), sde, (4000, 3), "unipc", 10, {},
                                                  torch.Generator().manual_seed(0), start=start)
@@ -49,11 +59,31 @@ def test_the_choice_follows_the_width_of_the_data(s):
     i = ladder.index(_expected(s))
     precise, shrunk = choose(None), choose(0.03)
     assert precise == ladder[i], (s, precise)
-    assert shrunk in ladder[max(i - 1, 0):i + 1], (s, shrunk)
+    if _expected(s, climb=stop.R_TARGET) > 0.03:
+        assert shrunk == _expected(s, climb=stop.R_TARGET), (s, shrunk)
+    else:
+        assert shrunk in ladder[max(i - 1, 0):i + 1], (s, shrunk)
     if s == 1.0:
-        assert shrunk == 0.03
+        assert precise == 0.03 and shrunk == 0.2
     if s == 0.004:
         assert shrunk == 0.002
+
+
+@pytest.mark.parametrize("s", [3.0, 1.0, 0.5, 0.2, 0.1, 0.05])
+def test_auto_level_climbs_on_data_wide_at_that_level(s):
+    """"auto:0.01" on N(0, s^2 I): the level the exact r = sigma^2 / (s^2 + sigma^2) gives, up to 0.5. At 10
+    evaluations r climbs to R_TARGET = 0.05 (sigma <= s / 4.36), at 5 to 0.015 (sigma <= s / 8.1): 0.5 / 0.3 for
+    s = 3, 0.2 / 0.1 for 1, 0.1 / 0.05 for 0.5, ..., and 0.01 for 0.05 (r = 0.038 there). The same draws as the
+    chosen level passed as a number."""
+    g, sde = gaussian(s), VESDE(0.002, 80.0)
+    gen = lambda: torch.Generator().manual_seed(0)
+    want = {10: {3.0: 0.5, 1.0: 0.2, 0.5: 0.1, 0.2: 0.03, 0.1: 0.02, 0.05: 0.01},
+            5: {3.0: 0.3, 1.0: 0.1, 0.5: 0.05, 0.2: 0.02, 0.1: 0.01, 0.05: 0.01}}
+    for nfe, target in ((10, stop.R_TARGET), (5, 0.015)):
+        chosen = stop.choose_sigma_min(g.score_fn(sde), sde, (512, 3), "ipndm", nfe, {}, gen(), start=0.01)
+        assert chosen == _expected(s, 0.01, climb=target) == want[nfe][s], (s, nfe, chosen)
+    a = sample(g.score_fn(sde), sde, (64, 3), "ipndm", 5, generator=gen(), sigma_min="auto:0.01").x
+    assert torch.equal(a, sample(g.score_fn(sde), sde, (64, 3), "ipndm", 5, generator=gen(), sigma_min=chosen).x)
 
 
 def test_the_default_from_20_evaluations_reads_needles_as_they_are():
@@ -135,11 +165,12 @@ def test_an_optimised_grid_for_the_default_ends_at_the_chosen_level(tmp_path):
 
 
 def test_auto_level_starts_the_choice_at_that_level():
-    """sigma_min="auto:LEVEL": the pilot ends at LEVEL and the ladder starts there (ipndm's own end is 0.005). Wide
-    data keep LEVEL; data narrower than it get a lower level; the default below 8 evaluations is the same call."""
+    """sigma_min="auto:LEVEL": the pilot ends at LEVEL and the ladder starts there (ipndm's own end is 0.005). Data
+    as wide as LEVEL keep it, data narrower get a lower level (wider ones climb: the test above); the default below
+    8 evaluations is the same call."""
     sde = VESDE(0.002, 80.0)
     g = lambda: torch.Generator().manual_seed(0)
-    wide, narrow = gaussian(0.5).score_fn(sde), gaussian(0.004).score_fn(sde)
+    wide, narrow = gaussian(0.05).score_fn(sde), gaussian(0.004).score_fn(sde)
     assert stop.choose_sigma_min(wide, sde, (256, 3), "ipndm", 5, {}, g()) == 0.005
     assert stop.choose_sigma_min(wide, sde, (256, 3), "ipndm", 5, {}, g(), start=0.01) == 0.01
     assert stop.choose_sigma_min(narrow, sde, (256, 3), "ipndm", 5, {}, g(), start=0.01) < 0.01
@@ -162,12 +193,18 @@ def test_the_default_below_8_evaluations_ends_below_needles():
 
 
 def test_a_ladder_of_one_level_needs_no_pilot():
-    """A VE run trained down to 0.01 asked for "auto:0.01": nothing to choose, no score evaluation."""
+    """A VE run trained down to ipndm's own end 0.005 asked for "auto" (which does not climb): nothing to choose, no
+    score evaluation. Asked for "auto:0.01" on a run trained down to 0.01 it may still climb: a pilot, and on data
+    of std 0.5 the level 0.05."""
     calls = []
+    counted = lambda score: lambda x, t: calls.append(1) or score(x, t)
+    sde = VESDE(0.005, 10.0)
+    assert stop.choose_sigma_min(counted(gaussian(0.5).score_fn(sde)), sde, (64, 3), "ipndm", 5, {}) == 0.005
+    assert not calls and stop.pilot_end(sde, "ipndm", "auto") is None
     sde = VESDE(0.01, 10.0)
-    score = gaussian(0.5).score_fn(sde)
-    counted = lambda x, t: calls.append(1) or score(x, t)
-    assert stop.choose_sigma_min(counted, sde, (64, 3), "ipndm", 5, {}, start=0.01) == 0.01 and not calls
+    assert stop.pilot_end(sde, "ipndm", "auto:0.01") == 0.01
+    assert stop.choose_sigma_min(counted(gaussian(0.5).score_fn(sde)), sde, (64, 3), "ipndm", 5, {}, start=0.01) == 0.05
+    assert calls
 
 
 @pytest.mark.parametrize("word", ["auto:", "auto:-1", "auto:x", "auto:0", "auto:inf", "Auto"])
@@ -175,3 +212,20 @@ def test_a_malformed_auto_level_is_refused_in_one_line(word):
     g, sde = gaussian(0.1), VESDE(0.002, 80.0)
     with pytest.raises(ValueError, match="'auto:LEVEL'"):
         sample(g.score_fn(sde), sde, (8, 3), "ipndm", 5, sigma_min=word)
+
+
+@pytest.mark.parametrize("sde", [VESDE(0.002, 80.0), VPSDE(0.1, 20.0)], ids=["ve", "vp"])
+def test_a_run_that_stops_above_zero_returns_data_units(sde):
+    """A method stopping at sigma_min = 0.3 on its own grid returns the data plus that noise in data units, x / m:
+    variance 1 + 0.09 on N(0, I) on both processes (on VP the state at the end is m = 0.958 times that, variance
+    1.0). On a grid passed as a tensor (the same times) it returns the state itself, to be continued."""
+    from scorelab.samplers import METHODS, _bind, _grid
+
+    g = gaussian(1.0)
+    run = lambda **o: sample(g.score_fn(sde), sde, (20000, 3), "unipc", 20, generator=torch.Generator().manual_seed(0),
+                             sigma_min=0.3, **o).x
+    x = run()
+    assert abs(float(x.var(0).mean()) - 1.09) < 0.02, float(x.var(0).mean())
+    times = _grid(METHODS["unipc"], sde, 20, _bind("unipc", sde, {"sigma_min": 0.3}), None)
+    m_end = float(sde.marginal_scale(times[-1]))
+    assert torch.allclose(run(grid=times), m_end * x, rtol=1e-5, atol=1e-6)

@@ -24,6 +24,7 @@ from ._common import (
     check_options,
     check_representable,
     sigma_of,
+    value,
 )
 from .grid_search import optimized_grid
 from .grids import GRIDS, end_time, make_grid
@@ -60,11 +61,12 @@ def default_sampler(nfe: int) -> tuple[str, dict]:
     (Zhao et al. 2023); both of these end at the noise level chosen for the score (``samplers/stop.py``: 0.03 unless
     the data are sharper; from 20 evaluations ``sigma_min="auto"``, whose pilot runs to the ladder's bottom, from 8
     ``"auto:0.03"``, whose pilot ends at 0.03 and reads data narrower than that as a little wider, so it stops
-    higher, as a short grid needs: "The pilot's end"); below 8 iPNDM (Zhang & Chen 2023) of order 2 on the Karras
-    grid with rho = 10 from sigma_max = 10 (x_T drawn at that level) or 3 times the data's std read off the score
-    where that is higher (``sigma_max="auto"``, ``samplers/scale.py``; "Where a short grid starts") to the level
-    chosen for the score from 0.01 down (``sigma_min="auto:0.01"``; docs/samplers.md, "Default sampling by budget", "The
-    default at 5 evaluations", "Where to stop", "The stop level below 8 evaluations")."""
+    higher, as a short grid needs: "The pilot's end"; data wide at 0.03 stop higher, up to 0.5: "Wide data end
+    higher"); below 8 iPNDM (Zhang & Chen 2023) of order 2 on the Karras grid with rho = 10 from sigma_max = 10
+    (x_T drawn at that level) or 3 times the data's std read off the score where that is higher
+    (``sigma_max="auto"``, ``samplers/scale.py``; "Where a short grid starts") to the level chosen for the score
+    from 0.01 (``sigma_min="auto:0.01"``, down on sharp data, up on wide; docs/samplers.md, "Default sampling by
+    budget", "The default at 5 evaluations", "Where to stop", "The stop level below 8 evaluations")."""
     _, name, options = next((row for row in BY_BUDGET if nfe >= row[0]), BY_BUDGET[-1])
     return name, dict(options)
 
@@ -166,7 +168,9 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     "karras", "optimized" (``optimized_grid``, searched for this score once and cached), or a decreasing tensor
     of times); ``project(x, t [B]) -> x`` imposes a constraint after every step (see ``scorelab.conditional``);
     ``progress`` shows a progress bar on a terminal. ``options`` go to the method (``options_of(method)`` lists
-    them). Returns SampleResult(x [B, *dims], nfe = evaluations used, steps).
+    them). Returns SampleResult(x [B, *dims], nfe = evaluations used, steps). A method that stops at a noise level
+    sigma_min on its own grid returns x / m(t_N), the data plus that noise in data units (on a VP process m < 1
+    there); on a ``grid`` tensor, the process's state at its last time, to be continued with ``x_init``.
     """
     check_sampling_args(score_fn, sde, generator, nfe)
     if method is None:
@@ -207,6 +211,7 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     opts = _bind(method, sde, options)
     steps = fn.steps(nfe, opts)
     device = generator.device if device is None and generator is not None else device
+    own_grid = not isinstance(grid, torch.Tensor)  # a tensor of the caller's: the state at its last time, as it is
     if isinstance(grid, str) and grid == "optimized":  # searched once per (score, sde, method, nfe), cached
         grid = optimized_grid(score_fn, sde, nfe, method, dims=shape[1:], dtype=dtype, device=device, **options)
     times = _grid(fn, sde, steps, opts, grid)
@@ -233,6 +238,9 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     finally:
         if bar is not None:
             bar.close()
+    if own_grid and value(fn.noisy_end, opts) and float(times[-1]) > 0:  # in data units: x0 + sigma_min eps
+        m_end = float(sde.marginal_scale(times[-1]))
+        x = x if m_end == 1.0 else x / m_end
     if not bool(torch.isfinite(x).all()):  # one check at the end, never inside the loop
         raise ValueError(f"sampling with {method!r} in {dtype} produced non-finite values: the score returned NaN "
                          "or inf, or a step size or the process is too large for this dtype (try float32/64).")

@@ -43,12 +43,14 @@ class CountedScore:
 
 def method(cost: int | Callable = 1, reserve: int | Callable = 0, grid: str | None = "uniform",
            end: str | float = "eps", steps: Callable | None = None, start: Callable | None = None,
-           begin: str | None = None, deterministic: bool | Callable = False):
+           begin: str | None = None, deterministic: bool | Callable = False, noisy_end: bool | Callable = False):
     """Declare a method: ``cost`` evaluations per step, ``reserve`` for a final step (numbers or functions of the
     options), default ``grid`` (None: all at the option ``t``), the options giving its ``end`` (time "eps" or
     level "sigma_min") and ``begin`` (a level; default T), ``steps(nfe, options)``, ``start(sde, options)``;
     ``deterministic`` (or a function of the given options): it draws no noise after x_T (inpainting then noises
-    the known entries with one z, so that they follow one smooth path)."""
+    the known entries with one z, so that they follow one smooth path); ``noisy_end`` (or a function of the
+    options): it returns the process's state at the grid's last noise level sigma_min, not denoised, which
+    ``sample()`` hands back in data units, x / m(t_N) (the data plus noise sigma_min; VE: m = 1)."""
     def by_cost(nfe, o):
         c, r = value(cost, o), value(reserve, o)
         n = (nfe - r) // c
@@ -59,6 +61,7 @@ def method(cost: int | Callable = 1, reserve: int | Callable = 0, grid: str | No
 
     def wrap(fn):
         fn.grid, fn.end, fn.begin, fn.start, fn.deterministic = grid, end, begin, start, deterministic
+        fn.noisy_end = noisy_end
         fn.steps = steps or by_cost
         return fn
     return wrap

@@ -52,7 +52,7 @@ def _steps(nfe, o):
 
 
 @method(steps=_steps, reserve=lambda o: int(o["denoise_to_zero"]), grid="log_snr", end="sigma_min",
-        begin="sigma_max", deterministic=lambda o: not o.get("eta", 0))
+        begin="sigma_max", deterministic=lambda o: not o.get("eta", 0), noisy_end=lambda o: not o["denoise_to_zero"])
 def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multistep: bool = True,
                sigma_min: float = 0.03, lower_order_final: bool = True, denoise_to_zero: bool = False,
                rho: float = 7.0, eta: float = 0.0, calibrate: bool = False, stochastic_below: float | None = None,
@@ -91,7 +91,8 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
 
 
 @method(steps=lambda nfe, o: _steps(nfe, {**o, "multistep": True}), reserve=lambda o: int(o["denoise_to_zero"]),
-        grid="log_snr", end="sigma_min", begin="sigma_max", deterministic=lambda o: o.get("eta", 1.0) == 0)
+        grid="log_snr", end="sigma_min", begin="sigma_max", deterministic=lambda o: o.get("eta", 1.0) == 0,
+        noisy_end=lambda o: not o["denoise_to_zero"])
 def sde_dpm_solver(score, sde, x, times, generator, callback, order: int = 2, sigma_min: float = 0.03,
                    denoise_to_zero: bool = False, eta: float = 1.0, calibrate: bool = False,
                    stochastic_below: float | None = None, sigma_max: float = 80.0):

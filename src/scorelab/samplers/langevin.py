@@ -44,7 +44,8 @@ def _levels(budget, o):
     return L, T
 
 
-@method(steps=lambda nfe, o: _levels(nfe - o["denoise"], o)[0] - 1, grid="log_snr", end="sigma_min")
+@method(steps=lambda nfe, o: _levels(nfe - o["denoise"], o)[0] - 1, grid="log_snr", end="sigma_min",
+        noisy_end=lambda o: not o["denoise"])
 def annealed_langevin(score, sde, x, times, generator, callback, n_levels: int | None = None,
                       steps_per_level: int | None = None, step_size: float | None = None, sigma_min: float = 0.01,
                       denoise: bool = True):

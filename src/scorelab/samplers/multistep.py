@@ -119,14 +119,14 @@ def _adams(score, x, S, callback, order, coeffs):
     return run_plan(score, x, S, lambda x, sc, i: sc, plan, callback)
 
 
-@method(grid="karras", end="sigma_min", begin="sigma_max", deterministic=True)
+@method(grid="karras", end="sigma_min", begin="sigma_max", deterministic=True, noisy_end=True)
 def lms(score, sde, x, times, generator, callback, order: int = 4, sigma_min: float = 0.002,
         sigma_max: float = 80.0, rho: float = 7.0):
     return _adams(score, x, Schedule(sde, times, x), callback, order, lambda i, k, sig: _lagrange_integrals(
         [sig[i - j] for j in range(k)], sig[i], sig[i + 1], lambda u: u, np.ones_like))
 
 
-@method(grid="karras", end="sigma_min", begin="sigma_max", deterministic=True)
+@method(grid="karras", end="sigma_min", begin="sigma_max", deterministic=True, noisy_end=True)
 def ipndm(score, sde, x, times, generator, callback, order: int = 3, sigma_min: float = 0.005,
           sigma_max: float = 80.0, rho: float = 7.0):
     return _adams(score, x, Schedule(sde, times, x), callback, order,
@@ -176,7 +176,7 @@ def _unipc_weights(lam, i, k, variant, corrector):
     return w
 
 
-@method(grid="log_snr", end="sigma_min", begin="sigma_max", deterministic=True)
+@method(grid="log_snr", end="sigma_min", begin="sigma_max", deterministic=True, noisy_end=True)
 def unipc(score, sde, x, times, generator, callback, order: int = 2, variant: str = "bh2", use_corrector: bool = True,
           lower_order_final: bool = True, sigma_min: float = 0.03, sigma_max: float = 80.0, rho: float = 7.0):
     _at_most_3(order)
@@ -189,7 +189,7 @@ def unipc(score, sde, x, times, generator, callback, order: int = 2, variant: st
     return run_plan(score, x, S, data_store(S), plan(False), callback, plan(True) if use_corrector else None)
 
 
-@method(grid="log_snr", end="sigma_min", begin="sigma_max", deterministic=True)
+@method(grid="log_snr", end="sigma_min", begin="sigma_max", deterministic=True, noisy_end=True)
 def deis(score, sde, x, times, generator, callback, order: int = 3, lower_order_final: bool = True,
          sigma_min: float = 0.03, sigma_max: float = 80.0, rho: float = 7.0):
     _at_most_3(order)

@@ -23,10 +23,15 @@ r <= R_TARGET, stopping early where r no longer falls, never below a VE process'
   sigma^2 (k v + sigma^2) / (v + sigma^2)^2 instead of sigma^2 / (v + sigma^2) for a Gaussian of variance v,
   k = v / (v + LEVEL^2); the choice is then a level or two higher than the exact r would give. The budget defaults
   below 20 evaluations use this reading: with few steps a lower end stretches the grid, and the higher choice wins
-  there (docs/samplers.md, "The pilot's end").
+  there (docs/samplers.md, "The pilot's end"). Where r at LEVEL is already at or below the climb's target
+  (R_TARGET; 0.015 below 8 evaluations, ``CLIMB``), the data are wide at that scale and the choice climbs the
+  levels ``UP`` above LEVEL while r stays there: with few steps every octave of the grid below the data's width
+  costs steps their structure needs, and data of components of std 1 sample best ending at 0.1-0.2
+  (docs/samplers.md, "Wide data end higher"). "auto" does not climb.
 
-Cost: the method's budget + 1 + len(LADDER) evaluations on the pilot batch, and one host read per level, all
-before the sampler's loop; none where the ladder has one level (a VE process trained down to the start). With the
+Cost: the method's budget + 1 + len(LADDER) (+ len(UP) for "auto:LEVEL") evaluations on the pilot batch, and one
+host read per level, all before the sampler's loop; none where there is one level to choose (a VE process trained
+down to the start, "auto"). With the
 window read off the score (``stochastic_below="auto"``, ``samplers/window.py``) the window's pilot ends where this
 one does (``pilot_end``) and ``sample()`` reads the stop level on it: one pilot run for both.
 """
@@ -38,7 +43,11 @@ import torch
 from .grids import end_time
 
 LADDER = (0.03, 0.02, 0.01, 0.005, 0.002)  # candidate last levels, in data units (EDM's sigma_min is 0.002)
+UP = (0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5)  # "auto:LEVEL" climbs these above LEVEL ("Wide data end higher")
 R_TARGET = 0.05
+# the noise share the climb above LEVEL may reach, by budget (from nfe, target): at 5 evaluations a climb to r = 0.05
+# cost 1.2-1.6x on three mixtures of std 0.15-0.2 out of 85 (ring8: 0.01 -> 0.03) where 0.015 cost at most 1.11x
+CLIMB = ((8, R_TARGET), (1, 0.015))
 PILOT = 256
 
 
@@ -106,8 +115,10 @@ def pilot_draws(score_fn, sde, shape, method: str, nfe: int, options: dict, end:
     generator = stream_copy(generator)
     x = sample(score_fn, sde, (n, *shape[1:]), method, nfe, generator=generator, dtype=dtype, device=device,
                **options).x
-    with torch.no_grad():
-        x0 = tweedie_mean(score_fn, sde, x, end_time(sde, end))
+    t_end = end_time(sde, end)
+    m_end = float(sde.marginal_scale(torch.tensor(t_end, dtype=torch.float64)))
+    with torch.no_grad():  # sample() returns x / m at the end (data units): the state is m times that
+        x0 = tweedie_mean(score_fn, sde, x if m_end == 1.0 else m_end * x, t_end)
         drawn = x0, torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     if memo is not None:
         memo[key] = drawn
@@ -128,14 +139,24 @@ def _ladder(sde, method: str, start: float | None) -> tuple[list[float], bool]:
     return [start] + [s for s in LADDER if s < start and s >= lo], precise
 
 
+def _up(sde, ladder: list[float], precise: bool) -> list[float]:
+    """The levels above the ladder's start that "auto:LEVEL" may climb to (none for "auto"), below the process's top."""
+    from ._common import sigma_of
+
+    top = float(sigma_of(sde, sde.T))
+    return [] if precise else [s for s in UP if ladder[0] < s < top]
+
+
 def pilot_end(sde, method: str, sigma_min) -> float | None:
     """Where ``choose_sigma_min``'s pilot ends for this sigma_min option ("auto" or "auto:LEVEL"); None where it runs
-    no pilot (a number, or a ladder of one level)."""
+    no pilot (a number, or a ladder of one level with nothing above it to climb to)."""
     start = auto_start(sigma_min)
     if start is False:
         return None
     ladder, precise = _ladder(sde, method, start)
-    return None if len(ladder) == 1 else ladder[-1] if precise else ladder[0]
+    if len(ladder) == 1 and not _up(sde, ladder, precise):
+        return None
+    return ladder[-1] if precise else ladder[0]
 
 
 def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict, generator=None,
@@ -146,7 +167,8 @@ def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict,
     ``start`` is None, at the method's own default sigma_min, the pilot then ending at the ladder's bottom.
     ``memo``: see ``pilot_draws``."""
     ladder, precise = _ladder(sde, method, start)
-    if len(ladder) == 1:  # nothing to choose (e.g. a VE run trained down to start): no pilot
+    up = _up(sde, ladder, precise)
+    if len(ladder) == 1 and not up:  # nothing to choose (e.g. a VE run trained down to start): no pilot
         return ladder[0]
     start, end = ladder[0], ladder[-1] if precise else ladder[0]  # where the pilot ends and is denoised
     x0, eps = pilot_draws(score_fn, sde, shape, method, nfe, {**options, "sigma_min": end}, end, generator, dtype,
@@ -160,5 +182,11 @@ def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict,
             chosen, r_prev = sigma, r
             if r <= R_TARGET:
                 break
+        target = next(r for lo, r in CLIMB if nfe >= lo)
+        if chosen == start and r_prev <= target:  # data wide at the start: climb while r stays at or below target
+            for sigma in up:
+                if noise_share(score_fn, sde, x0, sigma, eps=eps) > target:
+                    break
+                chosen = sigma
     return chosen
 
