@@ -229,3 +229,14 @@ def test_a_run_that_stops_above_zero_returns_data_units(sde):
     times = _grid(METHODS["unipc"], sde, 20, _bind("unipc", sde, {"sigma_min": 0.3}), None)
     m_end = float(sde.marginal_scale(times[-1]))
     assert torch.allclose(run(grid=times), m_end * x, rtol=1e-5, atol=1e-6)
+
+
+def test_the_climb_stays_below_the_grid_s_start():
+    """A run that starts at sigma_max = 0.25 on data of std 3 (which would climb to 0.5) climbs no higher than 0.2,
+    the last level of UP below its start, and samples."""
+    g, sde = gaussian(3.0), VESDE(0.002, 80.0)
+    gen = torch.Generator().manual_seed(0)
+    assert stop.choose_sigma_min(g.score_fn(sde), sde, (256, 3), "ipndm", 10, {"sigma_max": 0.25}, gen,
+                                 start=0.01) == 0.2
+    x = sample(g.score_fn(sde), sde, (64, 3), "ipndm", 10, generator=gen, sigma_max=0.25, sigma_min="auto:0.01").x
+    assert x.shape == (64, 3)

@@ -31,9 +31,9 @@ r <= R_TARGET, stopping early where r no longer falls, never below a VE process'
 
 Cost: the method's budget + 1 + len(LADDER) (+ len(UP) for "auto:LEVEL") evaluations on the pilot batch, and one
 host read per level, all before the sampler's loop; none where there is one level to choose (a VE process trained
-down to the start, "auto"). With the
-window read off the score (``stochastic_below="auto"``, ``samplers/window.py``) the window's pilot ends where this
-one does (``pilot_end``) and ``sample()`` reads the stop level on it: one pilot run for both.
+down to the start, "auto"). With the window read off the score (``stochastic_below="auto"``,
+``samplers/window.py``) the window's pilot ends where this one does (``pilot_end``) and ``sample()`` reads the stop
+level on it: one pilot run for both.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict,
     ``start`` is None, at the method's own default sigma_min, the pilot then ending at the ladder's bottom.
     ``memo``: see ``pilot_draws``."""
     ladder, precise = _ladder(sde, method, start)
-    up = _up(sde, ladder, precise)
+    up = [s for s in _up(sde, ladder, precise) if s < options.get("sigma_max", float("inf"))]  # below the grid's top
     if len(ladder) == 1 and not up:  # nothing to choose (e.g. a VE run trained down to start): no pilot
         return ladder[0]
     start, end = ladder[0], ladder[-1] if precise else ladder[0]  # where the pilot ends and is denoised
