@@ -155,3 +155,16 @@ def test_sde_dpm_solver_is_dpm_solver_with_eta_1():
         b = sample(_score(sde), sde, (16, 1), method="dpm_solver", nfe=20, generator=g(), dtype=F64, eta=1.0,
                    **opts).x
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("sde", [VESDE(0.01, 10.0), VPSDE()], ids=["ve", "vp"])
+def test_ode_2m_takes_the_midpoint_form_of_the_sde_2m_at_eta_0(sde):
+    """The ODE DPM-Solver++(2M) (``midpoint=True``, the default) is the SDE 2M's step at vanishing eta, the form of
+    Lu et al. 2022b, Algorithm 2; ``midpoint=False`` (the phi_2 form) is another second-order step: both converge,
+    and they differ by more than round-off at 10 evaluations."""
+    x_T = sde.prior_sampling((32, 1), generator=torch.Generator().manual_seed(0), dtype=F64)
+    run = lambda method, **o: sample(_score(sde), sde, None, method=method, nfe=10, x_init=x_T, dtype=F64,
+                                     generator=torch.Generator().manual_seed(1), **o).x
+    x = run("dpm_solver", lower_order_final=False)  # the SDE step keeps order 2 to the end
+    assert torch.allclose(run("sde_dpm_solver", eta=1e-300), x, rtol=0, atol=1e-12)
+    assert float((run("dpm_solver", lower_order_final=False, midpoint=False) - x).abs().max()) > 1e-4

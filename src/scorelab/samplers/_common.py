@@ -79,7 +79,7 @@ INTEGERS = {"order": (1, 4), "corrector_steps": (0, None), "resample": (1, None)
 # (low, high, low allowed, high allowed); "T": the process's T, "sigma(T)": its noise level s(T) / m(T)
 BOUNDED = {"eps": (0, "T", False, False), "t": (0, "T", True, True), "sigma_min": (0, "sigma(T)", False, False),
            "eta": (0, None, True, False), "ess": (0, 1, True, True)}
-FLAGS = ("multistep", "lower_order_final", "denoise_to_zero", "denoise", "use_corrector")
+FLAGS = ("multistep", "lower_order_final", "denoise_to_zero", "denoise", "use_corrector", "midpoint")
 CHOICES: dict = {}  # option name -> table of allowed names
 
 
