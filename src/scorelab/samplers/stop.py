@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import torch
 
+from ._common import sigma_of
 from .grids import end_time
 
 LADDER = (0.03, 0.02, 0.01, 0.005, 0.002)  # candidate last levels, in data units (EDM's sigma_min is 0.002)
@@ -141,8 +142,6 @@ def _ladder(sde, method: str, start: float | None) -> tuple[list[float], bool]:
 
 def _up(sde, ladder: list[float], precise: bool) -> list[float]:
     """The levels above the ladder's start that "auto:LEVEL" may climb to (none for "auto"), below the process's top."""
-    from ._common import sigma_of
-
     top = float(sigma_of(sde, sde.T))
     return [] if precise else [s for s in UP if ladder[0] < s < top]
 
