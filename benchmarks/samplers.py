@@ -89,6 +89,11 @@ def _ring(n: int, radius: float, std: float, seed: int, phase: float) -> Gaussia
     return GaussianMixture(w, radius * torch.stack([angle.cos(), angle.sin()], 1), torch.full((n,), std**2))
 
 
+def _shifted(g: GaussianMixture, shift) -> GaussianMixture:
+    """g with every mean moved by ``shift``: data off the origin."""
+    return GaussianMixture(g.weights, g.means + torch.as_tensor(shift, dtype=F64), g.covs)
+
+
 def grid9() -> GaussianMixture:
     """3 x 3 equally weighted components, std 0.05, centres {-3, 0, 3}^2: sharper modes than grid25."""
     c = torch.tensor([-3.0, 0.0, 3.0], dtype=F64)
@@ -390,7 +395,17 @@ LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  "ring4-r10-std2": lambda: _ring(4, 10.0, 2.0, 73, 0.9),
                  "gmm-d2-K10-x0.8": lambda: _scaled(845, 2, 10, 0.8),
                  "ring7-r2-std.1": lambda: _ring(7, 2.0, 0.1, 79, 0.5),
-                 "gmm-d10-K6-x1.3": lambda: _scaled(851, 10, 6, 1.3)}
+                 "gmm-d10-K6-x1.3": lambda: _scaled(851, 10, 6, 1.3),
+                 # batch 14, written after x_T was drawn from the data's fit below 8 evaluations (scale.DataFit) and
+                 # before its start level was chosen again or any sampler ran on them (2026-12-04): four off the origin
+                 "gmm-d4-K6-x2.5": lambda: _scaled(861, 4, 6, 2.5),
+                 "ring5-std.25-off": lambda: _shifted(_ring(5, 2.0, 0.25, 97, 0.3), [3.0, -4.0]),
+                 "gmm-d2-K7-x1.6": lambda: _scaled(871, 2, 7, 1.6),
+                 "gmm-d12-K5-x1-off": lambda: _shifted(_scaled(881, 12, 5, 1.0), [2.0] * 12),
+                 "ring8-r5-std.5": lambda: _ring(8, 5.0, 0.5, 101, 0.1),
+                 "ring6-std.12-off": lambda: _shifted(_ring(6, 1.5, 0.12, 103, 0.4), [-6.0, 2.0]),
+                 "gmm-d3-K9-x0.4": lambda: _scaled(891, 3, 9, 0.4),
+                 "gmm-d6-K4-x3-off": lambda: _shifted(_scaled(901, 6, 4, 3.0), [-5.0, 0, 5.0, 0, -5.0, 0])}
 
 
 # both errors within this factor of the floor (the median moment KL of exact samples over the same seeds): no winner
