@@ -336,7 +336,7 @@ def test_no_method_uses_the_budget_default():
     assert not torch.equal(sample(score, sde, (64, 2), nfe=5, generator=g()).x, plain.x)  # not ipndm's defaults
     mine = sample(score, sde, (64, 2), nfe=5, generator=g(), order=2, rho=10.0, sigma_min=0.05)
     assert torch.equal(mine.x, sample(score, sde, (64, 2), method="ipndm", nfe=5, generator=g(), order=2, rho=10.0,
-                                      sigma_min=0.05).x)
+                                      sigma_min=0.05, sigma_max="auto").x)
     for nfe in (5, 10, 30, 100):
         got = sample(score, sde, (64, 2), nfe=nfe, generator=g())
         name, options = default_sampler(nfe)

@@ -28,7 +28,7 @@ from ._common import (
 )
 from .grid_search import optimized_grid
 from .grids import GRIDS, end_time, make_grid
-from .scale import choose_sigma_max
+from .scale import choose_start
 from .steps import CORRECTORS, PREDICTORS
 from .stop import PILOT, auto_start, choose_sigma_min
 from .window import PILOT_WINDOW, choose_stochastic_below, window_floor
@@ -127,14 +127,19 @@ def _grid(fn, sde, steps, opts, grid):
     return make_grid(name, sde, steps, t_min, t_max=t_max, **rho)
 
 
-def _start_std(sde, fn, opts, times) -> float:
-    """The std of x_T: the prior's at T; on a grid that starts at t0 < T the prior scaled by the ratio of the
-    marginal stds of unit-variance data, sqrt((m^2 + s^2)(t0) / (m^2 + s^2)(T)) (1 for VP); or the method's own."""
+def _start(sde, fn, opts, times, fit, shape, generator, dtype, device) -> torch.Tensor:
+    """x_T [shape] at times[0]: from the data's fit noised to that level where one was read (``scale.DataFit.draw``);
+    else the prior at T, on a grid that starts at t0 < T scaled by the ratio of the marginal stds of unit-variance
+    data, sqrt((m^2 + s^2)(t0) / (m^2 + s^2)(T)) (1 for VP); or with the method's own std (``fn.start``)."""
+    if fit is not None and fn.start is None:
+        return fit.draw(sde, float(times[0]), shape, generator, dtype, device)
     if fn.start is not None:
-        return fn.start(sde, opts)
-    ends = torch.tensor([float(times[0]), sde.T], dtype=torch.float64)
-    v = sde.marginal_scale(ends) ** 2 + sde.marginal_std(ends) ** 2
-    return sde.prior_std * float((v[0] / v[1]).sqrt())
+        std = fn.start(sde, opts)
+    else:
+        ends = torch.tensor([float(times[0]), sde.T], dtype=torch.float64)
+        v = sde.marginal_scale(ends) ** 2 + sde.marginal_std(ends) ** 2
+        std = sde.prior_std * float((v[0] / v[1]).sqrt())
+    return std * torch.randn(shape, generator=generator, dtype=dtype, device=device)
 
 
 class _Hook:
@@ -189,11 +194,12 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
         raise TypeError(f"x_init must be a tensor [B, *dims] or None, got {type(x_init).__name__}.")
     shape = tuple(x_init.shape) if shape is None and x_init is not None else check_shape(shape)
     pilot_device = generator.device if device is None and generator is not None else device
+    fit = None  # the data's fit read off the score, x_T's law under sigma_max="auto"
     if isinstance(options.get("sigma_max"), str):  # "auto": from the data's scale read off the score, first
         if options["sigma_max"] != "auto":
             check_option("sigma_max", options["sigma_max"], sde, None)  # refused in one line
-        options = {**options, "sigma_max": choose_sigma_max(score_fn, sde, shape[1:], generator, dtype, pilot_device,
-                                                            n=min(shape[0], PILOT))}
+        level, fit = choose_start(score_fn, sde, shape[1:], generator, dtype, pilot_device, n=min(shape[0], PILOT))
+        options = {**options, "sigma_max": level}
     pilots: dict = {}  # the pilot runs of this call, so that the window's pilot is also the stop level's
     floor = window_floor(options.get("stochastic_below"))  # refuses a string that is not "auto[:FLOOR]" in one line
     pilot = options
@@ -202,18 +208,29 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
         # "A floor under the window")
         pilot = {**options, "stochastic_below": PILOT_WINDOW}
         options = {**options, "stochastic_below": choose_stochastic_below(
-            score_fn, sde, shape, method, nfe, options, generator, dtype, pilot_device, floor=floor, memo=pilots)}
+            score_fn, sde, shape, method, nfe, options, generator, dtype, pilot_device, floor=floor, memo=pilots,
+            fit=fit)}
     start = auto_start(options.get("sigma_min"))
     if start is not False:  # chosen for this score
         options = {**options, "sigma_min": choose_sigma_min(
-            score_fn, sde, shape, method, nfe, pilot, generator, dtype, pilot_device, start=start, memo=pilots)}
+            score_fn, sde, shape, method, nfe, pilot, generator, dtype, pilot_device, start=start, memo=pilots,
+            fit=fit)}
+    return _run(score_fn, sde, shape, method, nfe, options, generator, dtype, device, x_init, grid, project, progress,
+                callback, fit)
+
+
+def _run(score_fn, sde, shape, method, nfe, options, generator, dtype, device, x_init, grid, project, progress,
+         callback, fit=None) -> SampleResult:
+    """``sample()`` once its options are resolved (no "auto" left; the pilots call it too): the grid, x_T (from
+    ``fit``, a ``scale.DataFit``, where one was read), the loop, the result in data units."""
     fn = METHODS[method]
     opts = _bind(method, sde, options)
     steps = fn.steps(nfe, opts)
     device = generator.device if device is None and generator is not None else device
     own_grid = not isinstance(grid, torch.Tensor)  # a tensor of the caller's: the state at its last time, as it is
     if isinstance(grid, str) and grid == "optimized":  # searched once per (score, sde, method, nfe), cached
-        grid = optimized_grid(score_fn, sde, nfe, method, dims=shape[1:], dtype=dtype, device=device, **options)
+        grid = optimized_grid(score_fn, sde, nfe, method, dims=shape[1:], dtype=dtype, device=device, fit=fit,
+                              **options)
     times = _grid(fn, sde, steps, opts, grid)
     check_representable(sde, dtype)
     if x_init is not None:
@@ -221,7 +238,7 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
             raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {shape}.")
         x = x_init.to(dtype=dtype, device=device)
     else:
-        x = _start_std(sde, fn, opts, times) * torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        x = _start(sde, fn, opts, times, fit, shape, generator, dtype, device)
     bar = None
     if progress:
         from tqdm import tqdm

@@ -40,10 +40,11 @@ def _distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def optimized_grid(score_fn, sde, nfe: int, method: str | None = None, *, dims, probe: int = 256, seed: int = 0,
                    sweeps: int = 3, reference_nfe: int = 200, cache_dir: str | Path | None = None, device=None,
-                   dtype: torch.dtype = torch.float32, **options) -> torch.Tensor:
+                   dtype: torch.dtype = torch.float32, fit=None, **options) -> torch.Tensor:
     """The grid (float64 times, decreasing) for ``sample(score_fn, sde, (B, *dims), method, nfe, grid=..., **options)``
-    that minimises the distance to the exact flow on ``probe`` draws of x_T (see the module docstring)."""
-    from . import METHODS, _bind, _grid, _start_std, default_sampler, sample
+    that minimises the distance to the exact flow on ``probe`` draws of x_T (see the module docstring); ``fit``: the
+    data's fit x_T is drawn from (``scale.DataFit``; read on the probe where sigma_max is "auto")."""
+    from . import METHODS, _bind, _grid, _start, default_sampler, sample
     from ._common import sigma_of
 
     if method is None:
@@ -54,18 +55,18 @@ def optimized_grid(score_fn, sde, nfe: int, method: str | None = None, *, dims, 
                          f"(dpm_solver with eta=0), got {method!r}; pass grid='log_snr' or 'karras' for the others.")
     if not all(isinstance(v, int) and v >= 1 for v in (probe, sweeps, reference_nfe)) or not isinstance(seed, int):
         raise ValueError("probe, sweeps and reference_nfe must be positive integers and seed an integer.")
-    from .scale import choose_sigma_max
+    from .scale import choose_start
     from .stop import PILOT, auto_start, choose_sigma_min
 
     if options.get("sigma_max") == "auto":  # resolved once, on the probe
         g = torch.Generator(device or "cpu").manual_seed(seed)
-        options = {**options, "sigma_max": choose_sigma_max(score_fn, sde, tuple(dims), g, dtype, device,
-                                                            n=min(probe, PILOT))}
+        level, fit = choose_start(score_fn, sde, tuple(dims), g, dtype, device, n=min(probe, PILOT))
+        options = {**options, "sigma_max": level}
     start = auto_start(options.get("sigma_min"))
     if start is not False:  # resolved once, on the probe
         g = torch.Generator(device or "cpu").manual_seed(seed)
         options = {**options, "sigma_min": choose_sigma_min(score_fn, sde, (probe, *dims), method, nfe, options, g,
-                                                            dtype, device, start=start)}
+                                                            dtype, device, start=start, fit=fit)}
     fn = METHODS[method]
     opts = _bind(method, sde, options)
     base = _grid(fn, sde, fn.steps(nfe, opts), opts, None)
@@ -75,8 +76,10 @@ def optimized_grid(score_fn, sde, nfe: int, method: str | None = None, *, dims, 
     dims = tuple(int(d) for d in dims)
     # the ends of the grid the search starts from are part of the key: a changed default (e.g. a method's sigma_max)
     # makes a new entry rather than reusing a grid searched between other ends
-    # version 3: dpm_solver's 2M step took the midpoint form by default (a default the options below do not name)
-    spec = json.dumps({"version": 3, "ends": [float(base[0]), float(base[-1])], "method": method, "nfe": nfe,
+    # version 3: dpm_solver's 2M step took the midpoint form by default (a default the options below do not name);
+    # 4: x_T drawn from the data's fit where one was read ("fit": its mean's norm and its std)
+    spec = json.dumps({"version": 4, "ends": [float(base[0]), float(base[-1])], "method": method, "nfe": nfe,
+                       "fit": None if fit is None else [float(fit.mean.norm()), fit.std],
                        "sde": repr(sde), "dims": dims, "probe": probe,
                        "seed": seed, "sweeps": sweeps, "reference_nfe": reference_nfe, "dtype": str(dtype),
                        "score": getattr(score_fn, "__qualname__", type(score_fn).__name__),
@@ -99,7 +102,7 @@ def optimized_grid(score_fn, sde, nfe: int, method: str | None = None, *, dims, 
             path = None  # someone else's file under our name: leave it alone
 
     g = torch.Generator().manual_seed(seed)
-    x_T = (_start_std(sde, fn, opts, base) * torch.randn((probe, *dims), generator=g, dtype=dtype)).to(device)
+    x_T = _start(sde, fn, opts, base, fit, (probe, *dims), g, dtype, None).to(device)
     ref_grid = log_snr_uniform(sde, reference_nfe, float(base[-1]), float(base[0]))
     x_ref = sample(score_fn, sde, None, "dpm_solver", reference_nfe, x_init=x_T, grid=ref_grid, order=3,
                    lower_order_final=False).x

@@ -96,15 +96,16 @@ def stream_copy(generator: torch.Generator | None) -> torch.Generator | None:
 
 
 def pilot_draws(score_fn, sde, shape, method: str, nfe: int, options: dict, end: float, generator=None,
-                dtype: torch.dtype = torch.float32, device=None, memo: dict | None = None
+                dtype: torch.dtype = torch.float32, device=None, memo: dict | None = None, fit=None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A pilot batch of at most ``PILOT`` draws of ``method`` with ``options`` (its last evaluation not spent on
     denoise_to_zero) to the noise level ``end``, denoised there once (x0_hat = E[x0 | x], Tweedie), and eps, one draw
     shaped like it for every level the caller reads; both from a copy of ``generator``, whose own stream is left
     untouched. ``memo``: a dict owned by one ``sample()`` call, in which a pilot run with the same method, budget,
-    options and end is kept and reused (``sample()`` chooses the stop level on the window's pilot)."""
+    options and end is kept and reused (``sample()`` chooses the stop level on the window's pilot). ``fit``: the
+    data's fit x_T is drawn from (``scale.DataFit``, under sigma_max="auto"), as in the run the pilot stands for."""
     from ..tweedie import tweedie_mean
-    from . import options_of, sample
+    from . import _run, options_of
 
     if "denoise_to_zero" in options_of(method):
         options = {**options, "denoise_to_zero": False}
@@ -114,8 +115,8 @@ def pilot_draws(score_fn, sde, shape, method: str, nfe: int, options: dict, end:
     if memo is not None and key in memo:
         return memo[key]
     generator = stream_copy(generator)
-    x = sample(score_fn, sde, (n, *shape[1:]), method, nfe, generator=generator, dtype=dtype, device=device,
-               **options).x
+    x = _run(score_fn, sde, (n, *shape[1:]), method, nfe, options, generator, dtype, device, None, None, None, False,
+             None, fit).x
     t_end = end_time(sde, end)
     m_end = float(sde.marginal_scale(torch.tensor(t_end, dtype=torch.float64)))
     with torch.no_grad():  # sample() returns x / m at the end (data units): the state is m times that
@@ -160,18 +161,18 @@ def pilot_end(sde, method: str, sigma_min) -> float | None:
 
 def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict, generator=None,
                      dtype: torch.dtype = torch.float32, device=None, start: float | None = None,
-                     memo: dict | None = None) -> float:
+                     memo: dict | None = None, fit=None) -> float:
     """The last noise level for ``method`` at budget ``nfe`` on this score (see the module's docstring).
     ``options`` are the method's other options; the ladder starts at ``start``, where the pilot ends, or, when
     ``start`` is None, at the method's own default sigma_min, the pilot then ending at the ladder's bottom.
-    ``memo``: see ``pilot_draws``."""
+    ``memo``, ``fit``: see ``pilot_draws``."""
     ladder, precise = _ladder(sde, method, start)
     up = [s for s in _up(sde, ladder, precise) if s < options.get("sigma_max", float("inf"))]  # below the grid's top
     if len(ladder) == 1 and not up:  # nothing to choose (e.g. a VE run trained down to start): no pilot
         return ladder[0]
     start, end = ladder[0], ladder[-1] if precise else ladder[0]  # where the pilot ends and is denoised
     x0, eps = pilot_draws(score_fn, sde, shape, method, nfe, {**options, "sigma_min": end}, end, generator, dtype,
-                          device, memo)
+                          device, memo, fit)
     with torch.no_grad():
         chosen, r_prev = start, None
         for sigma in ladder:

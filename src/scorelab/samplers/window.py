@@ -92,9 +92,9 @@ def window_from_share(sigmas, r, floor: float = S_MIN) -> float | None:
 
 def choose_stochastic_below(score_fn, sde, shape, method: str, nfe: int, options: dict, generator=None,
                             dtype: torch.dtype = torch.float32, device=None, floor: float = S_MIN,
-                            memo: dict | None = None) -> float | None:
+                            memo: dict | None = None, fit=None) -> float | None:
     """The level below which ``method`` steps stochastically on this score (see the module's docstring), never below
-    ``floor``; None: stochastic everywhere. ``options`` are the method's other options; ``memo``: see
+    ``floor``; None: stochastic everywhere. ``options`` are the method's other options; ``memo``, ``fit``: see
     ``stop.pilot_draws``."""
     from . import options_of
 
@@ -109,7 +109,7 @@ def choose_stochastic_below(score_fn, sde, shape, method: str, nfe: int, options
     if end is None:
         end = max(PILOT_END, float(getattr(sde, "sigma_min", 0.0)), sm if isinstance(sm, (int, float)) else 0.0)
     pilot = {**options, "stochastic_below": PILOT_WINDOW, "sigma_min": end}
-    x0, eps = pilot_draws(score_fn, sde, shape, method, nfe, pilot, end, generator, dtype, device, memo)
+    x0, eps = pilot_draws(score_fn, sde, shape, method, nfe, pilot, end, generator, dtype, device, memo, fit)
     top = float(sigma_of(sde, sde.T))
     sigmas = [s for s in LADDER if s < top]
     if len(sigmas) < 2:
