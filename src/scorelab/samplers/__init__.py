@@ -62,9 +62,10 @@ def default_sampler(nfe: int) -> tuple[str, dict]:
     the data are sharper; from 20 evaluations ``sigma_min="auto"``, whose pilot runs to the ladder's bottom, from 8
     ``"auto:0.03"``, whose pilot ends at 0.03 and reads data narrower than that as a little wider, so it stops
     higher, as a short grid needs: "The pilot's end"; data wide at 0.03 stop higher, up to 0.5: "Wide data end
-    higher"); below 8 iPNDM (Zhang & Chen 2023) of order 2 on the Karras grid with rho = 10 from sigma_max = 10
-    (x_T drawn at that level) or 3 times the data's std read off the score where that is higher
-    (``sigma_max="auto"``, ``samplers/scale.py``; "Where a short grid starts") to the level chosen for the score
+    higher"); below 8 iPNDM (Zhang & Chen 2023) of order 2 on the Karras grid with rho = 10 from the start read
+    off the score, max(3, 2.5 std, the lowest level where the noised data are within 0.03 nats of their noised
+    Gaussian fit), x_T drawn from that fit (``sigma_max="auto"``, ``samplers/scale.py``; "Where a short grid
+    starts", "The start drawn from the data's fit") to the level chosen for the score
     from 0.01 (``sigma_min="auto:0.01"``, down on sharp data, up on wide; docs/samplers.md, "Default sampling by
     budget", "The default at 5 evaluations", "Where to stop", "The stop level below 8 evaluations")."""
     _, name, options = next((row for row in BY_BUDGET if nfe >= row[0]), BY_BUDGET[-1])
