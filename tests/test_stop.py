@@ -180,17 +180,18 @@ def test_auto_level_starts_the_choice_at_that_level():
 
 def test_the_default_below_8_evaluations_ends_below_needles():
     """The benchmark's "cross" (needles 0.02 wide) at 5 evaluations: the default's old fixed end, 0.01, leaves
-    noise of the needles' own width; the level chosen from 0.01 down cuts the error at least in half
-    (docs/samplers.md, "The stop level below 8 evaluations": 20x on 4000 draws from the start at 10; 2.2x here
-    from the start read off the score, "The start drawn from the data's fit")."""
+    noise of the needles' own width; the level chosen from 0.01 down cuts the error more than threefold
+    (docs/samplers.md, "The stop level below 8 evaluations": 20x on 4000 draws). Both from the start at 10 where
+    it was measured: from the start read off the score the old end is already better and the cut 2.2x ("The start
+    drawn from the data's fit")."""
     means = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.0], [0.0, -2.0]], dtype=F64)
     a, b = torch.tensor([1.0, 0.02**2], dtype=F64), torch.tensor([0.02**2, 1.0], dtype=F64)
     gmm = GaussianMixture(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=F64), means, torch.stack([b, b, a, a]))
     sde = VESDE(0.002, 80.0)
     run = lambda **o: sample(gmm.score_fn(sde), sde, (2000, 2), nfe=5, generator=torch.Generator().manual_seed(0),
                              **o).x
-    e_old, e_new = (mixture_error(run(**o), gmm).moment_kl for o in ({"sigma_min": 0.01}, {}))
-    assert e_new < e_old / 2, (e_new, e_old)
+    e_old, e_new = (mixture_error(run(sigma_max=10.0, **o), gmm).moment_kl for o in ({"sigma_min": 0.01}, {}))
+    assert e_new < e_old / 3, (e_new, e_old)
 
 
 def test_a_ladder_of_one_level_needs_no_pilot():
