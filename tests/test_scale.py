@@ -92,6 +92,26 @@ def test_the_start_rises_above_the_floor_where_the_modes_part():
     assert exact_kl(g, fit, ve, level) < 1.6 * scale.TAU
 
 
+@pytest.mark.parametrize("sde", [VESDE(0.002, 80.0), VPSDE(0.1, 20.0)], ids=["ve", "vp"])
+def test_the_mean_x_T_is_drawn_around_is_read_again_at_the_start(sde):
+    """A score wrong only at the top of the process (there it is the score of the data moved to the origin, as a
+    network never trained that high may be) gives the fit a mean of 0 at t = T; the mean read again at the start,
+    where the score is right, is the data's."""
+    shift = torch.tensor([3.0, -2.0, 1.0], dtype=F64)
+    centred = mixture(1.0)
+    data = GaussianMixture(centred.weights, centred.means + shift, centred.covs)
+    right, wrong = data.score_fn(sde), centred.score_fn(sde)
+
+    def score(x, t):
+        return torch.where((t >= sde.T)[:, None], wrong(x, t), right(x, t))
+
+    g = torch.Generator().manual_seed(0)
+    assert float(scale.data_fit(score, sde, (3,), g, n=4000).mean.norm()) < 0.2
+    level, fit = scale.choose_start(score, sde, (3,), g, n=4000)
+    assert level < float(sde.marginal_std(torch.tensor(sde.T)) / sde.marginal_scale(torch.tensor(sde.T)))
+    assert torch.allclose(fit.mean, shift, atol=0.2), fit.mean
+
+
 def test_auto_is_the_chosen_start_with_x_T_from_the_fit_draw_for_draw_and_leaves_the_stream():
     from scorelab.samplers.grids import end_time
 
