@@ -19,9 +19,11 @@ Distances. Toy: moment KL and mode TV against the exact ring (``mixture_error``)
 fresh exact draws; floor: a second exact sample set. Digits: ``scorelab evaluate``'s protocol
 (``evaluate.evaluate_images``): samples mapped to data units, clipped and quantised like the data, and the
 Frechet distance between Gaussian fits of the reference classifier's pooled features (cached in
-``--classifier-cache``, default $SCORELAB_CACHE) of m = min(--digits-n, 299) samples and the m test images;
-floor: m train images against the same test images, the mean over evaluate.FLOOR_DRAWS train subsets (the
-same subsets as ``scorelab evaluate --seed 0``); second column sliced W2 in [-1, 1] pixels against the same
+``--classifier-cache``, default $SCORELAB_CACHE) of k = min(--digits-n, 1498) samples and the m = min(k, 299)
+test images; floor: k train images against the same test images, the mean over evaluate.FLOOR_DRAWS train
+subsets (for k <= 299 the same subsets as ``scorelab evaluate --seed 0``). The distance of 299 samples moves by
+about +-0.4 with the sample set, far more than the samplers differ; k = 1200 against the same 299 test images
+cuts the samples' share of that noise (the test images' share is the same for every sampler); second column sliced W2 in [-1, 1] pixels against the same
 test images, floor over the same train subsets. Digits-exact: the Frechet distance in the same features against
 as many exact draws of the mixture, quantised the same way, and moment KL in model units against the mixture;
 floor: a second exact sample set. Every number is the median over the sampling ``--seeds``; under the summary,
@@ -260,7 +262,8 @@ def bench_toy(run, K, budgets, n, seeds, opt_budgets, probe, **select):
 def digits_reference(run, n: int, cache=None, seed: int = 0):
     """``scorelab evaluate``'s reference for the Frechet distance of an image run (``evaluate_images``, same
     generator sequence for ``seed``): the reference classifier and its info, the features of the m = min(n, test
-    size) test images, the test images, and the FLOOR_DRAWS train subsets of m images that make the floor."""
+    size) test images, the test images, and the FLOOR_DRAWS train subsets of min(n, train size) images that make
+    the floor (m images when n is at most the test size, as in ``scorelab evaluate``)."""
     from scorelab.classifier import features, reference_classifier
     from scorelab.evaluate import FLOOR_DRAWS, _image_sets, _test_images
 
@@ -273,7 +276,8 @@ def digits_reference(run, n: int, cache=None, seed: int = 0):
     m = min(n, len(x_test))
     g = torch.Generator().manual_seed(seed)
     test_m = x_test[torch.randperm(len(x_test), generator=g)[:m]]
-    subsets = [train[torch.randperm(len(train), generator=g)[:m]] for _ in range(FLOOR_DRAWS)]
+    k = min(n, len(train))  # more samples than test images: the floor at the samples' count
+    subsets = [train[torch.randperm(len(train), generator=g)[:k]] for _ in range(FLOOR_DRAWS)]
     clf, info = reference_classifier(data["name"], cache=cache)
     clf = clf.to(run.device)  # the run's device (HostSide: the accelerator); features come back to the CPU
     return clf, info, features(clf, test_m), test_m, subsets
@@ -285,7 +289,7 @@ def bench_digits(run, K, budgets, n, seeds, opt_budgets, probe, cache, **select)
     from scorelab.metrics import frechet_distance
 
     clf, info, f_test, test_m, subsets = digits_reference(run, n, cache)
-    m = len(test_m)
+    m, k = len(test_m), len(subsets[0])  # test images, samples per sampler
     levels, (lo, hi) = run.data_levels(), run.data_range()
 
     def pm1(x):  # data units to [-1, 1] pixels, for the sliced W2
@@ -299,12 +303,12 @@ def bench_digits(run, K, budgets, n, seeds, opt_budgets, probe, cache, **select)
         x = run.to_data(x).float()
         return distances(quantize(torch.nan_to_num(x, nan=lo), (lo, hi), levels, dequantized=run.dequantized))
     floors = np.array([distances(t) for t in subsets])
-    print(f"reference classifier: {info}\nfloor over {len(subsets)} train subsets of {m}: Frechet "
+    print(f"reference classifier: {info}\nfloor over {len(subsets)} train subsets of {k}: Frechet "
           f"{floors[:, 0].mean():.4g} (min {floors[:, 0].min():.4g}, max {floors[:, 0].max():.4g}), sliced W2 "
           f"{floors[:, 1].mean():.4g}", flush=True)
-    rows, defaults, per_seed = _collect(run, K, budgets, m, seeds, opt_budgets, probe, metrics, "digits", **select)
+    rows, defaults, per_seed = _collect(run, K, budgets, k, seeds, opt_budgets, probe, metrics, "digits", **select)
     name = run.config["data"]["name"]
-    table(f"{name} run ({run.run_dir}, {run.step} steps, {run.sde!r}), n = {m} samples against the {m} test images, "
+    table(f"{name} run ({run.run_dir}, {run.step} steps, {run.sde!r}), n = {k} samples against the {m} test images, "
           f"median over seeds {seeds}", rows, budgets, ("Frechet distance", "sliced W2"), tuple(floors.mean(0)),
           defaults, per_seed)
 
@@ -394,7 +398,8 @@ def main():
     ap.add_argument("--digits-dir", type=Path, help="a digits run trained on the train split (configs/digits.yaml); "
                     "use a copy, optimised grids are written into it")
     ap.add_argument("--digits-n", type=int, default=4000,
-                    help="digits samples per sampler, at most the test split's size (as scorelab evaluate's n)")
+                    help="digits samples per sampler, at most the train split's size; the reference is min(n, test "
+                    "size) test images (n up to the test size: scorelab evaluate's n), the floor train subsets of n")
     ap.add_argument("--only", nargs="+", default=None, metavar="LABEL",
                     help="run only these scorelab rows of OURS (e.g. sde-dpm2M+dz); the summary then covers them")
     ap.add_argument("--no-peers", action="store_true", help="skip the peers' rows (they depend only on the seed)")

@@ -10,8 +10,9 @@ import torch
 
 from scorelab.metrics import mixture_error
 from scorelab.oracle import GaussianMixture
-from scorelab.samplers import sample, window
-from scorelab.sde import VESDE
+from scorelab.samplers import sample, stop, window
+from scorelab.samplers._common import sigma_of
+from scorelab.sde import VESDE, VPSDE
 
 VE = VESDE(sigma_min=0.002, sigma_max=80.0)
 F64 = torch.float64
@@ -126,9 +127,59 @@ def test_one_pilot_serves_the_window_and_the_stop_level():
     assert evals("auto") - evals(0.7) < len(window.LADDER)  # the window read (about 0.5) is not the pilot's
 
 
+def network_like(g, sde, c=0.02):
+    """The exact score plus an error that grows as the noise falls, c tanh(x) sigma^-1.5, as a network's does near
+    the smallest noise it was trained on: its noise share turns up down the stop ladder."""
+    sc = g.score_fn(sde)
+
+    def score(x, t):
+        s = sigma_of(sde, t).to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        return sc(x, t) + c * torch.tanh(x) * s**-1.5
+    return score
+
+
+def pilot(score, sde, seed=0):
+    return stop.pilot_draws(score, sde, (256, 2), "sde_dpm_solver", 20, {**CAL, "stochastic_below": 0.7,
+                            "sigma_min": stop.LADDER[-1]}, stop.LADDER[-1], torch.Generator().manual_seed(seed))
+
+
+def test_the_share_keeps_falling_on_exact_scores_only():
+    """An exact score's noise share falls at every level of the stop ladder (VE and VP, a ring and needles 0.02
+    wide); with a network's kind of error it turns up; a VE process that stops at 0.01 cannot tell (False)."""
+    vp = VPSDE(0.1, 20.0)
+    for g in (ring(), ring(n=9, radius=2.0, std=0.02)):
+        for sde in (VE, vp):
+            assert stop.share_keeps_falling(g.score_fn(sde), sde, *pilot(g.score_fn(sde), sde))
+            bad = network_like(g, sde)
+            assert not stop.share_keeps_falling(bad, sde, *pilot(bad, sde))
+    short = VESDE(0.01, 10.0)
+    g = ring()
+    assert not stop.share_keeps_falling(g.score_fn(short), short, *pilot(g.score_fn(VE), VE))
+
+
+def test_guarded_is_the_reading_on_an_exact_score_and_the_floor_on_a_network_s():
+    """"auto:guarded" (the default from 20 to 31 evaluations) is "auto" draw for draw where the share keeps falling
+    and "auto:0.7" where it turns up or cannot be seen (a VE process stopping at 0.01); the ring reads below 0.7, so
+    the two differ there."""
+    assert window.window_floor("auto:guarded") == window.GUARDED and window.GUARD == 0.7
+    g = ring()
+
+    def run(score, sde, S):
+        return sample(score, sde, (500, 2), "sde_dpm_solver", 20, generator=torch.Generator().manual_seed(3),
+                      **{**CAL, "stochastic_below": S}).x
+
+    for sde in (VE, VPSDE(0.1, 20.0)):
+        exact, bad = g.score_fn(sde), network_like(g, sde)
+        guarded, auto, floor = (run(exact, sde, S) for S in ("auto:guarded", "auto", "auto:0.7"))
+        assert torch.equal(guarded, auto) and not torch.equal(guarded, floor)
+        assert torch.equal(run(bad, sde, "auto:guarded"), run(bad, sde, "auto:0.7"))
+    short = VESDE(0.01, 10.0)
+    assert torch.equal(run(g.score_fn(short), short, "auto:guarded"), run(g.score_fn(short), short, "auto:0.7"))
+
+
 def test_refusals():
     g = ring()
-    for bad in ("high", "auto:", "auto:0", "auto:-1", "auto:x", "autox:0.7"):
+    for bad in ("high", "auto:", "auto:0", "auto:-1", "auto:x", "autox:0.7", "auto:guard", "guarded"):
         with pytest.raises(ValueError, match="stochastic_below must be"):
             sample(g.score_fn(VE), VE, (10, 2), "sde_dpm_solver", 20, stochastic_below=bad)
     with pytest.raises(ValueError, match="needs a method with a stochastic window"):

@@ -44,7 +44,7 @@ DEFAULT_NFE = 400  # the budget of sample() when none is named
 BY_BUDGET = ((100, "ancestral", {}),
              (32, "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True}),
              (20, "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True,
-                                     "stochastic_below": "auto:0.7"}),
+                                     "stochastic_below": "auto:guarded"}),
              (8, "unipc", {"sigma_min": "auto:0.03"}),
              (1, "ipndm", {"order": 2, "rho": 10.0, "sigma_min": "auto:0.01", "sigma_max": "auto"}))
 
@@ -54,10 +54,11 @@ def default_sampler(nfe: int) -> tuple[str, dict]:
     evaluations the ancestral sampler; from 20 ``sde_dpm_solver`` (SDE-DPM-Solver++(2M), Lu et al. 2022b, eta = 1)
     with its weights calibrated to be exact in variance on Gaussian data (``samplers/calibrate.py``) and its last
     evaluation spent on x0_hat, below 32 evaluations stochastic only from a noise level down, the ODE above it: the
-    level where the data's modes part, read off the score, but never below 0.7 (``stochastic_below="auto:0.7"``;
-    docs/samplers.md, "A floor under the window": the reading alone, ``"auto"``, wins on exact mixtures but loses on
-    a learned one, "The window read off the score"; 0.7 is the fixed window it replaced, "The stochastic window");
-    from 8 UniPC
+    level where the data's modes part, read off the score, never below 0.7 on a score that shows a network's error
+    near its smallest noise (``stochastic_below="auto:guarded"``; docs/samplers.md, "A floor under the window": the
+    reading alone, ``"auto"``, wins on exact mixtures but loses on learned ones; "A guard on the window": the noise
+    share of every exact score falls down the stop ladder, every trained network's turns up; 0.7 is the fixed
+    window it replaced, "The stochastic window"); from 8 UniPC
     (Zhao et al. 2023); both of these end at the noise level chosen for the score (``samplers/stop.py``: 0.03 unless
     the data are sharper; from 20 evaluations ``sigma_min="auto"``, whose pilot runs to the ladder's bottom, from 8
     ``"auto:0.03"``, whose pilot ends at 0.03 and reads data narrower than that as a little wider, so it stops
