@@ -65,6 +65,11 @@ def noise_share(score_fn, sde, x0: torch.Tensor, sigma: float, generator=None, e
     return float((sigma * m * s).pow(2).flatten(1).sum(1).mean()) / x0[0].numel()
 
 
+def reaches_bottom(sde) -> bool:
+    """Whether the process reaches the ladder's bottom (a VE process trained down to 0.01 does not)."""
+    return float(getattr(sde, "sigma_min", 0.0)) <= LADDER[-1]
+
+
 def share_keeps_falling(score_fn, sde, x0: torch.Tensor, eps: torch.Tensor) -> bool:
     """Whether the noise share r falls at every level of ``LADDER``, from its top to its bottom, on ``x0`` (a pilot
     denoised at the bottom) with the shared ``eps``; False where the process stops above the ladder's bottom (no
@@ -72,7 +77,7 @@ def share_keeps_falling(score_fn, sde, x0: torch.Tensor, eps: torch.Tensor) -> b
     0.89x a step); every network scorelab trained turned up somewhere (9 of 9: 2-D to 64-D, VE and VP, trained
     down to 0.01 or 0.002; a network's error grows near its smallest trained noise), and a VE process trained down
     to 0.01 cannot show it (docs/samplers.md, "A guard on the window"). Cost: len(LADDER) evaluations on x0."""
-    if float(getattr(sde, "sigma_min", 0.0)) > LADDER[-1]:
+    if not reaches_bottom(sde):
         return False
     with torch.no_grad():
         r = [noise_share(score_fn, sde, x0, s, eps=eps) for s in LADDER]

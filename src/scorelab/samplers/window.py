@@ -42,7 +42,7 @@ import torch
 
 from ._common import sigma_of
 from .stop import LADDER as STOP_LADDER
-from .stop import noise_share, pilot_draws, pilot_end, share_keeps_falling
+from .stop import noise_share, pilot_draws, pilot_end, reaches_bottom, share_keeps_falling
 
 LADDER = tuple(0.05 * 1.2**k for k in range(27))  # 0.05 .. 5.5, in data units
 KAPPA = 1.8  # the growth of the effective variance where the window ends (2: r stops rising)
@@ -120,7 +120,7 @@ def choose_stochastic_below(score_fn, sde, shape, method: str, nfe: int, options
     end = pilot_end(sde, method, sm)  # the stop level's pilot where one is to run: one pilot serves both
     if end is None:
         end = max(PILOT_END, float(getattr(sde, "sigma_min", 0.0)), sm if isinstance(sm, (int, float)) else 0.0)
-    guarded = floor == GUARDED and float(getattr(sde, "sigma_min", 0.0)) <= STOP_LADDER[-1]
+    guarded = floor == GUARDED and reaches_bottom(sde)
     if guarded:  # the check reads the share down to the ladder's bottom, on a pilot denoised there
         end = STOP_LADDER[-1]
     elif floor == GUARDED:  # a process that stops above the ladder's bottom cannot show the error: guarded
