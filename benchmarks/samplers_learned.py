@@ -15,20 +15,20 @@ A third run, ``digits-exact``, keeps the digits run's process, scaler and classi
 exact score of a Gaussian mixture fitted to the same train split (``digits_mixture``): what the samplers do on
 image-shaped data when the score is right, beside what they do on the model.
 
-Distances. Toy: moment KL and mode TV against the exact ring (``mixture_error``) and sliced W2 against 4000
-fresh exact draws; floor: a second exact sample set. Digits: ``scorelab evaluate``'s protocol
-(``evaluate.evaluate_images``): samples mapped to data units, clipped and quantised like the data, and the
-Frechet distance between Gaussian fits of the reference classifier's pooled features (cached in
-``--classifier-cache``, default $SCORELAB_CACHE) of k = min(--digits-n, 1498) samples and the m = min(k, 299)
-test images; floor: k train images against the same test images, the mean over evaluate.FLOOR_DRAWS train
-subsets (for k <= 299 the same subsets as ``scorelab evaluate --seed 0``). The distance of 299 samples moves by
-about +-0.4 with the sample set, far more than the samplers differ; k = 1200 against the same 299 test images
-cuts the samples' share of that noise (the test images' share is the same for every sampler); second column sliced W2 in [-1, 1] pixels against the same
-test images, floor over the same train subsets. Digits-exact: the Frechet distance in the same features against
-as many exact draws of the mixture, quantised the same way, and moment KL in model units against the mixture;
-floor: a second exact sample set. Every number is the median over the sampling ``--seeds``; under the summary,
-the per-seed difference between scorelab's best and the two best peers (a seed gives every deterministic sampler
-the same x_T, and the sample set of a seed moves the distance more than the samplers do).
+Distances. Toy: moment KL and mode TV against the exact ring (``mixture_error``) and sliced W2 against 4000 fresh
+exact draws; floor: a second exact sample set. Digits: ``scorelab evaluate``'s protocol
+(``evaluate.evaluate_images``): samples mapped to data units, clipped and quantised like the data, and the Frechet
+distance between Gaussian fits of the reference classifier's pooled features (cached in ``--classifier-cache``,
+default $SCORELAB_CACHE) of k = min(--digits-n, 1498) samples and the m = min(k, 299) test images; floor: k train
+images against the same test images, the mean over evaluate.FLOOR_DRAWS train subsets (for k <= 299 the same subsets
+as ``scorelab evaluate --seed 0``). The distance of 299 samples moves by about +-0.4 with the sample set, far more
+than the samplers differ; k = 1200 against the same 299 test images cuts the samples' share of that noise (the test
+images' share is the same for every sampler); second column sliced W2 in [-1, 1] pixels against the same test images,
+floor over the same train subsets. Digits-exact: the Frechet distance in the same features against as many exact
+draws of the mixture, quantised the same way, and moment KL in model units against the mixture; floor: a second exact
+sample set. Every number is the median over the sampling ``--seeds``; under the summary, the per-seed difference
+between scorelab's best and the two best peers (a seed gives every deterministic sampler the same x_T, and the sample
+set of a seed moves the distance more than the samplers do).
 
     nice -n 5 .venv/bin/python benchmarks/samplers_learned.py --cache /tmp/learned-runs --runs toy --seeds 0 1 2
     nice -n 5 .venv/bin/python benchmarks/samplers_learned.py --cache /tmp/learned-runs --runs digits \
