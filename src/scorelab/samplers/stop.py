@@ -74,7 +74,7 @@ def share_keeps_falling(score_fn, sde, x0: torch.Tensor, eps: torch.Tensor) -> b
     """Whether the noise share r falls at every level of ``LADDER``, from its top to its bottom, on ``x0`` (a pilot
     denoised at the bottom) with the shared ``eps``; False where the process stops above the ladder's bottom (no
     evidence). An exact score's r fell at every step on all 105 mixtures of the sampler benchmark, VE and VP (at most
-    0.89x a step); every network scorelab trained turned up somewhere (9 of 9: 2-D to 64-D, VE and VP, trained
+    0.89x a step); every network scorelab trained turned up somewhere (11 of 11: 2-D to 64-D, VE and VP, trained
     down to 0.01 or 0.002; a network's error grows near its smallest trained noise), and a VE process trained down
     to 0.01 cannot show it (docs/samplers.md, "A guard on the window"). Cost: len(LADDER) evaluations on x0."""
     if not reaches_bottom(sde):
