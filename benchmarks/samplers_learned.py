@@ -118,7 +118,7 @@ OURS = [("ancestral", "ancestral", {}), ("euler_maruyama", "euler_maruyama", {})
         ("unipc/uniform", "unipc", {"grid": "uniform"}), ("deis/uniform", "deis", {"grid": "uniform"}),
         # SDE-DPM-Solver++(3M) on the Karras grid ending with x0_hat, as k-diffusion's dpmpp_3m_sde steps it, the end
         # chosen for the score: the best on the digits run at 20 evaluations (n = 1200, 2026-12-05), where log-SNR
-        # steps, order 2 and the calibrated weights each cost 1.07-1.3x; on ten 2-D and vector runs 1.02-154x worse
+        # steps, order 2 and the calibrated weights each cost 1.07-1.3x; on nine 2-D and vector runs 1.02-154x worse
         ("sde-dpm3M+dz/karras", "sde_dpm_solver", {"order": 3, "grid": "karras", "sigma_min": "auto",
                                                    "denoise_to_zero": True}),
         # the default below 8 evaluations before its end was chosen for the score ("auto:0.01", 2026-11-25)
