@@ -80,7 +80,8 @@ def have_diffusers():
     return True
 
 
-VP_SCHEDULERS = ("DDIM", "DPMSolver++", "UniPC")
+VP_SCHEDULERS = ("DDIM", "DPMSolver++", "UniPC", "SDE-DPMSolver++", "SA-Solver")
+STOCHASTIC = ("SDE-DPMSolver++", "SA-Solver")  # their steps draw noise from the run's generator
 
 
 def betas_for(sde, eps=1e-3, steps=1000):
@@ -95,12 +96,13 @@ def betas_for(sde, eps=1e-3, steps=1000):
 
 
 def diffusers_vp_runs(score_fn, sde_vp, shape, nfe, seed, dtype=torch.float32, names=VP_SCHEDULERS, betas=None):
-    """diffusers' DDIM / DPM-Solver++ / UniPC through the epsilon wrapper; DDPM's linear betas (= VPSDE(0.1, 20))
-    unless ``betas`` (``betas_for(sde)``) are given."""
+    """diffusers' DDIM / DPM-Solver++ / UniPC / SDE-DPM-Solver++(2M) / SA-Solver (Xue et al. 2023, its defaults:
+    predictor and corrector of order 2, stochastic on its middle timesteps 200-800) through the epsilon wrapper;
+    DDPM's linear betas (= VPSDE(0.1, 20)) unless ``betas`` (``betas_for(sde)``) are given."""
     out = {}
     if not have_diffusers():
         return out
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, SASolverScheduler, UniPCMultistepScheduler
     common = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
     if betas is not None:
         common = dict(num_train_timesteps=len(betas), trained_betas=betas)
@@ -108,6 +110,8 @@ def diffusers_vp_runs(score_fn, sde_vp, shape, nfe, seed, dtype=torch.float32, n
         "DDIM": lambda: DDIMScheduler(clip_sample=False, **common),
         "DPMSolver++": lambda: DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", **common),
         "UniPC": lambda: UniPCMultistepScheduler(**common),
+        "SDE-DPMSolver++": lambda: DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", **common),
+        "SA-Solver": lambda: SASolverScheduler(**common),
     }
     for name in names:
         sch = makers[name]()
@@ -117,8 +121,9 @@ def diffusers_vp_runs(score_fn, sde_vp, shape, nfe, seed, dtype=torch.float32, n
         torch.manual_seed(seed)
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(shape, generator=g, dtype=dtype) * sch.init_noise_sigma
+        extra = {"generator": g} if name in STOCHASTIC else {}
         for k in sch.timesteps:
-            x = sch.step(model(x, int(k)), k, x).prev_sample
+            x = sch.step(model(x, int(k)), k, x, **extra).prev_sample
         out[f"d:{name}"] = (x, model.n)
     return out
 
@@ -156,4 +161,4 @@ def all_peer_runs(K, score_ve, sde_ve, score_vp, sde_vp, shape, nfe, seed, dtype
 
 
 __all__ = ["load_k_sampling", "k_diffusion_runs", "diffusers_vp_runs", "diffusers_ve_pc", "all_peer_runs",
-           "have_diffusers", "Counter", "betas_for"]
+           "have_diffusers", "Counter", "betas_for", "STOCHASTIC"]

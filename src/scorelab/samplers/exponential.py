@@ -35,12 +35,13 @@ costs O((sigma_min^2 / v)^2) in the moments of a component of variance v, less t
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .._checks import axpy
 from ._common import Schedule, method, posterior_mean
 from .calibrate import gaussian_weights
-from .multistep import data_plan, data_store, run_plan, warm_orders
+from .multistep import _lagrange_integrals, data_plan, data_store, run_plan, warm_orders
 
 
 def _phis(h):
@@ -61,10 +62,13 @@ def _steps(nfe, o):
 def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multistep: bool = True,
                sigma_min: float = 0.03, lower_order_final: bool = True, denoise_to_zero: bool = False,
                rho: float = 7.0, eta: float = 0.0, calibrate: bool = False, stochastic_below: float | None = None,
-               midpoint: bool = True, sigma_max: float = 80.0):
+               midpoint: bool = True, sigma_max: float = 80.0, corrector_order: int = 0):
     if order not in (1, 2, 3) or (eta > 0 and not multistep):
         raise ValueError(f"order must be 1, 2 or 3, and eta > 0 (stochastic) works with multistep=True; "
                          f"got eta={eta}, order={order}, multistep={multistep}.")
+    if corrector_order not in (0, 1, 2, 3, 4) or (corrector_order and not multistep):
+        raise ValueError(f"corrector_order must be 0 (none) or the order 1-4 of the SA-Solver corrector, which works "
+                         f"with multistep=True; got corrector_order={corrector_order}, multistep={multistep}.")
     if calibrate and not (eta > 0 and order == 2):
         raise ValueError(f"calibrate=True calibrates the SDE 2M step: it needs eta > 0 and order=2; got eta={eta}, "
                          f"order={order}.")
@@ -79,7 +83,8 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
         c = gaussian_weights(sig.cpu().numpy(), etas.cpu().numpy(), denoise_to_zero) if calibrate else None
         plan, noise = _multistep_plan(S, h, warm_orders(N, order, lower_order_final and N < 15 and eta == 0), etas,
                                       midpoint=order == 2 and (eta > 0 or midpoint), c=c)
-        x = run_plan(score, x, S, data_store(S), plan, callback, noise=noise, generator=generator)
+        fix = _corrector_plan(S, lam, etas, corrector_order) if corrector_order else None
+        x = run_plan(score, x, S, data_store(S), plan, callback, corrector=fix, noise=noise, generator=generator)
     else:
         evals = int(min(score.budget - score.count, 3 * N)) - denoise_to_zero
         orders = ([order] * (evals // order) + ([evals % order] if evals % order else []))[:N]
@@ -100,7 +105,7 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
         noisy_end=lambda o: not o["denoise_to_zero"])
 def sde_dpm_solver(score, sde, x, times, generator, callback, order: int = 2, sigma_min: float = 0.03,
                    denoise_to_zero: bool = False, eta: float = 1.0, calibrate: bool = False,
-                   stochastic_below: float | None = None, sigma_max: float = 80.0):
+                   stochastic_below: float | None = None, sigma_max: float = 80.0, corrector_order: int = 0):
     """SDE-DPM-Solver++(2M) (Lu et al. 2022b): ``dpm_solver`` with eta = 1 (the reverse SDE) as its default, a name of
     its own so that ``default_method`` can name it; order 3 is SDE-DPM-Solver++(3M). Same draws as
     ``dpm_solver(eta=eta, order=order, ...)``. sigma_min = 0.03 and order 2: docs/samplers.md, "SDE-DPM-Solver++(3M)
@@ -111,7 +116,7 @@ def sde_dpm_solver(score, sde, x, times, generator, callback, order: int = 2, si
     window")."""
     return dpm_solver(score, sde, x, times, generator, callback, order=order, sigma_min=sigma_min,
                       denoise_to_zero=denoise_to_zero, eta=eta, sigma_max=sigma_max, calibrate=calibrate,
-                      stochastic_below=stochastic_below)
+                      stochastic_below=stochastic_below, corrector_order=corrector_order)
 
 
 def _multistep_plan(S, h, orders, eta, midpoint=False, c=None):
@@ -150,6 +155,24 @@ def _multistep_plan(S, h, orders, eta, midpoint=False, c=None):
 
     noise = (S.s64[1:] * torch.sqrt(-torch.expm1(-2 * eta * h))).tolist() if bool((eta > 0).any()) else None
     return data_plan(S, orders, weights, (S.s64[1:] / S.s64[:-1] * torch.exp(-eta * h)).tolist()), noise
+
+
+def _corrector_plan(S, lam, eta, order):
+    """The SA-Solver corrector (Xue et al. 2023, "SA-Solver: Stochastic Adams Solver for Fast Sampling of Diffusion
+    Models", the SA-Corrector in data prediction) of the eta-family step above: once D_{i+1} is known, x_{i+1} is
+    taken again from x_i with D in the step's integral the Lagrange polynomial in lambda through lambda_{i+1} and the
+    last order - 1 nodes (an Adams-Moulton step; its first steps with the nodes there are), and with the step's own
+    noise. The weights int (1 + eta) e^{-(1 + eta)(lambda_{i+1} - u)} l_j(u) du by Gauss-Legendre in float64."""
+    lam64, kap = lam.tolist(), (1 + eta).tolist()
+
+    def weights(i, k):  # on D_i, ..., D_{i-k+1}, then D_{i+1}
+        nodes = [lam64[i - j] for j in range(k)] + [lam64[i + 1]]
+        return _lagrange_integrals(nodes, lam64[i], lam64[i + 1], lambda u: u,
+                                   lambda u: kap[i] * np.exp(-kap[i] * (lam64[i + 1] - u)))
+
+    h = lam[1:] - lam[:-1]
+    orders = [min(order - 1, i + 1) for i in range(len(S))]
+    return data_plan(S, orders, weights, (S.s64[1:] / S.s64[:-1] * torch.exp(-eta * h)).tolist())
 
 
 def _singlestep(score, sde, x, mD0, i, k, lam, S, x_next, phi1, phi2):

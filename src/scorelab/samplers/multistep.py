@@ -69,22 +69,27 @@ def warm_orders(n, order, lower_order_final):
 
 def run_plan(score, x, S, store, plan, callback, corrector=None, noise=None, generator=None):
     """x_{i+1} = a_i x_i + sum_j w_ij v_j (+ noise_i z, z ~ N(0, I), with ``noise``), v_i = store(x_i, score_i, i); the
-    corrector plan (same form, may use v_{i+1}) replaces x_{i+1} once v_{i+1} is known (then projected again, as
-    every step is; the user's callback has seen the predictor's x_{i+1}). Only the last four v_j are kept."""
+    corrector plan (same form, may use v_{i+1}) replaces x_{i+1} once v_{i+1} is known, with the step's own noise
+    noise_i z added again (then projected again, as every step is; the user's callback has seen the predictor's
+    x_{i+1}). Only the last four v_j are kept."""
     vals: dict = {}
     project = getattr(callback, "project", None)
-    x_prev = None
+    x_prev = z = None
     for i, (a, w) in enumerate(plan):
         vals[i] = store(x, score(x, S.tb(i, x)), i)
         if corrector is not None and i > 0:
             ac, wc = corrector[i - 1]
             x = _combine(ac, x_prev, wc, vals)
+            if z is not None:
+                x = axpy(x, z, noise[i - 1], inplace=True)
             if project is not None:
                 x = project(x, S.t_d[i])
         x_prev = x
         x_next = _combine(a, x, w, vals)
+        z = None
         if noise is not None and noise[i] > 0:  # steps with eta = 0 (``stochastic_below``) draw nothing
-            x_next = axpy(x_next, gaussian(x, generator), noise[i], inplace=True)
+            z = gaussian(x, generator)
+            x_next = axpy(x_next, z, noise[i], inplace=True)
         x = callback(i, S.t_d[i + 1], x_next)
         vals.pop(i - 4, None)  # the oldest of the last four (one enters per step)
     return x
