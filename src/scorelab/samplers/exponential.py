@@ -26,7 +26,9 @@ it are stochastic, those above follow the probability-flow ODE, eta = 0; the win
 Algorithm 2, m_t (1 - e^{-h}) [D_0 + (D_0 - D_-1) / (2 r)], as k-diffusion's dpmpp_2m and diffusers' default
 solver_type take it; False: the phi_2 form above, the 3M warm-up's. The midpoint form is 0.41-0.87x the error of
 phi_2 at 5 and 10 evaluations on 14 mixtures, 0.82-1.10x at 20 (gm 0.94), 0.99-1.05x at 50: docs/samplers.md,
-"The midpoint form of DPM-Solver++(2M)"; the SDE step takes it whatever this says); the grid
+"The midpoint form of DPM-Solver++(2M)"; the SDE step takes it whatever this says), corrector_order (multistep, any
+eta: the SA-Solver corrector of that order, Xue et al. 2023, at no extra evaluation; 0 none, the default:
+``_corrector_plan``; docs/samplers.md, "The SA-Solver corrector"); the grid
 (``sample(grid=...)``) defaults to "log_snr". The defaults (order 2 multistep to sigma_min = 0.03: the noise left
 costs O((sigma_min^2 / v)^2) in the moments of a component of variance v, less than the hardest steps it saves; use
 0.002 (EDM) for finer data or large budgets) measured best at 10-20 evaluations: docs/samplers.md, "What wins at
