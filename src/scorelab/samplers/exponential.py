@@ -28,7 +28,7 @@ solver_type take it; False: the phi_2 form above, the 3M warm-up's. The midpoint
 phi_2 at 5 and 10 evaluations on 14 mixtures, 0.82-1.10x at 20 (gm 0.94), 0.99-1.05x at 50: docs/samplers.md,
 "The midpoint form of DPM-Solver++(2M)"; the SDE step takes it whatever this says), corrector_order (multistep, any
 eta: the SA-Solver corrector of that order, Xue et al. 2023, at no extra evaluation; 0 none, the default:
-``_corrector_plan``; docs/samplers.md, "The SA-Solver corrector"); the grid
+``_corrector_plan``; docs/samplers.md, "The SA-Solver corrector, two more peers and a second digits network"); the grid
 (``sample(grid=...)``) defaults to "log_snr". The defaults (order 2 multistep to sigma_min = 0.03: the noise left
 costs O((sigma_min^2 / v)^2) in the moments of a component of variance v, less than the hardest steps it saves; use
 0.002 (EDM) for finer data or large budgets) measured best at 10-20 evaluations: docs/samplers.md, "What wins at
@@ -43,7 +43,7 @@ import torch
 from .._checks import axpy
 from ._common import Schedule, method, posterior_mean
 from .calibrate import gaussian_weights
-from .multistep import _lagrange_integrals, data_plan, data_store, run_plan, warm_orders
+from .multistep import data_plan, data_store, lagrange_integrals, run_plan, warm_orders
 
 
 def _phis(h):
@@ -85,7 +85,7 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
         c = gaussian_weights(sig.cpu().numpy(), etas.cpu().numpy(), denoise_to_zero) if calibrate else None
         plan, noise = _multistep_plan(S, h, warm_orders(N, order, lower_order_final and N < 15 and eta == 0), etas,
                                       midpoint=order == 2 and (eta > 0 or midpoint), c=c)
-        fix = _corrector_plan(S, lam, etas, corrector_order) if corrector_order else None
+        fix = _corrector_plan(S, lam, etas, corrector_order, [a for a, _ in plan]) if corrector_order else None
         x = run_plan(score, x, S, data_store(S), plan, callback, corrector=fix, noise=noise, generator=generator)
     else:
         evals = int(min(score.budget - score.count, 3 * N)) - denoise_to_zero
@@ -159,22 +159,21 @@ def _multistep_plan(S, h, orders, eta, midpoint=False, c=None):
     return data_plan(S, orders, weights, (S.s64[1:] / S.s64[:-1] * torch.exp(-eta * h)).tolist()), noise
 
 
-def _corrector_plan(S, lam, eta, order):
+def _corrector_plan(S, lam, eta, order, carry):
     """The SA-Solver corrector (Xue et al. 2023, "SA-Solver: Stochastic Adams Solver for Fast Sampling of Diffusion
     Models", the SA-Corrector in data prediction) of the eta-family step above: once D_{i+1} is known, x_{i+1} is
     taken again from x_i with D in the step's integral the Lagrange polynomial in lambda through lambda_{i+1} and the
     last order - 1 nodes (an Adams-Moulton step; its first steps with the nodes there are), and with the step's own
-    noise. The weights int (1 + eta) e^{-(1 + eta)(lambda_{i+1} - u)} l_j(u) du by Gauss-Legendre in float64."""
+    noise; ``carry``: the predictor's weights a_i on x_i, the same. The weights int (1 + eta) e^{-(1 + eta)(lambda_{i+1}
+    - u)} l_j(u) du by Gauss-Legendre in float64."""
     lam64, kap = lam.tolist(), (1 + eta).tolist()
 
     def weights(i, k):  # on D_i, ..., D_{i-k+1}, then D_{i+1}
         nodes = [lam64[i - j] for j in range(k)] + [lam64[i + 1]]
-        return _lagrange_integrals(nodes, lam64[i], lam64[i + 1], lambda u: u,
+        return lagrange_integrals(nodes, lam64[i], lam64[i + 1], lambda u: u,
                                    lambda u: kap[i] * np.exp(-kap[i] * (lam64[i + 1] - u)))
 
-    h = lam[1:] - lam[:-1]
-    orders = [min(order - 1, i + 1) for i in range(len(S))]
-    return data_plan(S, orders, weights, (S.s64[1:] / S.s64[:-1] * torch.exp(-eta * h)).tolist())
+    return data_plan(S, [min(order - 1, i + 1) for i in range(len(S))], weights, carry)
 
 
 def _singlestep(score, sde, x, mD0, i, k, lam, S, x_next, phi1, phi2):

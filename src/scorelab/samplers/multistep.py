@@ -47,7 +47,7 @@ _GL = np.polynomial.legendre.leggauss(12)
 _IPNDM = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
 
 
-def _lagrange_integrals(nodes, lo, hi, var, weight):
+def lagrange_integrals(nodes, lo, hi, var, weight):
     """int_lo^hi l_j(var(u)) weight(u) du for the Lagrange basis l_j through ``nodes`` (in var's units)."""
     x, w = _GL
     u = 0.5 * (hi - lo) * x + 0.5 * (hi + lo)
@@ -127,7 +127,7 @@ def _adams(score, x, S, callback, order, coeffs):
 @method(grid="karras", end="sigma_min", begin="sigma_max", deterministic=True, noisy_end=True)
 def lms(score, sde, x, times, generator, callback, order: int = 4, sigma_min: float = 0.002,
         sigma_max: float = 80.0, rho: float = 7.0):
-    return _adams(score, x, Schedule(sde, times, x), callback, order, lambda i, k, sig: _lagrange_integrals(
+    return _adams(score, x, Schedule(sde, times, x), callback, order, lambda i, k, sig: lagrange_integrals(
         [sig[i - j] for j in range(k)], sig[i], sig[i + 1], lambda u: u, np.ones_like))
 
 
@@ -205,7 +205,7 @@ def deis(score, sde, x, times, generator, callback, order: int = 3, lower_order_
         return sde.t_from_log_snr(torch.from_numpy(2 * u)).numpy()
 
     def weights(i, k):
-        return _lagrange_integrals([t[i - j] for j in range(k)], lam[i], lam[i + 1], t_of,
+        return lagrange_integrals([t[i - j] for j in range(k)], lam[i], lam[i + 1], t_of,
                                    lambda u: np.exp(u - lam[i + 1]))
 
     plan = data_plan(S, warm_orders(len(S), order, lower_order_final), weights)
