@@ -89,7 +89,9 @@ def test_disk_cache_key_holds_the_ends_the_search_starts_from(tmp_path, monkeypa
     sde = VPSDE(0.1, 20.0)
     a = optimized_grid(Score(sde), sde, 5, "dpm_solver", cache_dir=tmp_path / "grids", **FAST)
     fn = METHODS["dpm_solver"]
-    monkeypatch.setattr(fn, "__defaults__", (*fn.__defaults__[:-1], 1e6))  # the old start: sigma_max above sigma(T)
+    names = fn.__code__.co_varnames[:fn.__code__.co_argcount][-len(fn.__defaults__):]  # the options with defaults
+    defaults = dict(zip(names, fn.__defaults__), sigma_max=1e6)  # the old start: sigma_max above sigma(T)
+    monkeypatch.setattr(fn, "__defaults__", tuple(defaults.values()))
     b = optimized_grid(Score(sde), sde, 5, "dpm_solver", cache_dir=tmp_path / "grids", **FAST)
     assert len(list((tmp_path / "grids").iterdir())) == 2
     assert float(a[0]) < float(b[0]) == sde.T
