@@ -10,7 +10,8 @@ denoising step ``denoise_to_zero``, UniPC and DEIS also on equal steps in t, and
 the model; ``--only`` picks rows), by
 ``default_sampler(nfe)`` (the "default" of the summary: ``sample()`` with no method), and by the peers':
 k-diffusion through ``interop.k_diffusion_denoiser`` (on the VP run through the same wrapper in sigma = s/m),
-diffusers' DDIM / DPM-Solver++ / UniPC through ``interop.epsilon_model``, diffusers' ScoreSdeVe PC on the VE run.
+diffusers' DDIM / DPM-Solver++ / UniPC / SDE-DPM-Solver++ / SA-Solver through ``interop.epsilon_model``, diffusers'
+ScoreSdeVe PC on the VE run.
 A third run, ``digits-exact``, keeps the digits run's process, scaler and classifier but swaps its network for the
 exact score of a Gaussian mixture fitted to the same train split (``digits_mixture``): what the samplers do on
 image-shaped data when the score is right, beside what they do on the model.
