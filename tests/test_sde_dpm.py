@@ -119,23 +119,32 @@ def _moments(sde, nfe, order, monkeypatch, **options):
     return float(z[-1] - z[0]), float(z[0]), float(((out["unit"] - z)[:nfe] ** 2).sum())
 
 
-@pytest.mark.parametrize("sde", [VESDE(0.01, 10.0), VPSDE()], ids=["ve", "vp"])
-def test_sde_3m_weak_error_against_the_exact_reverse_transition(sde, monkeypatch):
-    """eta = 1 follows the reverse SDE, whose law of x_t given x_T is the forward process's (Gaussian) posterior:
-    mean a x_T + c, variance V. The conditional mean is exact (the D-polynomial is exact for Gaussian data); the
-    variance error falls at least as O(h^2) (weak order 2 measured for both) and 3M is below 2M from 40 steps."""
+def _variance_errors(sde, monkeypatch, nfes, settings):
+    """|Var(x_t | x_T) - V| of dpm_solver(eta=1) for each setting {key: (order, options)} at each nfe, against the
+    exact reverse transition: the forward process's Gaussian posterior of x_t given x_T, mean a x_T + c, variance V;
+    the conditional mean is asserted exact on the way."""
     T, te = torch.tensor(sde.T, dtype=F64), torch.tensor(end_time(sde, 0.002), dtype=F64)
     mT, sT, mt, st = (float(v) for v in (sde.marginal_scale(T), sde.marginal_std(T), sde.marginal_scale(te),
                                          sde.marginal_std(te)))
     vt, vT = mt ** 2 * VAR + st ** 2, mT ** 2 * VAR + sT ** 2
     cov = (mT / mt) * vt
     a, c, V = cov / vT, mt * MU - cov / vT * mT * MU, vt - cov ** 2 / vT
-    nfes, errs = (20, 40, 80), {2: [], 3: []}
-    for order in (2, 3):
+    errs = {}
+    for key, (order, options) in settings.items():
         for nfe in nfes:
-            a_, c_, V_ = _moments(sde, nfe, order, monkeypatch)
+            a_, c_, V_ = _moments(sde, nfe, order, monkeypatch, **options)
             assert abs(a_ - a) < 1e-9 and abs(c_ - c) < 1e-9
-            errs[order].append(abs(V_ - V))
+            errs.setdefault(key, []).append(abs(V_ - V))
+    return errs
+
+
+@pytest.mark.parametrize("sde", [VESDE(0.01, 10.0), VPSDE()], ids=["ve", "vp"])
+def test_sde_3m_weak_error_against_the_exact_reverse_transition(sde, monkeypatch):
+    """eta = 1 follows the reverse SDE, whose law of x_t given x_T is the forward process's (Gaussian) posterior:
+    mean a x_T + c, variance V. The conditional mean is exact (the D-polynomial is exact for Gaussian data); the
+    variance error falls at least as O(h^2) (weak order 2 measured for both) and 3M is below 2M from 40 steps."""
+    nfes = (20, 40, 80)
+    errs = _variance_errors(sde, monkeypatch, nfes, {2: (2, {}), 3: (3, {})})
     assert _slope(nfes, errs[3]) > 1.8 and _slope(nfes, errs[2]) > 1.8, errs
     assert all(e3 < e2 for e3, e2 in zip(errs[3][1:], errs[2][1:])), errs
 
@@ -146,18 +155,8 @@ def test_sa_corrector_keeps_the_step_noise_and_raises_the_weak_order(sde, monkey
     conditional mean stays exact, and the variance error of SDE-DPM-Solver++(1M) with corrector_order=2 falls as
     O(h^2) (1.7-1.8 measured, 0.8-0.9 without). The corrector adds the step's own noise draw again: a corrector
     without it would lose that variance and not converge."""
-    T, te = torch.tensor(sde.T, dtype=F64), torch.tensor(end_time(sde, 0.002), dtype=F64)
-    mT, sT, mt, st = (float(v) for v in (sde.marginal_scale(T), sde.marginal_std(T), sde.marginal_scale(te),
-                                         sde.marginal_std(te)))
-    vt, vT = mt ** 2 * VAR + st ** 2, mT ** 2 * VAR + sT ** 2
-    cov = (mT / mt) * vt
-    a, c, V = cov / vT, mt * MU - cov / vT * mT * MU, vt - cov ** 2 / vT
-    nfes, errs = (20, 40, 80), {0: [], 2: []}
-    for corrector in (0, 2):
-        for nfe in nfes:
-            a_, c_, V_ = _moments(sde, nfe, 1, monkeypatch, corrector_order=corrector)
-            assert abs(a_ - a) < 1e-9 and abs(c_ - c) < 1e-9
-            errs[corrector].append(abs(V_ - V))
+    nfes = (20, 40, 80)
+    errs = _variance_errors(sde, monkeypatch, nfes, {k: (1, {"corrector_order": k}) for k in (0, 2)})
     assert _slope(nfes, errs[2]) > 1.5 and _slope(nfes, errs[0]) < 1.2, errs
     assert all(e2 < e0 for e2, e0 in zip(errs[2], errs[0])), errs
 
