@@ -328,6 +328,29 @@ def ring_around_blob() -> GaussianMixture:
     return GaussianMixture(torch.tensor([2.0] + [1.0] * 6, dtype=F64), means, stds**2)
 
 
+def bent_needles() -> GaussianMixture:
+    """2-D: five needles (std 0.6 along, 0.05 across) along an arc of radius 3 (angles 0.2 .. 1.8 rad, each pointing
+    along the arc), with a blob of std 0.4 at the arc's centre, weights 1, 2, 1, 3, 1 and 2."""
+    a = torch.linspace(0.2, 1.8, 5, dtype=F64)
+    u = torch.stack([-a.sin(), a.cos()], 1)  # along the arc
+    v = torch.stack([a.cos(), a.sin()], 1)
+    covs = 0.6**2 * u[:, :, None] * u[:, None, :] + 0.05**2 * v[:, :, None] * v[:, None, :]
+    covs = torch.cat([covs, 0.4**2 * torch.eye(2, dtype=F64)[None]])
+    means = torch.cat([3 * v, torch.zeros(1, 2, dtype=F64)])
+    return GaussianMixture(torch.tensor([1.0, 2.0, 1.0, 3.0, 1.0, 2.0], dtype=F64), means, covs)
+
+
+def shells_3d() -> GaussianMixture:
+    """3-D: 6 components of std 0.12 at the faces of a cube of half-side 1.5 and 8 of std 0.3 at its corners (scaled
+    by 2.4), weights Dirichlet(1) (seed 953)."""
+    e = torch.eye(3, dtype=F64)
+    corners = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0], dtype=F64)] * 3)
+    means = torch.cat([1.5 * e, -1.5 * e, 2.4 * corners])
+    stds = torch.tensor([0.12] * 6 + [0.3] * 8, dtype=F64)
+    w = torch.tensor(np.random.RandomState(953).dirichlet(np.ones(14)))
+    return GaussianMixture(w, means, stds**2)
+
+
 LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  "gmm-d6-K8": lambda: gmm16(41, d=6, K=8), "gmm-d2-K30": lambda: gmm16(51, d=2, K=30),
                  "gmm-d3-K7-x2": lambda: _scaled(61, 3, 7, 2.0),
@@ -405,7 +428,18 @@ LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  "ring8-r5-std.5": lambda: _ring(8, 5.0, 0.5, 101, 0.1),
                  "ring6-std.12-off": lambda: _shifted(_ring(6, 1.5, 0.12, 103, 0.4), [-6.0, 2.0]),
                  "gmm-d3-K9-x0.4": lambda: _scaled(891, 3, 9, 0.4),
-                 "gmm-d6-K4-x3-off": lambda: _shifted(_scaled(901, 6, 4, 3.0), [-5.0, 0, 5.0, 0, -5.0, 0])}
+                 "gmm-d6-K4-x3-off": lambda: _shifted(_scaled(901, 6, 4, 3.0), [-5.0, 0, 5.0, 0, -5.0, 0]),
+                 # batch 15, written after the calibration with the SA-Solver corrector was first measured on the 105
+                 # above and before it or any sampler ran on these (2026-12-05)
+                 "ring7-std.08-off": lambda: _shifted(_ring(7, 2.2, 0.08, 107, 0.35), [1.5, 2.5]),
+                 "gmm-d5-K7-x0.6": lambda: _scaled(911, 5, 7, 0.6),
+                 "gmm-d9-K4-x1.7": lambda: _scaled(921, 9, 4, 1.7),
+                 "ring4-r3-std.4": lambda: _ring(4, 3.0, 0.4, 109, 0.8),
+                 "gmm-d2-K9-x1.2": lambda: _scaled(931, 2, 9, 1.2),
+                 "gmm-d3-K6-x0.25": lambda: _scaled(941, 3, 6, 0.25),
+                 "ring10-std.05": lambda: _ring(10, 3.0, 0.05, 113, 0.25),
+                 "bent-needles": bent_needles, "shells-3d": shells_3d,
+                 "gmm-d18-K6-x0.9": lambda: _scaled(961, 18, 6, 0.9)}
 
 
 # both errors within this factor of the floor (the median moment KL of exact samples over the same seeds): no winner

@@ -34,6 +34,8 @@ import math
 
 import numpy as np
 
+from .multistep import corrector_weights
+
 BAND_LO = 2.0  # the band's narrowest std, in units of the grid's last level
 BAND_HI = 2.7  # its widest: the grid's first level over this (30 for the usual sigma_max = 80)
 FREE_END = 3
@@ -41,42 +43,78 @@ RIDGE = 0.03
 POINTS = 40
 
 
-def variance_ratios(c, sig, v, eta: float = 1.0, denoise: bool = True) -> np.ndarray:
+def variance_ratios(c, sig, v, eta: float = 1.0, denoise: bool = True, corrector_order: int = 0) -> np.ndarray:
     """The 2M SDE sampler's final variance over v on N(0, v), for each v, over the noise levels ``sig`` (decreasing,
-    > 0) with coefficients c (c[..., 0] unused: the first step has no history); exact, no sampling, float64. c may
-    hold several sets of coefficients, [P, N]: the ratios are then [P, len(v)], one Python loop over the steps."""
+    > 0) with coefficients c (c[..., 0] unused: the first step has no history) and, with ``corrector_order`` k > 0, the
+    SA-Solver corrector of that order after every step but the last (``exponential._corrector_plan``); exact, no
+    sampling, float64. c may hold several sets of coefficients, [P, N]: the ratios are then [P, len(v)], one Python
+    loop over the steps. The state is (yc_i, yp_i, yp_{i-1}, yp_{i-2}): the corrected y_i, from which the next step
+    starts, and the predicted ones, where D was evaluated (D_j = k_j yp_j); the corrector reuses the step's noise draw,
+    so both rows carry it."""
     sig, v = np.asarray(sig, dtype=np.float64), np.asarray(v, dtype=np.float64)
-    c = np.asarray(c, dtype=np.float64)[..., None]  # [..., N, 1]: each step's coefficient against every v
-    k = v[:, None] / (v[:, None] + sig[None, :] ** 2)
+    c = np.asarray(c, dtype=np.float64)
+    n = len(sig) - 1
+    eta = np.broadcast_to(np.asarray(eta, dtype=np.float64), (n,))
+    k = v[:, None] / (v[:, None] + sig[None, :] ** 2)  # [V, N + 1]: the denoiser's gain at each level
     h = np.log(sig[:-1] / sig[1:])
     a = (sig[1:] / sig[:-1]) * np.exp(-eta * h)
-    b, noise = -np.expm1(-(1 + eta) * h), sig[1:] ** 2 * -np.expm1(-2 * eta * h)
-    # (y_{i+1}, y_i) = [[a0_i, a1_i], [1, 0]] (y_i, y_{i-1}) + noise: the coefficients of every step at once
-    w = np.concatenate([np.zeros_like(c[..., :1, :]), c[..., 1:, :] * h[1:, None] / h[:-1, None]], -2)
-    kt = k.T[:-1]  # [N, V]: k at each step's start
-    a0 = a[:, None] + b[:, None] * (1 + w) * kt
-    a1 = -b[:, None] * w * np.concatenate([kt[:1], kt[:-1]])  # step 0's a1 is 0 (w = 0)
-    a00, a01, a11 = a0**2, 2 * a0 * a1, a1**2
-    c00, c01, c11 = v + sig[0] ** 2, np.zeros_like(v), np.ones_like(v)  # cov of (y_i, y_{i-1})
-    for i in range(len(h)):
-        c00, c01, c11 = (a00[..., i, :] * c00 + a01[..., i, :] * c01 + a11[..., i, :] * c11 + noise[i],
-                         a0[..., i, :] * c00 + a1[..., i, :] * c01, c00)
-    return (k[:, -1] ** 2 if denoise else 1.0) * c00 / v
+    b, noise = -np.expm1(-(1 + eta) * h), np.sqrt(sig[1:] ** 2 * -np.expm1(-2 * eta * h))
+    w = np.concatenate([np.zeros_like(c[..., :1]), c[..., 1:] * h[1:] / h[:-1]], -1)[..., None]  # c_i / r_i
+    kt, kp = k.T[:-1], np.concatenate([np.zeros_like(k.T[:1]), k.T[:-2]])  # [N, V]: k_i and k_{i-1} of each step
+    # every step's rows at once, [..., N, V, 4]: yp_{i+1} = a yc_i + b [(1 + w) D_i - w D_{i-1}] + noise z
+    pred = np.zeros((*w.shape[:-2], n, len(v), 4))
+    pred[..., 0] = a[:, None]
+    pred[..., 1] = b[:, None] * (1 + w) * kt
+    pred[..., 2] = -b[:, None] * w * kp
+    corr, g = pred, np.ones((n, len(v)))
+    if corrector_order:  # yc_{i+1} = a yc_i + sum_j e_j D_{i-j} + e D_{i+1} + the same z, on every step but the last
+        scale, rest, g = _corrector_rows(tuple(sig.tolist()), tuple(v.tolist()), tuple(eta.tolist()), corrector_order)
+        corr = pred * scale[..., None] + rest
+    M = np.zeros((*pred.shape, 4))
+    M[..., 0, :], M[..., 1, :], M[..., 2, 1], M[..., 3, 2] = corr, pred, 1.0, 1.0
+    gz = np.zeros((n, len(v), 4))
+    gz[..., 0], gz[..., 1] = noise[:, None] * g, noise[:, None]
+    gg = gz[..., :, None] * gz[..., None, :]
+    MT = np.swapaxes(M, -1, -2)
+    cov = np.zeros((*w.shape[:-2], len(v), 4, 4))
+    cov[..., :2, :2] = (v + sig[0] ** 2)[:, None, None]  # yc_0 = yp_0 = y_0
+    for i in range(n):
+        cov = M[..., i, :, :, :] @ cov @ MT[..., i, :, :, :] + gg[i]
+    return (k[:, -1] ** 2 if denoise else 1.0) * cov[..., 0, 0] / v
 
 
-def gaussian_weights(sig, eta: float = 1.0, denoise: bool = True) -> list[float]:
+@functools.lru_cache(maxsize=64)
+def _corrector_rows(sig: tuple, v: tuple, eta: tuple, order: int):
+    """The corrector's rows in ``variance_ratios`` that do not depend on c, once per (grid, band, eta, order):
+    yc_{i+1} = scale_i yp_{i+1} + rest_i . (yc_i, yp_i, yp_{i-1}, yp_{i-2}), and g_i, the factor on the step's noise."""
+    sig, v = np.array(sig), np.array(v)
+    n = len(sig) - 1
+    k = v[:, None] / (v[:, None] + sig[None, :] ** 2)
+    a = (sig[1:] / sig[:-1]) ** (1 + np.array(eta))  # (sigma_{i+1} / sigma_i) e^{-eta h}
+    scale, rest, g = np.zeros((n, len(v))), np.zeros((n, len(v), 4)), np.ones((n, len(v)))
+    scale[-1] = 1.0  # the last step is not corrected: yc_N = yp_N
+    for i, e in enumerate(corrector_weights(-np.log(sig), eta, order)[:-1]):
+        scale[i], g[i] = e[-1] * k[:, i + 1], 1 + e[-1] * k[:, i + 1]
+        rest[i, :, 0] = a[i]
+        for j, ej in enumerate(e[:-1]):
+            rest[i, :, 1 + j] = ej * k[:, i - j]
+    return scale, rest, g
+
+
+def gaussian_weights(sig, eta: float = 1.0, denoise: bool = True, corrector_order: int = 0) -> list[float]:
     """c_0..c_{N-1} for the noise levels ``sig`` [N + 1] (see the module's docstring); c_0 = 0. ``eta``: a number or
-    one per step. Computed once per grid and kept (``_fitted``): sampling again on the same grid costs nothing."""
+    one per step; ``corrector_order``: the SA-Solver corrector the sampler runs with (0: none), part of the recursion.
+    Computed once per grid and kept (``_fitted``): sampling again on the same grid costs nothing."""
     sig = np.asarray(sig, dtype=np.float64)
     if not (np.all(np.isfinite(sig)) and np.all(sig > 0) and np.all(np.diff(sig) < 0)):
         raise ValueError("calibrate=True needs a grid of decreasing noise levels that ends above 0 (a grid ending at "
                          "t = 0 has none to calibrate on): end it at sigma_min > 0.")
     etas = np.broadcast_to(np.asarray(eta, dtype=np.float64), sig[1:].shape)
-    return list(_fitted(tuple(sig.tolist()), tuple(etas.tolist()), bool(denoise)))
+    return list(_fitted(tuple(sig.tolist()), tuple(etas.tolist()), bool(denoise), int(corrector_order)))
 
 
 @functools.lru_cache(maxsize=256)
-def _fitted(sig: tuple, eta: tuple, denoise: bool) -> tuple:
+def _fitted(sig: tuple, eta: tuple, denoise: bool, corrector_order: int = 0) -> tuple:
     sig, eta = np.array(sig), np.array(eta)
     n = len(sig) - 1
     if n < 2:
@@ -91,7 +129,8 @@ def _fitted(sig: tuple, eta: tuple, denoise: bool) -> tuple:
         return np.concatenate([*head, p[..., 1 if bulk else 0:]], -1)
 
     def residuals(p):  # [..., len(p)] -> [..., POINTS + len(p)]
-        return np.concatenate([np.log(variance_ratios(full(p), sig, v, eta, denoise)), RIDGE * (p - 0.5)], -1)
+        ratios = variance_ratios(full(p), sig, v, eta, denoise, corrector_order)
+        return np.concatenate([np.log(ratios), RIDGE * (p - 0.5)], -1)
 
     p = np.full(free + (1 if bulk else 0), 0.5)
     damping, r, eye = 1e-3, residuals(p), np.eye(len(p))

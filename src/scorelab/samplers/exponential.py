@@ -37,13 +37,12 @@ costs O((sigma_min^2 / v)^2) in the moments of a component of variance v, less t
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .._checks import axpy
 from ._common import Schedule, method, posterior_mean
 from .calibrate import gaussian_weights
-from .multistep import data_plan, data_store, lagrange_integrals, run_plan, warm_orders
+from .multistep import corrector_weights, data_plan, data_store, run_plan, warm_orders
 
 
 def _phis(h):
@@ -82,7 +81,8 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
         sig = S.s64 / S.m64
         etas = h.new_full(h.shape, float(eta)) if stochastic_below is None else \
             torch.where(sig[:-1] <= stochastic_below, float(eta), 0.0)
-        c = gaussian_weights(sig.cpu().numpy(), etas.cpu().numpy(), denoise_to_zero) if calibrate else None
+        c = gaussian_weights(sig.cpu().numpy(), etas.cpu().numpy(), denoise_to_zero, corrector_order) \
+            if calibrate else None
         plan, noise = _multistep_plan(S, h, warm_orders(N, order, lower_order_final and N < 15 and eta == 0), etas,
                                       midpoint=order == 2 and (eta > 0 or midpoint), c=c)
         fix = _corrector_plan(S, lam, etas, corrector_order, [a for a, _ in plan]) if corrector_order else None
@@ -164,16 +164,9 @@ def _corrector_plan(S, lam, eta, order, carry):
     Models", the SA-Corrector in data prediction) of the eta-family step above: once D_{i+1} is known, x_{i+1} is
     taken again from x_i with D in the step's integral the Lagrange polynomial in lambda through lambda_{i+1} and the
     last order - 1 nodes (an Adams-Moulton step; its first steps with the nodes there are), and with the step's own
-    noise; ``carry``: the predictor's weights a_i on x_i, the same. The weights int (1 + eta) e^{-(1 + eta)(lambda_{i+1}
-    - u)} l_j(u) du by Gauss-Legendre in float64."""
-    lam64, kap = lam.tolist(), (1 + eta).tolist()
-
-    def weights(i, k):  # on D_i, ..., D_{i-k+1}, then D_{i+1}
-        nodes = [lam64[i - j] for j in range(k)] + [lam64[i + 1]]
-        return lagrange_integrals(nodes, lam64[i], lam64[i + 1], lambda u: u,
-                                   lambda u: kap[i] * np.exp(-kap[i] * (lam64[i + 1] - u)))
-
-    return data_plan(S, [min(order - 1, i + 1) for i in range(len(S))], weights, carry)
+    noise; ``carry``: the predictor's weights a_i on x_i, the same. The weights: ``multistep.corrector_weights``."""
+    w = corrector_weights(lam.tolist(), eta.tolist(), order)
+    return data_plan(S, [len(wi) - 1 for wi in w], lambda i, k: w[i], carry)
 
 
 def _singlestep(score, sde, x, mD0, i, k, lam, S, x_next, phi1, phi2):

@@ -62,6 +62,21 @@ def lagrange_integrals(nodes, lo, hi, var, weight):
     return out
 
 
+def corrector_weights(lam, eta, order: int) -> list[list[float]]:
+    """The SA-Solver corrector's weights (Xue et al. 2023) of the eta-family step in data prediction, one list per
+    step i: on D_i, D_{i-1}, ..., D_{i-k+1}, then D_{i+1}, k = min(order - 1, i + 1): int (1 + eta_i)
+    e^{-(1 + eta_i)(lambda_{i+1} - u)} l_j(u) du over [lambda_i, lambda_{i+1}], l_j the Lagrange basis in lambda through
+    those nodes (Gauss-Legendre, float64). ``lam``: the grid's lambda = log(m / s) [N + 1]; ``eta``: one per step.
+    ``exponential._corrector_plan`` runs them; ``calibrate`` puts them in the variance recursion."""
+    lam, kap = [float(v) for v in lam], [1.0 + float(e) for e in eta]
+    out = []
+    for i in range(len(lam) - 1):
+        nodes = [lam[i - j] for j in range(min(order - 1, i + 1))] + [lam[i + 1]]
+        out.append(lagrange_integrals(nodes, lam[i], lam[i + 1], lambda u: u,
+                                      lambda u, i=i: kap[i] * np.exp(-kap[i] * (lam[i + 1] - u))))
+    return out
+
+
 def warm_orders(n, order, lower_order_final):
     """Warm start min(order, i + 1); with lower_order_final also min(., n - i) (DPM-Solver, UniPC)."""
     return [min(order, i + 1, n - i) if lower_order_final else min(order, i + 1) for i in range(n)]
