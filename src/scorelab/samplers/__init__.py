@@ -44,7 +44,7 @@ DEFAULT_NFE = 400  # the budget of sample() when none is named
 BY_BUDGET = ((100, "ancestral", {}),
              (32, "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True}),
              (20, "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True,
-                                     "stochastic_below": "auto:guarded"}),
+                                     "stochastic_below": "auto:guarded", "corrector_order": 3}),
              (8, "unipc", {"sigma_min": "auto:0.03"}),
              (1, "ipndm", {"order": 2, "rho": 10.0, "sigma_min": "auto:0.01", "sigma_max": "auto"}))
 
@@ -58,7 +58,9 @@ def default_sampler(nfe: int) -> tuple[str, dict]:
     near its smallest noise (``stochastic_below="auto:guarded"``; docs/samplers.md, "A floor under the window": the
     reading alone, ``"auto"``, wins on exact mixtures but loses on learned ones; "A guard on the window": the noise
     share of every exact score falls down the stop ladder, every trained network's turns up; 0.7 is the fixed
-    window it replaced, "The stochastic window"); from 8 UniPC
+    window it replaced, "The stochastic window") and after each step the SA-Solver corrector of order 3 (Xue et al.
+    2023; ``corrector_order=3``, no extra evaluation), the calibration made with it in the variance recursion
+    ("The calibrated corrector"); from 8 UniPC
     (Zhao et al. 2023); both of these end at the noise level chosen for the score (``samplers/stop.py``: 0.03 unless
     the data are sharper; from 20 evaluations ``sigma_min="auto"``, whose pilot runs to the ladder's bottom, from 8
     ``"auto:0.03"``, whose pilot ends at 0.03 and reads data narrower than that as a little wider, so it stops
