@@ -563,6 +563,7 @@ def fixed_choice_bound(meds, budget, k):
 # each scorelab row beside the peer whose step it corresponds to (the nearest one where no peer has the method)
 OVERHEAD_PAIRS = (("sl:dpm_solver[ve]", "k:dpmpp_2m"), ("sl:sde_dpm_solver[ve]", "k:dpmpp_2m_sde"),
                   ("sl:sde_dpm_solver3M[ve]", "k:dpmpp_3m_sde"), ("sl:default@50[ve]", "k:dpmpp_2m_sde"),
+                  ("sl:sde_dpm_solver+cor3[ve]", "d:SA-Solver"),
                   ("sl:edm_heun[ve]", "k:heun"), ("sl:ancestral[vp]", "k:euler_ancestral"),
                   ("sl:ode-euler[vp]", "k:euler"), ("sl:lms[ve]", "k:lms"), ("sl:ipndm[ve]", "k:lms"),
                   ("sl:unipc[vp]", "d:UniPC"), ("sl:deis[vp]", "d:DPMSolver++"))
@@ -586,6 +587,8 @@ def overhead(K, n=100_000, nfe=50, reps=5):
     jobs = {"sl:dpm_solver[ve]": ours("dpm_solver", ve), "sl:sde_dpm_solver[ve]": ours("sde_dpm_solver", ve),
             "sl:sde_dpm_solver3M[ve]": ours("sde_dpm_solver", ve, order=3),
             "sl:default@50[ve]": ours(None, ve),  # the default at 50: calibrated SDE 2M, its stop level's pilot
+            # the step of the default from 20 to 31: the calibrated SDE 2M with the order-3 SA-Solver corrector
+            "sl:sde_dpm_solver+cor3[ve]": ours("sde_dpm_solver", ve, calibrate=True, corrector_order=3),
             "sl:edm_heun[ve]": ours("edm_heun", ve), "sl:ancestral[vp]": ours("ancestral", vp),
             "sl:ode-euler[vp]": ours("ode", vp, solver="euler"), "sl:lms[ve]": ours("lms", ve),
             "sl:ipndm[ve]": ours("ipndm", ve), "sl:unipc[vp]": ours("unipc", vp), "sl:deis[vp]": ours("deis", vp)}
