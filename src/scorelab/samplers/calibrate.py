@@ -77,6 +77,7 @@ def variance_ratios(c, sig, v, eta: float = 1.0, denoise: bool = True, corrector
     if corrector_order:  # yc_{i+1} = a yc_i + sum_j e_j D_{i-j} + e D_{i+1} + the same z, on every step but the last
         scale, rest, g = _corrector_rows(tuple(sig.tolist()), tuple(v.tolist()), tuple(eta.tolist()), corrector_order)
         corr = pred * scale[..., None] + rest
+        corr[..., :-1, :, 0] += a[:-1, None]  # the corrected step starts from yc_i, as the predictor does
     M = np.zeros((*pred.shape, 4))
     M[..., 0, :], M[..., 1, :], M[..., 2, 1], M[..., 3, 2] = corr, pred, 1.0, 1.0
     gz = np.zeros((n, len(v), 4))
@@ -93,16 +94,15 @@ def variance_ratios(c, sig, v, eta: float = 1.0, denoise: bool = True, corrector
 @functools.lru_cache(maxsize=64)
 def _corrector_rows(sig: tuple, v: tuple, eta: tuple, order: int):
     """The corrector's rows in ``variance_ratios`` that do not depend on c, once per (grid, band, eta, order):
-    yc_{i+1} = scale_i yp_{i+1} + rest_i . (yc_i, yp_i, yp_{i-1}, yp_{i-2}), and g_i, the factor on the step's noise."""
+    yc_{i+1} = scale_i yp_{i+1} + rest_i . (yc_i, yp_i, yp_{i-1}, yp_{i-2}) + a_i yc_i (a_i added by the caller), and
+    g_i, the factor on the step's noise."""
     sig, v = np.array(sig), np.array(v)
     n = len(sig) - 1
     k = v[:, None] / (v[:, None] + sig[None, :] ** 2)
-    a = (sig[1:] / sig[:-1]) ** (1 + np.array(eta))  # (sigma_{i+1} / sigma_i) e^{-eta h}
     scale, rest, g = np.zeros((n, len(v))), np.zeros((n, len(v), 4)), np.ones((n, len(v)))
     scale[-1] = 1.0  # the last step is not corrected: yc_N = yp_N
     for i, e in enumerate(corrector_weights(-np.log(sig), eta, order)[:-1]):
         scale[i], g[i] = e[-1] * k[:, i + 1], 1 + e[-1] * k[:, i + 1]
-        rest[i, :, 0] = a[i]
         for j, ej in enumerate(e[:-1]):
             rest[i, :, 1 + j] = ej * k[:, i - j]
     return scale, rest, g
