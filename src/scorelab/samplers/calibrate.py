@@ -62,7 +62,7 @@ def variance_ratios(c, sig, v, eta: float = 1.0, denoise: bool = True, corrector
     c = np.asarray(c, dtype=np.float64)
     n = len(sig) - 1
     eta = np.broadcast_to(np.asarray(eta, dtype=np.float64), (n,))
-    k = v[:, None] / (v[:, None] + sig[None, :] ** 2)  # [V, N + 1]: the denoiser's gain at each level
+    k = _gain(sig, v)
     h = np.log(sig[:-1] / sig[1:])
     a = (sig[1:] / sig[:-1]) * np.exp(-eta * h)
     b, noise = -np.expm1(-(1 + eta) * h), np.sqrt(sig[1:] ** 2 * -np.expm1(-2 * eta * h))
@@ -91,6 +91,11 @@ def variance_ratios(c, sig, v, eta: float = 1.0, denoise: bool = True, corrector
     return (k[:, -1] ** 2 if denoise else 1.0) * cov[..., 0, 0] / v
 
 
+def _gain(sig, v):
+    """k = v / (v + sigma^2) [V, N + 1]: the Gaussian denoiser's gain, D - mu = k (y - mu), at each level."""
+    return v[:, None] / (v[:, None] + sig[None, :] ** 2)
+
+
 @functools.lru_cache(maxsize=64)
 def _corrector_rows(sig: tuple, v: tuple, eta: tuple, order: int):
     """The corrector's rows in ``variance_ratios`` that do not depend on c, once per (grid, band, eta, order):
@@ -98,7 +103,7 @@ def _corrector_rows(sig: tuple, v: tuple, eta: tuple, order: int):
     g_i, the factor on the step's noise."""
     sig, v = np.array(sig), np.array(v)
     n = len(sig) - 1
-    k = v[:, None] / (v[:, None] + sig[None, :] ** 2)
+    k = _gain(sig, v)
     scale, rest, g = np.zeros((n, len(v))), np.zeros((n, len(v), 4)), np.ones((n, len(v)))
     scale[-1] = 1.0  # the last step is not corrected: yc_N = yp_N
     for i, e in enumerate(corrector_weights(-np.log(sig), eta, order)[:-1]):
