@@ -439,7 +439,19 @@ LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  "gmm-d3-K6-x0.25": lambda: _scaled(941, 3, 6, 0.25),
                  "ring10-std.05": lambda: _ring(10, 3.0, 0.05, 113, 0.25),
                  "bent-needles": bent_needles, "shells-3d": shells_3d,
-                 "gmm-d18-K6-x0.9": lambda: _scaled(961, 18, 6, 0.9)}
+                 "gmm-d18-K6-x0.9": lambda: _scaled(961, 18, 6, 0.9),
+                 # batch 16, written after the calibrated corrected SDE step was first measured below 20 evaluations
+                 # on the 115 above and before it or any sampler ran on these (2026-12-05)
+                 "gmm-d4-K5-x0.15": lambda: _scaled(971, 4, 5, 0.15),
+                 "ring8-std.03": lambda: _ring(8, 2.5, 0.03, 127, 0.15),
+                 "gmm-d7-K5-x0.8": lambda: _scaled(981, 7, 5, 0.8),
+                 "ring5-r4-std.6-off": lambda: _shifted(_ring(5, 4.0, 0.6, 131, 0.5), [-2.0, 3.0]),
+                 "gmm-d3-K4-x0.35": lambda: _scaled(991, 3, 4, 0.35),
+                 "gmm-d11-K7-x1.1": lambda: _scaled(1001, 11, 7, 1.1),
+                 "ring12-std.08": lambda: _ring(12, 3.5, 0.08, 137, 0.05),
+                 "gmm-d2-K5-x0.2-off": lambda: _shifted(_scaled(1011, 2, 5, 0.2), [1.0, -1.0]),
+                 "gmm-d6-K9-x2.4": lambda: _scaled(1021, 6, 9, 2.4),
+                 "ring3-r1-std.15": lambda: _ring(3, 1.0, 0.15, 139, 0.9)}
 
 
 # both errors within this factor of the floor (the median moment KL of exact samples over the same seeds): no winner
