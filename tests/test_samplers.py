@@ -328,8 +328,10 @@ def test_no_method_uses_the_budget_default():
 
     sde = VESDE(0.01, 10.0)
     score = lambda x, t: -x / (1.0 + sde.marginal_std(t.double()).float()[:, None] ** 2)  # N(0, I) data
-    assert [default_method(n) for n in (1, 7, 8, 19, 20, 99, 100, DEFAULT_NFE)] == \
-        ["ipndm", "ipndm", "unipc", "unipc", "sde_dpm_solver", "sde_dpm_solver", "ancestral", "ancestral"]
+    assert [default_method(n) for n in (1, 7, 8, 12, 13, 19, 20, 99, 100, DEFAULT_NFE)] == \
+        ["ipndm", "ipndm", "unipc", "unipc", "sde_dpm_solver", "sde_dpm_solver", "sde_dpm_solver", "sde_dpm_solver",
+         "ancestral", "ancestral"]
+    assert default_sampler(15)[1]["sigma_min"] == "auto:0.03" and default_sampler(20)[1]["sigma_min"] == "auto"
     assert default_sampler(5) == ("ipndm", {"order": 2, "rho": 10.0, "sigma_min": "auto:0.01", "sigma_max": "auto"})
     g = lambda: torch.Generator().manual_seed(1)
     plain = sample(score, sde, (64, 2), method="ipndm", nfe=5, generator=g())
@@ -342,6 +344,21 @@ def test_no_method_uses_the_budget_default():
         name, options = default_sampler(nfe)
         ref = sample(score, sde, (64, 2), method=name, nfe=nfe, generator=g(), **options)
         assert torch.equal(got.x, ref.x) and got.nfe == ref.nfe
+
+
+def test_the_default_from_13_evaluations_is_the_sde_row_where_unipc_error_grows():
+    """From 13 evaluations the default is the calibrated SDE step with its corrector (docs/samplers.md, "The SDE row
+    from 13 evaluations"). On the 3 x 3 grid of std 0.05 at 15 evaluations UniPC (the row below) is 4-5x the floor
+    (its error there is larger than at 10); the default is at the floor."""
+    c = torch.tensor([-3.0, 0.0, 3.0], dtype=torch.float64)
+    gmm = GaussianMixture(torch.ones(9, dtype=torch.float64), torch.cartesian_prod(c, c), torch.full((9,), 0.05**2))
+    sde = VESDE(0.002, 80.0)
+    err = lambda method, nfe, **o: mixture_error(sample(gmm.score_fn(sde), sde, (2000, 2), method, nfe, generator=
+                                                        torch.Generator().manual_seed(0), **o).x, gmm).moment_kl
+    floor = mixture_error(gmm.sample(2000, generator=torch.Generator().manual_seed(0)), gmm).moment_kl
+    default, unipc = err(None, 15), err("unipc", 15, sigma_min="auto:0.03")
+    assert default < 1.5 * floor and default < 0.4 * unipc, (default, unipc, floor)
+    assert unipc > err("unipc", 10, sigma_min="auto:0.03")  # UniPC is worse at 15 than at 10 here
 
 
 def test_the_default_at_5_evaluations_beats_every_method_at_its_defaults_on_sharp_modes():
