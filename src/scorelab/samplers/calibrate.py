@@ -1,5 +1,5 @@
 """Multistep weights calibrated on Gaussian data: SDE-DPM-Solver++(2M) made exact in variance for every data scale in a
-band (``sde_dpm_solver(calibrate=True)``, the default sampler from 20 evaluations).
+band (``sde_dpm_solver(calibrate=True)``, the default sampler from 13 evaluations).
 
 On data N(mu, v) (per direction of an eigenbasis; the mean only shifts) the denoiser is linear, D(x, sigma) - mu =
 k (x - mu) with k = v / (v + sigma^2), so the 2M step in sigma = s / m and y = x / m (the same for VE, VP and sub-VP)
