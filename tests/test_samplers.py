@@ -346,12 +346,17 @@ def test_no_method_uses_the_budget_default():
         assert torch.equal(got.x, ref.x) and got.nfe == ref.nfe
 
 
+def _grid9() -> GaussianMixture:
+    """3 x 3 equally weighted components of std 0.05 at {-3, 0, 3}^2 (the benchmark's grid9)."""
+    c = torch.tensor([-3.0, 0.0, 3.0], dtype=torch.float64)
+    return GaussianMixture(torch.ones(9, dtype=torch.float64), torch.cartesian_prod(c, c), torch.full((9,), 0.05**2))
+
+
 def test_the_default_from_13_evaluations_is_the_sde_row_where_unipc_error_grows():
     """From 13 evaluations the default is the calibrated SDE step with its corrector (docs/samplers.md, "The SDE row
     from 13 evaluations"). On the 3 x 3 grid of std 0.05 at 15 evaluations UniPC (the row below) is 4-5x the floor
     (its error there is larger than at 10); the default is at the floor."""
-    c = torch.tensor([-3.0, 0.0, 3.0], dtype=torch.float64)
-    gmm = GaussianMixture(torch.ones(9, dtype=torch.float64), torch.cartesian_prod(c, c), torch.full((9,), 0.05**2))
+    gmm = _grid9()
     sde = VESDE(0.002, 80.0)
     err = lambda method, nfe, **o: mixture_error(sample(gmm.score_fn(sde), sde, (2000, 2), method, nfe, generator=
                                                         torch.Generator().manual_seed(0), **o).x, gmm).moment_kl
@@ -366,8 +371,7 @@ def test_the_default_at_5_evaluations_beats_every_method_at_its_defaults_on_shar
     3 x 3 grid of components with std 0.05 (a mixture of the benchmark, LATE_MIXTURES): its moment KL is a fifth or
     less of every multistep method's at its defaults. The earlier default (from sigma 80 to 0.02) was 5.6x behind
     UniPC there."""
-    c = torch.tensor([-3.0, 0.0, 3.0], dtype=torch.float64)
-    gmm = GaussianMixture(torch.ones(9, dtype=torch.float64), torch.cartesian_prod(c, c), torch.full((9,), 0.05**2))
+    gmm = _grid9()
     sde = VESDE(0.002, 80.0)
     err = lambda method, **o: mixture_error(sample(gmm.score_fn(sde), sde, (2000, 2), method, 5, generator=
                                                    torch.Generator().manual_seed(0), **o).x, gmm).moment_kl
