@@ -66,8 +66,8 @@ def default_sampler(nfe: int) -> tuple[str, dict]:
     docs/samplers.md, "The SDE row from 13 evaluations": UniPC's error grows from 10 to 15 evaluations; this row's
     moment KL is 0.33x UniPC's at 13 and 0.23x at 16, geometric mean over 115 mixtures); from 8 to 12 UniPC
     (Zhao et al. 2023); all of these end at the noise level chosen for the score (``samplers/stop.py``: 0.03 unless
-    the data are sharper; from 20 evaluations ``sigma_min="auto"``, whose pilot runs to the ladder's bottom, below 20
-    ``"auto:0.03"``, whose pilot ends at 0.03 and reads data narrower than that as a little wider, so it stops
+    the data are sharper; from 20 evaluations ``sigma_min="auto"``, whose pilot runs to the ladder's bottom, from 8
+    to 19 ``"auto:0.03"``, whose pilot ends at 0.03 and reads data narrower than that as a little wider, so it stops
     higher, as a short grid needs: "The pilot's end"; data wide at 0.03 stop higher, up to 0.5: "Wide data end
     higher"); below 8 iPNDM (Zhang & Chen 2023) of order 2 on the Karras grid with rho = 10 from the start read
     off the score, max(3, 2.5 std, the lowest level where the noised data are within 0.03 nats of their noised
