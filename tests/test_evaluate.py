@@ -56,3 +56,22 @@ def test_evaluate_bad_input_is_one_line(run_dir, tmp_path):
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(main, ["evaluate", str(file_run)])
     assert res.exit_code == 2 and "--data HELDOUT.npy" in res.output and res.output.strip().count("\n") == 0
+
+
+def test_evaluate_passes_method_options_and_refuses_unknown_ones(run_dir, tmp_path):
+    """``--opt`` reaches the sampler (a different grid, different samples and distances) and is checked against the
+    method before anything runs: an unknown key is one line naming the method's options."""
+    def sliced(extra):
+        out = tmp_path / f"ev{len(extra)}.json"
+        res = CliRunner().invoke(main, ["evaluate", str(run_dir), "-n", "300", "--nll-n", "0", "--method", "unipc",
+                                        "--nfe", "8", "--out", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        return {r["metric"]: r["model"] for r in json.loads(out.read_text())["rows"]}["sliced W2"]
+
+    own, uniform = sliced([]), sliced(["--opt", "grid=uniform"])
+    assert np.isfinite(own) and np.isfinite(uniform) and own != uniform
+    res = CliRunner().invoke(main, ["evaluate", str(run_dir), "--method", "unipc", "--opt", "ordr=3"])
+    assert res.exit_code == 2 and "ordr" in res.output and "order" in res.output
+    assert res.output.strip().count("\n") == 0
+    res = CliRunner().invoke(main, ["evaluate", str(run_dir), "--nfe", "10", "--opt", "variant=bh9"])
+    assert res.exit_code == 2 and res.output.strip().count("\n") == 0  # the default at 10 (UniPC) checks its value

@@ -9,7 +9,8 @@ without a traceback (click's own usage errors exit 2 as well).
     scorelab samplers                    # every method with its options and defaults
     scorelab likelihood RUN_DIR --data FILE.npy [--bits-per-dim] [--batch-size B] [--device D]
     scorelab denoise RUN_DIR --data noisy.npy --sigma S --out clean.npy [--device D]
-    scorelab evaluate RUN_DIR [--data FILE] [--out FILE.json] [--exact] [--device D]
+    scorelab evaluate RUN_DIR [--data FILE] [--out FILE.json] [--method NAME --nfe N --opt key=value ...] [--exact]
+                      [--device D]
     scorelab figures [--out DIR] [--quick] [--only NAME ...]
     scorelab inpaint RUN_DIR --input FILE(.npy|.png) --mask FILE(.npy|.png) --out FILE(.npy|.png) [--method smc]
     scorelab sample RUN_DIR --class K|all [--guidance W] [--classifier DIR] ...   # guided / class-conditional
@@ -602,6 +603,9 @@ def figures(out, quick, only, seed, quiet):
               help="Points whose NLL (images: bits/dim) is computed (0: skip).")
 @click.option("--method", default=None, type=_MethodChoice(), help="Sampler (default: scorelab's default sampling).")
 @click.option("--nfe", default=None, type=int, help="Budget of score evaluations of --method.")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
+              help="An option of --method (without --method: of the default at --nfe), e.g. --method unipc --opt "
+                   "grid=uniform; checked against the method, as `scorelab sample` does.")
 @click.option("--exact", is_flag=True,
               help="Images: the exact divergence for bits/dim (D backward passes per step) instead of Hutchinson.")
 @click.option("--tol", default=1e-4, show_default=True, type=float,
@@ -615,8 +619,8 @@ def figures(out, quick, only, seed, quiet):
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @one_line_errors
-def evaluate(run_dir, data_path, out, count, nll_n, method, nfe, exact, tol, batch_size, cache_dir, classifier_steps,
-             device, seed, quiet):
+def evaluate(run_dir, data_path, out, count, nll_n, method, nfe, opts, exact, tol, batch_size, cache_dir,
+             classifier_steps, device, seed, quiet):
     """Vector runs: NLL, sliced Wasserstein and MMD (with floors) on held-out data; moment KL / mode TV against
     the exact mixture for the built-in mixture toys. Image runs: bits/dim of the test split (Hutchinson, or
     --exact) with its standard error and the per-pixel histogram baseline; the Frechet distance in the features
@@ -633,6 +637,11 @@ def evaluate(run_dir, data_path, out, count, nll_n, method, nfe, exact, tol, bat
         raise ValueError(f"-n must be >= 1 and --nll-n >= 0, got {count} and {nll_n}.")
     if not tol > 0:
         raise ValueError(f"--tol must be > 0, got {tol}.")
+    options = {}
+    if opts:  # checked before the run loads: a typo costs nothing
+        from .samplers import DEFAULT_NFE, default_method
+
+        options = parse_method_options(method or default_method(DEFAULT_NFE if nfe is None else nfe), opts)
     run = _load_run(run_dir, _device(device))
     extra = {}
     if len(run.data_shape) == 3:
@@ -640,7 +649,7 @@ def evaluate(run_dir, data_path, out, count, nll_n, method, nfe, exact, tol, bat
                  "cache": cache_dir, "progress": not quiet, "classifier_steps": classifier_steps}
     elif exact:
         raise ValueError("--exact applies to image runs (vector runs always use the exact divergence).")
-    res = run_evaluate(run, data_path, n=count, nll_n=nll_n, method=method, nfe=nfe, seed=seed, **extra)
+    res = run_evaluate(run, data_path, n=count, nll_n=nll_n, method=method, nfe=nfe, seed=seed, **extra, **options)
     click.echo(f"{res['run']}: {res['n_samples']} samples ({res['sampler']}, nfe {res['nfe']}) vs {res['data']}")
     click.echo(format_table(res["rows"]))
     if "bits_per_dim" in res:
