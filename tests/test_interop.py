@@ -213,6 +213,31 @@ def test_diffusers_scheduler_drives_a_scorelab_score(diffusers, gmm):
         # (float32 round-off; a sample on a boundary between modes may amplify it)
 
 
+def test_unipc_with_denoise_to_zero_is_diffusers_unipc(diffusers):
+    """scorelab's unipc(denoise_to_zero=True) on diffusers' UniPC timesteps is diffusers' UniPCMultistepScheduler with
+    its defaults (bh2, order 2, lower_order_final, final_sigmas_type "zero") to float32 round-off, corrector and
+    all, on Gaussian data (no mode boundary to amplify round-off): the final step to sigma = 0 is x0_hat, and the
+    step before it keeps order 2."""
+    common = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    vp, n, seed, nfe, v = sl.VPSDE(), 2000, 3, 10, 0.05
+
+    def score(y, t):  # N(0, v I) data
+        t = t.double()
+        return (-y / (vp.marginal_scale(t) ** 2 * v + vp.marginal_std(t) ** 2).float()[:, None])
+    sch = diffusers.UniPCMultistepScheduler(**common)
+    sch.set_timesteps(nfe)
+    x = _drive(sch, interop.epsilon_model(lambda y, t: score(y, t.clamp(max=vp.T)), vp, sch), n, seed)
+    ab = torch.as_tensor(sch.alphas_cumprod).double()
+    lam = torch.log(ab) - torch.log1p(-ab)
+    times = torch.stack([vp.t_from_log_snr(lam[k]) for k in sch.timesteps.tolist()]).clamp(max=vp.T)
+    x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed))
+    ours = sl.sample(score, vp, None, "unipc", nfe, x_init=x_T, grid=times, denoise_to_zero=True)
+    assert ours.nfe == nfe
+    d = (ours.x - x).norm(dim=1)
+    assert float(d.max()) < 1e-4, d.max()  # measured 1.5e-6; without the fix to lower_order_final 0.012
+    assert float((ours.x - x_T).norm(dim=1).median()) > 0.5  # it moved: the match is not that of two no-ops
+
+
 def test_diffusers_unet_as_a_scorelab_score(diffusers):
     """A (random) diffusers UNet2DModel: score_from_diffusers and epsilon_model invert each other at the
     scheduler's timesteps, and scorelab samplers run on it."""
