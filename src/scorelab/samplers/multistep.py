@@ -204,7 +204,7 @@ def unipc(score, sde, x, times, generator, callback, order: int = 2, variant: st
     """``denoise_to_zero``: the last evaluation spent on x0_hat = E[x0 | x] at the grid's last level (one step
     fewer), which is then the final step of ``lower_order_final`` (order 1: x0_hat is the first-order step to
     sigma = 0), the steps before it keeping their order: diffusers' ``UniPCMultistepScheduler`` with its default
-    ``final_sigmas_type="zero"``, to float32 rounding on the same grid (tests/test_multistep.py)."""
+    ``final_sigmas_type="zero"``, to float32 rounding on the same grid (tests/test_interop.py)."""
     _at_most_3(order)
     S = Schedule(sde, times, x)
     lam, orders = _lambda(S), warm_orders(len(S), order, lower_order_final and not denoise_to_zero)
