@@ -11,7 +11,8 @@ from scorelab.data import toy_mixture
 from scorelab.metrics import mixture_error
 from scorelab.oracle import GaussianMixture
 from scorelab.samplers import SampleResult, sample, samplers
-from scorelab.samplers.grids import end_time, karras, log_snr_uniform, uniform_t
+from scorelab.samplers._common import sigma_of
+from scorelab.samplers.grids import ddpm, end_time, karras, log_snr_uniform, uniform_t
 from scorelab.sde import VESDE, VPSDE, SubVPSDE
 from scorelab.solvers import SOLVERS, integrate
 
@@ -107,6 +108,17 @@ def test_grids_are_monotone_and_pinned():
         sig = sde.marginal_std(karras(sde, 9, 1e-3)) / sde.marginal_scale(karras(sde, 9, 1e-3))
         root = sig ** (1 / 7)
         assert torch.allclose(root.diff(), root.diff().mean().expand(9), rtol=1e-6)
+        g = ddpm(sde, 9, 1e-3)  # DDPM's time-uniform noise levels between this process's ends
+        assert g.shape == (10,) and (g.diff() < 0).all() and float(g[0]) == sde.T and abs(float(g[-1]) - 1e-3) < 1e-12
+        ref = VPSDE(0.1, 20.0)
+        u = ref.t_from_std_ratio(sde.marginal_std(g) / sde.marginal_scale(g))
+        assert torch.allclose(u.diff(), u.diff().mean().expand(9), rtol=1e-6, atol=1e-9)
+    vp = VPSDE(0.1, 20.0)
+    assert torch.allclose(ddpm(vp, 9, 1e-3), uniform_t(vp, 9, 1e-3), rtol=0, atol=1e-12)  # the same grid on DDPM's VP
+    ve_levels = VESDE(0.002, 80.0).marginal_std(ddpm(VESDE(0.002, 80.0), 9, 1e-3))
+    vp_levels = sigma_of(vp, ddpm(vp, 9, float(vp.t_from_std_ratio(ve_levels[-1:].double())),
+                                  float(vp.t_from_std_ratio(ve_levels[:1].double()))))
+    assert torch.allclose(ve_levels, vp_levels, rtol=1e-6)  # a VE run visits the levels the VP one does
 
 
 # ---- convergence to p_0 on the oracle ------------------------------------------------------------------------

@@ -178,11 +178,12 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     score_fn(x [B, *dims], t [B]) -> [B, *dims] is any score (trained or exact); ``callback(i, t, x)`` is called
     after every step with the step index, the (0-d) time reached and the current x. ``x_init`` replaces the
     draw of x_T (shape may then be None); ``grid`` overrides the method's time grid ("uniform", "log_snr",
-    "karras", "optimized" (``optimized_grid``, searched for this score once and cached), or a decreasing tensor
-    of times); ``project(x, t [B]) -> x`` imposes a constraint after every step (see ``scorelab.conditional``);
-    ``progress`` shows a progress bar on a terminal. ``options`` go to the method (``options_of(method)`` lists
-    them). Returns SampleResult(x [B, *dims], nfe = evaluations used, steps). A method that stops at a noise level
-    sigma_min on its own grid returns x / m(t_N), the data plus that noise in data units (on a VP process m < 1
+    "karras", "ddpm" (the noise levels of equal steps in DDPM's time, on any process), "optimized"
+    (``optimized_grid``, searched for this score once and cached), or a decreasing tensor of times);
+    ``project(x, t [B]) -> x`` imposes a constraint after every step (see ``scorelab.conditional``); ``progress``
+    shows a progress bar on a terminal. ``options`` go to the method (``options_of(method)`` lists them). Returns
+    SampleResult(x [B, *dims], nfe = evaluations used, steps). A method that stops at a noise level sigma_min on
+    its own grid returns x / m(t_N), the data plus that noise in data units (on a VP process m < 1
     there); on a ``grid`` tensor, the process's state at its last time, to be continued with ``x_init``.
     """
     check_sampling_args(score_fn, sde, generator, nfe)

@@ -1,5 +1,6 @@
 """Time-step grids for samplers: plain float64 tensors [steps + 1], decreasing from t_max to t_min: equal steps in t
-(``uniform_t``) or in log-SNR (``log_snr_uniform``), or EDM's rho-spaced noise levels (``karras``)."""
+(``uniform_t``) or in log-SNR (``log_snr_uniform``), EDM's rho-spaced noise levels (``karras``), or equal steps in
+the time of DDPM's VP process at the same noise levels, on any process (``ddpm``)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,21 @@ def karras(sde, steps: int, t_min: float, t_max: float | None = None, rho: float
     return _pin(sde.t_from_std_ratio((sig[0] + grid * (sig[1] - sig[0])) ** rho), ends)
 
 
-GRIDS = {"uniform": uniform_t, "log_snr": log_snr_uniform, "karras": karras}
+def ddpm(sde, steps: int, t_min: float, t_max: float | None = None) -> torch.Tensor:
+    """Equal steps in the time u of DDPM's process, VPSDE(beta 0.1..20) (Ho et al. 2020; diffusers' linear betas), at
+    the same noise level: sigma_i = sigma_ddpm(u_i), u_i equal steps between the u of the two ends, mapped back to
+    this process's t. On that VPSDE it is ``uniform_t``; on any other process (VE, sub-VP, other betas) the noise
+    levels the time-uniform VP grid would visit between the same ends."""
+    from ..sde import VPSDE
+
+    ends = _ends(sde, t_min, t_max)
+    ref = VPSDE(0.1, 20.0)
+    u = ref.t_from_std_ratio(sigma_of(sde, ends))
+    grid = torch.linspace(float(u[0]), float(u[1]), steps + 1, dtype=torch.float64)
+    return _pin(sde.t_from_std_ratio(sigma_of(ref, grid)), ends)
+
+
+GRIDS = {"uniform": uniform_t, "log_snr": log_snr_uniform, "karras": karras, "ddpm": ddpm}
 
 
 def make_grid(name: str, sde, steps: int, t_min: float, **kw) -> torch.Tensor:
