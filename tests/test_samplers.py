@@ -358,6 +358,34 @@ def test_no_method_uses_the_budget_default():
         assert torch.equal(got.x, ref.x) and got.nfe == ref.nfe
 
 
+def test_the_default_at_10_takes_ddpms_grid_on_wide_data_only():
+    """From 8 to 12 evaluations the default's grid is "auto": DDPM's time-uniform noise levels where the stop level
+    chosen for the score is at least stop.WIDE_END (wide data), UniPC's log-SNR grid below. On a ring of six
+    components of std 1 at radius 8 (the benchmark's ring6-r8-std1) the default ends at 0.2 or above and its moment
+    KL is below half the log-SNR grid's at the same end (0.41x measured); on the 3 x 3 grid of std 0.05 it ends low
+    and draws what the log-SNR grid draws."""
+    from scorelab.samplers import default_sampler
+    from scorelab.samplers.stop import WIDE_END, choose_sigma_min
+
+    assert default_sampler(10)[1]["grid"] == "auto" and "grid" not in default_sampler(13)[1]
+    sde, g = VESDE(0.002, 80.0), lambda s: torch.Generator().manual_seed(s)
+    angles = 0.3 + 2 * math.pi * torch.arange(6, dtype=F64) / 6
+    ring = GaussianMixture(torch.ones(6, dtype=F64), 8.0 * torch.stack([angles.cos(), angles.sin()], 1),
+                           torch.ones(6, dtype=F64))
+    score = ring.score_fn(sde)
+    end = choose_sigma_min(score, sde, (20000, 2), "unipc", 10, {}, g(0), start=0.03)
+    assert end >= WIDE_END
+    kl = {name: mixture_error(sample(score, sde, (20000, 2), nfe=10, generator=g(0), **kw).x, ring).moment_kl
+          for name, kw in (("default", {}), ("log_snr", {"grid": "log_snr"}))}
+    assert kl["default"] < 0.6 * kl["log_snr"], kl
+    sharp = _grid9()
+    a = sample(sharp.score_fn(sde), sde, (2000, 2), nfe=10, generator=g(1)).x
+    b = sample(sharp.score_fn(sde), sde, (2000, 2), "unipc", 10, generator=g(1), sigma_min="auto:0.03").x
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="grid='auto'"):
+        sample(score, sde, (8, 2), "unipc", 10, generator=g(0), grid="auto", sigma_min=0.03)
+
+
 def _grid9() -> GaussianMixture:
     """3 x 3 equally weighted components of std 0.05 at {-3, 0, 3}^2 (the benchmark's grid9)."""
     c = torch.tensor([-3.0, 0.0, 3.0], dtype=torch.float64)

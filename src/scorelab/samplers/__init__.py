@@ -30,7 +30,7 @@ from .grid_search import optimized_grid
 from .grids import GRIDS, end_time, make_grid
 from .scale import choose_start
 from .steps import CORRECTORS, PREDICTORS
-from .stop import PILOT, auto_start, choose_sigma_min
+from .stop import PILOT, WIDE_END, auto_start, choose_sigma_min
 from .window import PILOT_WINDOW, choose_stochastic_below, window_floor
 
 # the modules keep their names (``scorelab.samplers.ode`` is the module); the table holds the functions
@@ -47,7 +47,7 @@ BY_BUDGET = ((100, "ancestral", {}),
                                      "stochastic_below": "auto:guarded", "corrector_order": 3}),
              (13, "sde_dpm_solver", {"denoise_to_zero": True, "sigma_min": "auto:0.03", "calibrate": True,
                                      "stochastic_below": "auto:guarded", "corrector_order": 3}),
-             (8, "unipc", {"sigma_min": "auto:0.03"}),
+             (8, "unipc", {"sigma_min": "auto:0.03", "grid": "auto"}),
              (1, "ipndm", {"order": 2, "rho": 10.0, "sigma_min": "auto:0.01", "sigma_max": "auto"}))
 
 
@@ -65,7 +65,9 @@ def default_sampler(nfe: int) -> tuple[str, dict]:
     ("The calibrated corrector"); from 13 to 19 the same step with the stop level read as below 20 (``"auto:0.03"``;
     docs/samplers.md, "The SDE row from 13 evaluations": UniPC's error grows from 10 to 15 evaluations; this row's
     moment KL is 0.33x UniPC's at 13 and 0.23x at 16, geometric mean over 115 mixtures); from 8 to 12 UniPC
-    (Zhao et al. 2023); all of these end at the noise level chosen for the score (``samplers/stop.py``: 0.03 unless
+    (Zhao et al. 2023) on its log-SNR grid, or on DDPM's time-uniform levels where the stop level chosen is 0.2 or
+    above (``grid="auto"``: wide data, docs/samplers.md, "Wide data: DDPM's grid from 8 to 12 evaluations"); all
+    of these end at the noise level chosen for the score (``samplers/stop.py``: 0.03 unless
     the data are sharper; from 20 evaluations ``sigma_min="auto"``, whose pilot runs to the ladder's bottom, from 8
     to 19 ``"auto:0.03"``, whose pilot ends at 0.03 and reads data narrower than that as a little wider, so it stops
     higher, as a short grid needs: "The pilot's end"; data wide at 0.03 stop higher, up to 0.5: "Wide data end
@@ -179,7 +181,9 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     after every step with the step index, the (0-d) time reached and the current x. ``x_init`` replaces the
     draw of x_T (shape may then be None); ``grid`` overrides the method's time grid ("uniform", "log_snr",
     "karras", "ddpm" (the noise levels of equal steps in DDPM's time, on any process), "optimized"
-    (``optimized_grid``, searched for this score once and cached), or a decreasing tensor of times);
+    (``optimized_grid``, searched for this score once and cached), "auto" ("ddpm" where the stop level chosen
+    for the score, sigma_min="auto[:LEVEL]", is at least ``stop.WIDE_END``, else the method's own), or a
+    decreasing tensor of times);
     ``project(x, t [B]) -> x`` imposes a constraint after every step (see ``scorelab.conditional``); ``progress``
     shows a progress bar on a terminal. ``options`` go to the method (``options_of(method)`` lists them). Returns
     SampleResult(x [B, *dims], nfe = evaluations used, steps). A method that stops at a noise level sigma_min on
@@ -189,6 +193,8 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     check_sampling_args(score_fn, sde, generator, nfe)
     if method is None:
         method, defaults = default_sampler(nfe)
+        default_grid = defaults.pop("grid", None)  # an argument of sample(), not an option of the method
+        grid = default_grid if grid is None else grid
         options = {**defaults, **options}
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, one of {samplers()}; got {type(method).__name__}.")
@@ -220,10 +226,16 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
             score_fn, sde, shape, method, nfe, options, generator, dtype, pilot_device, floor=floor, memo=pilots,
             fit=fit)}
     start = auto_start(options.get("sigma_min"))
+    wide = isinstance(grid, str) and grid == "auto"  # the grid from the stop level chosen for the score
+    if wide and start is False:
+        raise ValueError("grid='auto' picks the grid from the stop level read off the score: it needs "
+                         "sigma_min='auto' or 'auto:LEVEL'; or name a grid ('log_snr', 'ddpm', ...).")
     if start is not False:  # chosen for this score
         options = {**options, "sigma_min": choose_sigma_min(
             score_fn, sde, shape, method, nfe, pilot, generator, dtype, pilot_device, start=start, memo=pilots,
             fit=fit)}
+    if wide:  # wide data end high: there DDPM's time-uniform levels win (stop.WIDE_END)
+        grid = "ddpm" if options["sigma_min"] >= WIDE_END else None
     return _run(score_fn, sde, shape, method, nfe, options, generator, dtype, device, x_init, grid, project, progress,
                 callback, fit)
 

@@ -49,6 +49,7 @@ def optimized_grid(score_fn, sde, nfe: int, method: str | None = None, *, dims, 
 
     if method is None:
         method, defaults = default_sampler(nfe)
+        defaults.pop("grid", None)  # the grid searched here replaces the default's
         options = {**defaults, **options}
     if method not in ODE_METHODS or options.get("eta", 0.0) > 0 or options.get("solver") == "dopri5":
         raise ValueError(f"an optimized grid needs a deterministic fixed-step method, one of {list(ODE_METHODS)} "

@@ -49,6 +49,10 @@ R_TARGET = 0.05
 # the noise share the climb above LEVEL may reach, by budget (from nfe, target): at 5 evaluations a climb to r = 0.05
 # cost 1.2-1.6x on three mixtures of std 0.15-0.2 out of 85 (ring8: 0.01 -> 0.03) where 0.015 cost at most 1.11x
 CLIMB = ((8, R_TARGET), (1, 0.015))
+# grid="auto" (the default from 8 to 12 evaluations): DDPM's time-uniform noise levels (grids.ddpm) where the stop
+# level chosen is at least this, the method's own grid below: at 10 evaluations 0.28-0.90x on the 7 of 133 mixtures
+# that end at 0.2 or above, 0.92-3.8x on those ending at 0.1 (docs/samplers.md, "Wide data: DDPM's grid")
+WIDE_END = 0.2
 PILOT = 256
 
 
