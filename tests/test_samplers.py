@@ -382,8 +382,13 @@ def test_the_default_at_10_takes_ddpms_grid_on_wide_data_only():
     a = sample(sharp.score_fn(sde), sde, (2000, 2), nfe=10, generator=g(1)).x
     b = sample(sharp.score_fn(sde), sde, (2000, 2), "unipc", 10, generator=g(1), sigma_min="auto:0.03").x
     assert torch.equal(a, b)
+    for level, name in ((0.03, "log_snr"), (0.3, "ddpm")):  # a stop level given as a number takes the same rule
+        x = sample(score, sde, (8, 2), "unipc", 10, generator=g(0), grid="auto", sigma_min=level).x
+        assert torch.equal(x, sample(score, sde, (8, 2), "unipc", 10, generator=g(0), grid=name, sigma_min=level).x)
+    assert torch.equal(sample(score, sde, (8, 2), nfe=10, generator=g(0), sigma_min=0.05).x,
+                       sample(score, sde, (8, 2), "unipc", 10, generator=g(0), sigma_min=0.05).x)
     with pytest.raises(ValueError, match="grid='auto'"):
-        sample(score, sde, (8, 2), "unipc", 10, generator=g(0), grid="auto", sigma_min=0.03)
+        sample(score, sde, (8, 2), "ancestral", 10, generator=g(0), grid="auto")
 
 
 def _grid9() -> GaussianMixture:

@@ -181,9 +181,9 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     after every step with the step index, the (0-d) time reached and the current x. ``x_init`` replaces the
     draw of x_T (shape may then be None); ``grid`` overrides the method's time grid ("uniform", "log_snr",
     "karras", "ddpm" (the noise levels of equal steps in DDPM's time, on any process), "optimized"
-    (``optimized_grid``, searched for this score once and cached), "auto" ("ddpm" where the stop level chosen
-    for the score, sigma_min="auto[:LEVEL]", is at least ``stop.WIDE_END``, else the method's own), or a
-    decreasing tensor of times);
+    (``optimized_grid``, searched for this score once and cached), "auto" ("ddpm" where the method's sigma_min,
+    given or chosen for the score, is at least ``stop.WIDE_END``, else the method's own), or a decreasing tensor
+    of times);
     ``project(x, t [B]) -> x`` imposes a constraint after every step (see ``scorelab.conditional``); ``progress``
     shows a progress bar on a terminal. ``options`` go to the method (``options_of(method)`` lists them). Returns
     SampleResult(x [B, *dims], nfe = evaluations used, steps). A method that stops at a noise level sigma_min on
@@ -226,16 +226,16 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
             score_fn, sde, shape, method, nfe, options, generator, dtype, pilot_device, floor=floor, memo=pilots,
             fit=fit)}
     start = auto_start(options.get("sigma_min"))
-    wide = isinstance(grid, str) and grid == "auto"  # the grid from the stop level chosen for the score
-    if wide and start is False:
-        raise ValueError("grid='auto' picks the grid from the stop level read off the score: it needs "
-                         "sigma_min='auto' or 'auto:LEVEL'; or name a grid ('log_snr', 'ddpm', ...).")
     if start is not False:  # chosen for this score
         options = {**options, "sigma_min": choose_sigma_min(
             score_fn, sde, shape, method, nfe, pilot, generator, dtype, pilot_device, start=start, memo=pilots,
             fit=fit)}
-    if wide:  # wide data end high: there DDPM's time-uniform levels win (stop.WIDE_END)
-        grid = "ddpm" if options["sigma_min"] >= WIDE_END else None
+    if isinstance(grid, str) and grid == "auto":  # wide data end high: there DDPM's levels win (stop.WIDE_END)
+        stop = options.get("sigma_min", options_of(method).get("sigma_min"))
+        if stop is None:
+            raise ValueError(f"grid='auto' picks the grid by the level a method stops at; {method!r} has no "
+                             "sigma_min: name a grid ('uniform', 'log_snr', 'karras', 'ddpm').")
+        grid = "ddpm" if stop >= WIDE_END else None
     return _run(score_fn, sde, shape, method, nfe, options, generator, dtype, device, x_init, grid, project, progress,
                 callback, fit)
 
