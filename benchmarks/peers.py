@@ -81,6 +81,9 @@ def have_diffusers():
 
 
 VP_SCHEDULERS = ("DDIM", "DPMSolver++", "UniPC", "SDE-DPMSolver++", "SA-Solver")
+# the two multistep solvers at order 3, which diffusers' docs recommend for unconditional sampling (order 2, their
+# default, for guided sampling)
+ORDER3 = ("DPMSolver++-3", "UniPC-3")
 STOCHASTIC = ("SDE-DPMSolver++", "SA-Solver")  # their steps draw noise from the run's generator
 
 
@@ -98,7 +101,8 @@ def betas_for(sde, eps=1e-3, steps=1000):
 def diffusers_vp_runs(score_fn, sde_vp, shape, nfe, seed, dtype=torch.float32, names=VP_SCHEDULERS, betas=None):
     """diffusers' DDIM / DPM-Solver++ / UniPC / SDE-DPM-Solver++(2M) / SA-Solver (Xue et al. 2023, its defaults:
     predictor and corrector of order 2, stochastic on its middle timesteps 200-800) through the epsilon wrapper;
-    DDPM's linear betas (= VPSDE(0.1, 20)) unless ``betas`` (``betas_for(sde)``) are given."""
+    DDPM's linear betas (= VPSDE(0.1, 20)) unless ``betas`` (``betas_for(sde)``) are given. ``names`` may add
+    ``ORDER3``: DPM-Solver++ and UniPC at order 3."""
     out = {}
     if not have_diffusers():
         return out
@@ -110,6 +114,8 @@ def diffusers_vp_runs(score_fn, sde_vp, shape, nfe, seed, dtype=torch.float32, n
         "DDIM": lambda: DDIMScheduler(clip_sample=False, **common),
         "DPMSolver++": lambda: DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", **common),
         "UniPC": lambda: UniPCMultistepScheduler(**common),
+        "DPMSolver++-3": lambda: DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=3, **common),
+        "UniPC-3": lambda: UniPCMultistepScheduler(solver_order=3, **common),
         "SDE-DPMSolver++": lambda: DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", **common),
         "SA-Solver": lambda: SASolverScheduler(**common),
     }
@@ -161,4 +167,4 @@ def all_peer_runs(K, score_ve, sde_ve, score_vp, sde_vp, shape, nfe, seed, dtype
 
 
 __all__ = ["load_k_sampling", "k_diffusion_runs", "diffusers_vp_runs", "diffusers_ve_pc", "all_peer_runs",
-           "have_diffusers", "Counter", "betas_for", "STOCHASTIC"]
+           "have_diffusers", "Counter", "betas_for", "STOCHASTIC", "ORDER3"]

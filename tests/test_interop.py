@@ -238,6 +238,35 @@ def test_unipc_with_denoise_to_zero_is_diffusers_unipc(diffusers):
     assert float((ours.x - x_T).norm(dim=1).median()) > 0.5  # it moved: the match is not that of two no-ops
 
 
+def test_unipc_on_ddpms_grid_to_its_last_timestep_is_diffusers_unipc(diffusers):
+    """What diffusers' UniPC does with 10 steps on DDPM's betas (timesteps 999, 899, ..., 100, then x0_hat) is
+    scorelab's unipc on its own grid="ddpm" from sigma(T) to the level of k = 100 with denoise_to_zero: they agree to
+    the difference between DDPM's discrete and continuous time at order 2 (diffusers' default). At order 3 they part by
+    design: diffusers' lower_order_final drops the step before the final one to order 2, scorelab keeps order 3 up to
+    its last solver step (the benchmark row unipc3/ddpm/dz, docs/samplers.md)."""
+    common = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    vp, n, seed, nfe, v = sl.VPSDE(), 2000, 3, 10, 0.05
+
+    def score(y, t):  # N(0, v I) data
+        t = t.double()
+        return (-y / (vp.marginal_scale(t) ** 2 * v + vp.marginal_std(t) ** 2).float()[:, None])
+    dist = {}
+    for order in (2, 3):
+        sch = diffusers.UniPCMultistepScheduler(solver_order=order, **common)
+        sch.set_timesteps(nfe)
+        x = _drive(sch, interop.epsilon_model(lambda y, t: score(y, t.clamp(max=vp.T)), vp, sch), n, seed)
+        ab = torch.as_tensor(sch.alphas_cumprod).double()
+        last = float(((1 - ab[100]) / ab[100]).sqrt())  # 0.342
+        x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed))
+        ours = sl.sample(score, vp, None, "unipc", nfe, x_init=x_T, grid="ddpm", sigma_min=last, order=order,
+                         sigma_max=interop.sigma_range(vp)[1], denoise_to_zero=True)
+        assert ours.nfe == nfe
+        dist[order] = float((ours.x - x).norm(dim=1).max())
+        assert float((ours.x - x_T).norm(dim=1).median()) > 0.5  # it moved
+    assert dist[2] < 2e-4, dist  # measured 3.4e-5
+    assert dist[3] > 10 * dist[2], dist  # measured 6.3e-3: the order of the step before x0_hat
+
+
 def test_diffusers_unet_as_a_scorelab_score(diffusers):
     """A (random) diffusers UNet2DModel: score_from_diffusers and epsilon_model invert each other at the
     scheduler's timesteps, and scorelab samplers run on it."""
