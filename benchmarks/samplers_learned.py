@@ -157,7 +157,7 @@ OURS = [("ancestral", "ancestral", {}), ("euler_maruyama", "euler_maruyama", {})
         # diffusers' UniPC on a VP model as its scheduler steps it, at order 3: DDPM's time-uniform levels from the
         # process's top (sigma(T)) to those of its last timestep at this budget, k = round(999 / nfe) (sigma 0.34 at
         # 10, 0.17 at 20), then x0_hat. On DDPM's betas at order 2 it is diffusers' UniPC to +-0.001 in Frechet
-        # distance (four digits networks, n = 1200, seeds 0-7; 2026-12-05); the best scorelab row at 10 on three of four
+        # distance (four digits networks, n = 1200, seeds 0-7; 2026-12-05); the best scorelab row at 10 on two of four
         # digits networks (docs/samplers.md, "Learned digits at 10")
         ("unipc3/ddpm/dz", "unipc", {"order": 3, "grid": "ddpm", "denoise_to_zero": True,
                                      "sigma_min": lambda sde, nfe: ddpm_last_level(nfe), "sigma_max": top_level})]
