@@ -6,12 +6,13 @@ Two runs: ``toy`` (configs/toy.yaml, the 8-ring, VE; trained once into ``--cache
 sampling on optimised grids writes RUN/grids). Each model is sampled at nfe 5, 10, 20, 50 by a fixed set of
 scorelab configurations, the same for both runs (``OURS``: each method at its defaults, the stochastic
 DPM-Solver++ 2M/3M also with sigma_min = 0.002, on the Karras grid to sigma_min = 0.01 and with the final
-denoising step ``denoise_to_zero``, UniPC and DEIS also on equal steps in t, and ``+opt`` on grids optimised for
-the model; ``--only`` picks rows), by
-``default_sampler(nfe)`` (the "default" of the summary: ``sample()`` with no method), and by the peers':
+denoising step ``denoise_to_zero``, UniPC and DEIS also on equal steps in t, UniPC of order 3 on DDPM's levels to
+its last timestep at the budget, then x0_hat (``unipc3/ddpm/dz``), and ``+opt`` on grids optimised for the model;
+``--only`` picks rows), by ``default_sampler(nfe)`` (the "default" of the summary: ``sample()`` with no method),
+and by the peers':
 k-diffusion through ``interop.k_diffusion_denoiser`` (on the VP run through the same wrapper in sigma = s/m),
-diffusers' DDIM / DPM-Solver++ / UniPC / SDE-DPM-Solver++ / SA-Solver through ``interop.epsilon_model``, diffusers'
-ScoreSdeVe PC on the VE run.
+diffusers' DDIM / DPM-Solver++ / UniPC (both also at order 3) / SDE-DPM-Solver++ / SA-Solver through
+``interop.epsilon_model``, diffusers' ScoreSdeVe PC on the VE run.
 A third run, ``digits-exact``, keeps the digits run's process, scaler and classifier but swaps its network for the
 exact score of a Gaussian mixture fitted to the same train split (``digits_mixture``): what the samplers do on
 image-shaped data when the score is right, beside what they do on the model.
@@ -156,7 +157,7 @@ OURS = [("ancestral", "ancestral", {}), ("euler_maruyama", "euler_maruyama", {})
          {"denoise_to_zero": True, "sigma_min": "auto", "calibrate": True, "stochastic_below": 0.7}),
         # diffusers' UniPC on a VP model as its scheduler steps it, at order 3: DDPM's time-uniform levels from the
         # process's top (sigma(T)) to those of its last timestep at this budget, k = round(999 / nfe) (sigma 0.34 at
-        # 10, 0.17 at 20), then x0_hat. On DDPM's betas at order 2 it is diffusers' UniPC to +-0.001 in Frechet
+        # 10, 0.18 at 20), then x0_hat. On DDPM's betas at order 2 it is diffusers' UniPC to +-0.001 in Frechet
         # distance (four digits networks, n = 1200, seeds 0-7; 2026-12-05); the best scorelab row at 10 on two of four
         # digits networks (docs/samplers.md, "Learned digits at 10")
         ("unipc3/ddpm/dz", "unipc", {"order": 3, "grid": "ddpm", "denoise_to_zero": True,
