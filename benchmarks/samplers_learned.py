@@ -113,8 +113,7 @@ def ddpm_last_level(nfe: int) -> float:
 
 def top_level(sde, nfe: int) -> float:
     """The process's own top noise level sigma(T) (a grid from there starts at T)."""
-    from scorelab.samplers._common import sigma_of
-    return float(sigma_of(sde, torch.tensor(sde.T, dtype=torch.float64)))
+    return float(interop.sigma_range(sde)[1])
 
 
 # scorelab's configurations, each at its defaults; "+opt" uses the grid optimised for the model (optimized_grid)
