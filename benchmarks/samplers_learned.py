@@ -7,7 +7,9 @@ sampling on optimised grids writes RUN/grids). Each model is sampled at nfe 5, 1
 scorelab configurations, the same for both runs (``OURS``: each method at its defaults, the stochastic
 DPM-Solver++ 2M/3M also with sigma_min = 0.002, on the Karras grid to sigma_min = 0.01 and with the final
 denoising step ``denoise_to_zero``, UniPC and DEIS also on equal steps in t, UniPC of order 3 on DDPM's levels to
-its last timestep at the budget, then x0_hat (``unipc3/ddpm/dz``), and ``+opt`` on grids optimised for the model;
+its last timestep at the budget, then x0_hat (``unipc3/ddpm/dz``) or the second-order step to sigma = 0
+(``unipc3/ddpm/dz2``), SDE-DPM-Solver++(2M) with the SA-Solver corrector on the same levels (``sde2M+c2/ddpm/dz``),
+and ``+opt`` on grids optimised for the model;
 ``--only`` picks rows), by ``default_sampler(nfe)`` (the "default" of the summary: ``sample()`` with no method),
 and by the peers':
 k-diffusion through ``interop.k_diffusion_denoiser`` (on the VP run through the same wrapper in sigma = s/m),
@@ -160,7 +162,16 @@ OURS = [("ancestral", "ancestral", {}), ("euler_maruyama", "euler_maruyama", {})
         # distance (four digits networks, n = 1200, seeds 0-7; 2026-12-05); the best scorelab row at 10 on two of four
         # digits networks (docs/samplers.md, "Learned digits at 10")
         ("unipc3/ddpm/dz", "unipc", {"order": 3, "grid": "ddpm", "denoise_to_zero": True,
-                                     "sigma_min": lambda sde, nfe: ddpm_last_level(nfe), "sigma_max": top_level})]
+                                     "sigma_min": lambda sde, nfe: ddpm_last_level(nfe), "sigma_max": top_level}),
+        # the same with the final step to sigma = 0 of second order in sigma (final_order=2, at no extra evaluation;
+        # docs/samplers.md, "A second-order step to sigma = 0")
+        ("unipc3/ddpm/dz2", "unipc", {"order": 3, "grid": "ddpm", "denoise_to_zero": True, "final_order": 2,
+                                      "sigma_min": lambda sde, nfe: ddpm_last_level(nfe), "sigma_max": top_level}),
+        # diffusers' SDE-DPM-Solver++(2M) on the same levels with the SA-Solver corrector of order 2: it draws the
+        # same noise as that peer for a seed, and is ahead of it at 20 on two digits networks (16 seeds each)
+        ("sde2M+c2/ddpm/dz", "sde_dpm_solver", {"corrector_order": 2, "grid": "ddpm", "denoise_to_zero": True,
+                                                "sigma_min": lambda sde, nfe: ddpm_last_level(nfe),
+                                                "sigma_max": top_level})]
 OPT = ("unipc", "dpm_solver", "ipndm", "deis")
 
 

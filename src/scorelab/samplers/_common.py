@@ -29,6 +29,7 @@ class CountedScore:
 
     def __init__(self, score_fn, budget: float = math.inf):
         self.fn, self.budget, self.count = score_fn, budget, 0
+        self.last = None  # the last output (a reference: the final step of order 2 reads the one before it)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.count >= self.budget:
@@ -38,6 +39,7 @@ class CountedScore:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"score_fn(x, t) must return a tensor shaped like x {tuple(x.shape)}, got {got}.")
         self.count += 1
+        self.last = out
         return out
 
 
@@ -170,6 +172,35 @@ class Schedule:
         if fn not in self._cache:
             self._cache[fn] = [v.tolist() for v in fn(self)]
         return self._cache[fn]
+
+
+def to_zero(score, x, S, final_order: int = 1):
+    """``denoise_to_zero``'s final step, from the grid's last level sigma_N = s_N / m_N to sigma = 0, spending one
+    evaluation at x_N. ``final_order`` 1: x0_hat = D_N (Tweedie), the first-order step. 2: the probability-flow ODE in
+    sigma, dy/dsigma = eps (y = x / m, eps = -s score), integrated from sigma_N to 0 with eps linear in sigma through
+    the last two evaluations (Adams-Bashforth 2 in sigma; in log-SNR the step is infinite, which is why the
+    multistep solvers take order 1 there):
+
+        y(0) = D_N + sigma_N^2 / 2 * (eps_N - eps_{N-1}) / (sigma_N - sigma_{N-1}),
+
+    eps_{N-1} the score's last output before this one (``CountedScore.last``, the evaluation at t_{N-1}): a local
+    error O(sigma_N^3) in place of O(sigma_N^2) (tests/test_multistep.py)."""
+    N = len(S)
+    prev = score.last
+    sc = score(x, S.tb(N, x))
+    x0 = posterior_mean(x, sc, S.m[N], S.s[N])
+    if final_order == 1 or N == 0:  # no step before it (nfe = 1): x0_hat
+        return x0
+    sig, sig_prev = S.s[N] / S.m[N], S.s[N - 1] / S.m[N - 1]
+    c = sig * sig / (2 * (sig - sig_prev))
+    return x0 - c * (S.s[N] * sc - S.s[N - 1] * prev)  # eps_N - eps_{N-1} = -(s_N score_N - s_{N-1} score_{N-1})
+
+
+def check_final_order(final_order: int, denoise_to_zero: bool, eta: float = 0.0):
+    if final_order not in (1, 2) or (final_order == 2 and (not denoise_to_zero or eta > 0)):
+        raise ValueError(f"final_order must be 1 or 2, and 2 (the second-order step to sigma = 0) needs "
+                         f"denoise_to_zero=True and eta = 0 (it extrapolates eps along the probability-flow ODE); got "
+                         f"final_order={final_order}, denoise_to_zero={denoise_to_zero}, eta={eta}.")
 
 
 def check_representable(sde, dtype):

@@ -28,7 +28,9 @@ solver_type take it; False: the phi_2 form above, the 3M warm-up's. The midpoint
 phi_2 at 5 and 10 evaluations on 14 mixtures, 0.82-1.10x at 20 (gm 0.94), 0.99-1.05x at 50: docs/samplers.md,
 "The midpoint form of DPM-Solver++(2M)"; the SDE step takes it whatever this says), corrector_order (multistep, any
 eta: the SA-Solver corrector of that order, Xue et al. 2023, at no extra evaluation; 0 none, the default:
-``_corrector_plan``; docs/samplers.md, "The SA-Solver corrector, two more peers and a second digits network"); the grid
+``_corrector_plan``; docs/samplers.md, "The SA-Solver corrector, two more peers and a second digits network"),
+final_order (with denoise_to_zero, multistep and eta = 0: 2 takes the final step to sigma = 0 at second order in
+sigma, ``_common.to_zero``; docs/samplers.md, "A second-order step to sigma = 0"); the grid
 (``sample(grid=...)``) defaults to "log_snr". The defaults (order 2 multistep to sigma_min = 0.03: the noise left
 costs O((sigma_min^2 / v)^2) in the moments of a component of variance v, less than the hardest steps it saves; use
 0.002 (EDM) for finer data or large budgets) measured best at 10-20 evaluations: docs/samplers.md, "What wins at
@@ -40,7 +42,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import axpy
-from ._common import Schedule, method, posterior_mean
+from ._common import Schedule, check_final_order, method, posterior_mean, to_zero
 from .calibrate import gaussian_weights
 from .multistep import corrector_weights, data_plan, data_store, run_plan, warm_orders
 
@@ -63,7 +65,11 @@ def _steps(nfe, o):
 def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multistep: bool = True,
                sigma_min: float = 0.03, lower_order_final: bool = True, denoise_to_zero: bool = False,
                rho: float = 7.0, eta: float = 0.0, calibrate: bool = False, stochastic_below: float | None = None,
-               midpoint: bool = True, sigma_max: float = 80.0, corrector_order: int = 0):
+               midpoint: bool = True, sigma_max: float = 80.0, corrector_order: int = 0, final_order: int = 1):
+    check_final_order(final_order, denoise_to_zero, eta)
+    if final_order == 2 and not multistep:
+        raise ValueError("final_order=2 extrapolates eps from the evaluation at the grid's level before the last, "
+                         "which the singlestep solver (multistep=False) does not make; use multistep=True.")
     if order not in (1, 2, 3) or (eta > 0 and not multistep):
         raise ValueError(f"order must be 1, 2 or 3, and eta > 0 (stochastic) works with multistep=True; "
                          f"got eta={eta}, order={order}, multistep={multistep}.")
@@ -97,9 +103,7 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
             if k >= 2:
                 x_next = _singlestep(score, sde, x, mD0, i, k, lam, S, x_next, phi1[i], phi2[i])
             x = callback(i, S.t_d[i + 1], x_next)
-    if denoise_to_zero:
-        x = posterior_mean(x, score(x, S.tb(N, x)), m[N], s[N])
-    return x
+    return to_zero(score, x, S, final_order) if denoise_to_zero else x
 
 
 @method(steps=lambda nfe, o: _steps(nfe, {**o, "multistep": True}), reserve=lambda o: int(o["denoise_to_zero"]),

@@ -133,6 +133,7 @@ def pilot_draws(score_fn, sde, shape, method: str, nfe: int, options: dict, end:
 
     if "denoise_to_zero" in options_of(method):
         options = {**options, "denoise_to_zero": False}
+        options.pop("final_order", None)  # the order of that final step: none here
     n = min(int(shape[0]), PILOT)
     key = (method, nfe, n, tuple(shape[1:]), float(end), str(dtype), str(device),
            tuple(sorted((k, repr(v)) for k, v in options.items())))
