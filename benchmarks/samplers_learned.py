@@ -8,7 +8,8 @@ scorelab configurations, the same for both runs (``OURS``: each method at its de
 DPM-Solver++ 2M/3M also with sigma_min = 0.002, on the Karras grid to sigma_min = 0.01 and with the final
 denoising step ``denoise_to_zero``, UniPC and DEIS also on equal steps in t, UniPC of order 3 on DDPM's levels to
 its last timestep at the budget, then x0_hat (``unipc3/ddpm/dz``) or the second-order step to sigma = 0
-(``unipc3/ddpm/dz2``), SDE-DPM-Solver++(2M) with the SA-Solver corrector on the same levels (``sde2M+c2/ddpm/dz``),
+(``unipc3/ddpm/dz2``), SDE-DPM-Solver++(2M) with the SA-Solver corrector on the same levels (``sde2M+c2/ddpm/dz``;
+with eta = 0.5 only inside SA-Solver's band of noise levels, ``sde2M+c2/band/eta.5``),
 and ``+opt`` on grids optimised for the model;
 ``--only`` picks rows), by ``default_sampler(nfe)`` (the "default" of the summary: ``sample()`` with no method),
 and by the peers':
@@ -104,13 +105,21 @@ def train_toy(cache: Path, steps: int) -> Path:
     return cache / "toy"
 
 
+def ddpm_level(k: int) -> float:
+    """The noise level sigma = s/m of DDPM's timestep k (discrete linear betas 1e-4..0.02, Ho et al. 2020)."""
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0)[k]
+    return float(((1 - abar) / abar).sqrt())
+
+
 def ddpm_last_level(nfe: int) -> float:
     """The noise level sigma = s/m of DDPM's last timestep k = round(999 / nfe) under diffusers' "linspace" spacing of
     ``nfe`` steps (its discrete linear betas 1e-4..0.02, Ho et al. 2020): where its schedulers make their last
     evaluation before the final step to sigma = 0."""
-    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
-    abar = torch.cumprod(1 - betas, 0)[round(999 / nfe)]
-    return float(((1 - abar) / abar).sqrt())
+    return ddpm_level(round(999 / nfe))
+
+
+SA_BAND = (ddpm_level(200), ddpm_level(800))  # diffusers' SA-Solver: tau = 1 on timesteps 200-800, else 0
 
 
 def top_level(sde, nfe: int) -> float:
@@ -172,7 +181,17 @@ OURS = [("ancestral", "ancestral", {}), ("euler_maruyama", "euler_maruyama", {})
         # on the VE one ahead of every peer (docs/samplers.md, "A second-order step to sigma = 0")
         ("sde2M+c2/ddpm/dz", "sde_dpm_solver", {"corrector_order": 2, "grid": "ddpm", "denoise_to_zero": True,
                                                 "sigma_min": lambda sde, nfe: ddpm_last_level(nfe),
-                                                "sigma_max": top_level})]
+                                                "sigma_max": top_level}),
+        # the same with eta = 0.5 (the SDE of half the noise) on the steps that start between the DDPM levels of
+        # timesteps 200 and 800 (sigma 0.72 and 25.7: diffusers' SA-Solver's band of tau = 1), the ODE outside it;
+        # eta chosen among 0.25-2 on the two 24-channel digits networks at 20, where it leads SA-Solver; behind
+        # scorelab's best row on three other digits networks (docs/samplers.md, "A band of reduced noise at 20
+        # evaluations")
+        ("sde2M+c2/band/eta.5", "sde_dpm_solver", {"corrector_order": 2, "grid": "ddpm", "denoise_to_zero": True,
+                                                   "eta": 0.5, "stochastic_above": SA_BAND[0],
+                                                   "stochastic_below": SA_BAND[1],
+                                                   "sigma_min": lambda sde, nfe: ddpm_last_level(nfe),
+                                                   "sigma_max": top_level})]
 OPT = ("unipc", "dpm_solver", "ipndm", "deis")
 
 

@@ -176,6 +176,35 @@ def test_stochastic_below_is_the_ode_above_and_the_sde_below():
     assert torch.equal(run(), run(stochastic_below=80.0))
 
 
+def test_stochastic_above_makes_a_band():
+    """stochastic_above with stochastic_below: the SDE step (here at eta = 0.5) only on the steps that start inside
+    [above, below], the ODE outside it, step for step the reference; a band that covers the grid is the SDE on every
+    step, draw for draw; an empty one is refused."""
+    g = GaussianMixture(torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([[1.5, 0.0], [-1.0, 0.5]], dtype=F64),
+                        torch.tensor([0.2, 0.05], dtype=F64) ** 2)
+    times = []
+
+    def score(x, t):
+        times.append(float(t[0]))
+        return g.score_fn(VE)(x, t)
+
+    def run(**options):
+        times.clear()
+        return sample(score, VE, (500, 2), "sde_dpm_solver", 12, dtype=F64, sigma_min=0.03, denoise_to_zero=True,
+                      eta=0.5, generator=torch.Generator().manual_seed(3), **options).x
+
+    got = run(stochastic_above=0.1, stochastic_below=2.0)
+    sig = np.array([float(VE.marginal_std(torch.tensor(t, dtype=F64))) for t in times])
+    etas = np.where((sig[:-1] >= 0.1) & (sig[:-1] <= 2.0), 0.5, 0.0)
+    assert etas[0] == 0 and etas[-1] == 0 and etas.sum() > 0  # ODE at both ends, SDE between
+    want = hybrid_reference(g.score_fn(VE), list(times), etas, [0.0] + [0.5] * (len(etas) - 1),
+                            torch.Generator().manual_seed(3), (500, 2))
+    assert torch.allclose(got, want, atol=1e-5, rtol=0), float((got - want).abs().max())
+    assert torch.equal(run(), run(stochastic_above=0.01, stochastic_below=80.0))
+    with pytest.raises(ValueError, match="stochastic_above must be below stochastic_below"):
+        run(stochastic_above=2.0, stochastic_below=0.5)
+
+
 @pytest.mark.parametrize("v", [0.1**2, 1.0, 9.0])
 def test_calibrated_hybrid_is_exact_in_variance(v):
     got = sampled_ratio(v, VE, sigma_min=0.03, denoise_to_zero=True, calibrate=True, stochastic_below=0.5)

@@ -75,7 +75,8 @@ def value(v, options):
 
 # ---- option checks by name, shared by every method and by ``inpaint``'s smc (choice tables added by the package) --
 
-POSITIVE = ("snr", "step_size", "init_std", "rho", "rtol", "atol", "sigma_max", "stochastic_below")
+POSITIVE = ("snr", "step_size", "init_std", "rho", "rtol", "atol", "sigma_max", "stochastic_below",
+            "stochastic_above")
 INTEGERS = {"order": (1, 4), "corrector_steps": (0, None), "resample": (1, None), "n_levels": (1, None),
             "steps_per_level": (1, None), "particles": (1, None)}
 # (low, high, low allowed, high allowed); "T": the process's T, "sigma(T)": its noise level s(T) / m(T)

@@ -15,29 +15,31 @@ intermediate points at lambda_s + h/2 (order 2) or h/3, 2h/3 (order 3).
 Every D_j enters the update multiplied by m_t, as m_t D_j = (m_t / m_j) (x_j + s_j^2 score_j) with the ratio
 in float64: the step never divides by an m(t) that underflows float16 (VPSDE(beta_max=100) has m(T) ~ 1e-11).
 
-Options: order 1-3, multistep (True) or singlestep (False), sigma_min (end noise level s/m), sigma_max (the grid
-starts at min(sigma_max, sigma(T)); 80 as EDM and the other ODE solvers, so that a VP process (sigma(T) ~ 150) takes
-the same steps as a VE one), lower_order_final (order <= 2 on the last steps when there are fewer than 15, as
-DPM-Solver does, for stability), denoise_to_zero (the last evaluation spent on x0_hat at the final time: a
-first-order step to sigma = 0), eta > 0 (SDE-DPM-Solver++(1M/2M/3M), multistep; eta = 1 follows the reverse SDE and
-is ``sde_dpm_solver``'s default), stochastic_below (with eta > 0: only the steps that start at noise levels at or below
-it are stochastic, those above follow the probability-flow ODE, eta = 0; the window of stochasticity of Karras et al.
-2022, S_tmax), midpoint (order 2 multistep at eta = 0: the update of DPM-Solver++(2M) as Lu et al. 2022b write it,
-Algorithm 2, m_t (1 - e^{-h}) [D_0 + (D_0 - D_-1) / (2 r)], as k-diffusion's dpmpp_2m and diffusers' default
-solver_type take it; False: the phi_2 form above, the 3M warm-up's. The midpoint form is 0.41-0.87x the error of
-phi_2 at 5 and 10 evaluations on 14 mixtures, 0.82-1.10x at 20 (gm 0.94), 0.99-1.05x at 50: docs/samplers.md,
-"The midpoint form of DPM-Solver++(2M)"; the SDE step takes it whatever this says), corrector_order (multistep, any
-eta: the SA-Solver corrector of that order, Xue et al. 2023, at no extra evaluation; 0 none, the default:
-``_corrector_plan``; docs/samplers.md, "The SA-Solver corrector, two more peers and a second digits network"),
-final_order (with denoise_to_zero, multistep and eta = 0: 2 takes the final step to sigma = 0 at second order in
-sigma, ``_common.to_zero``; docs/samplers.md, "A second-order step to sigma = 0"); the grid
-(``sample(grid=...)``) defaults to "log_snr". The defaults (order 2 multistep to sigma_min = 0.03: the noise left
-costs O((sigma_min^2 / v)^2) in the moments of a component of variance v, less than the hardest steps it saves; use
-0.002 (EDM) for finer data or large budgets) measured best at 10-20 evaluations: docs/samplers.md, "What wins at
-10-20 evaluations (exact score)".
-"""
+Options: order 1-3, multistep (True) or singlestep (False), sigma_min (end noise level s/m), sigma_max (the grid starts
+at min(sigma_max, sigma(T)); 80 as EDM and the other ODE solvers, so that a VP process (sigma(T) ~ 150) takes the same
+steps as a VE one), lower_order_final (order <= 2 on the last steps when there are fewer than 15, as DPM-Solver does,
+for stability), denoise_to_zero (the last evaluation spent on x0_hat at the final time: a first-order step to
+sigma = 0), eta > 0 (SDE-DPM-Solver++(1M/2M/3M), multistep; eta = 1 follows the reverse SDE and is ``sde_dpm_solver``'s
+default), stochastic_below (with eta > 0: only the steps that start at noise levels at or below it are stochastic, those
+above follow the probability-flow ODE, eta = 0; the window of stochasticity of Karras et al. 2022, S_tmax),
+stochastic_above (with eta > 0: only the steps that start at or above it are stochastic, Karras et al.'s S_tmin; with
+stochastic_below a band, as diffusers' SA-Solver takes its tau = 1 between timesteps 200 and 800; docs/samplers.md, "A
+band of reduced noise at 20 evaluations"), midpoint (order 2 multistep at eta = 0: the update of DPM-Solver++(2M) as Lu
+et al. 2022b write it, Algorithm 2, m_t (1 - e^{-h}) [D_0 + (D_0 - D_-1) / (2 r)], as k-diffusion's dpmpp_2m and
+diffusers' default solver_type take it; False: the phi_2 form above, the 3M warm-up's. The midpoint form is 0.41-0.87x
+the error of phi_2 at 5 and 10 evaluations on 14 mixtures, 0.82-1.10x at 20 (gm 0.94), 0.99-1.05x at 50:
+docs/samplers.md, "The midpoint form of DPM-Solver++(2M)"; the SDE step takes it whatever this says), corrector_order
+(multistep, any eta: the SA-Solver corrector of that order, Xue et al. 2023, at no extra evaluation; 0 none, the
+default: ``_corrector_plan``; docs/samplers.md, "The SA-Solver corrector, two more peers and a second digits network"),
+final_order (with denoise_to_zero, multistep and eta = 0: 2 takes the final step to sigma = 0 at second order in sigma,
+``_common.to_zero``; docs/samplers.md, "A second-order step to sigma = 0"); the grid (``sample(grid=...)``) defaults to
+"log_snr". The defaults (order 2 multistep to sigma_min = 0.03: the noise left costs O((sigma_min^2 / v)^2) in the
+moments of a component of variance v, less than the hardest steps it saves; use 0.002 (EDM) for finer data or large
+budgets) measured best at 10-20 evaluations: docs/samplers.md, "What wins at 10-20 evaluations (exact score)". """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -65,8 +67,12 @@ def _steps(nfe, o):
 def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multistep: bool = True,
                sigma_min: float = 0.03, lower_order_final: bool = True, denoise_to_zero: bool = False,
                rho: float = 7.0, eta: float = 0.0, calibrate: bool = False, stochastic_below: float | None = None,
-               midpoint: bool = True, sigma_max: float = 80.0, corrector_order: int = 0, final_order: int = 1):
+               midpoint: bool = True, sigma_max: float = 80.0, corrector_order: int = 0, final_order: int = 1,
+               stochastic_above: float | None = None):
     check_final_order(final_order, denoise_to_zero, eta)
+    if None not in (stochastic_above, stochastic_below) and stochastic_above >= stochastic_below:
+        raise ValueError(f"stochastic_above must be below stochastic_below (the steps between them are stochastic); "
+                         f"got stochastic_above={stochastic_above}, stochastic_below={stochastic_below}.")
     if final_order == 2 and not multistep:
         raise ValueError("final_order=2 extrapolates eps from the evaluation at the grid's level before the last, "
                          "which the singlestep solver (multistep=False) does not make; use multistep=True.")
@@ -85,8 +91,10 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
     h = lam[1:] - lam[:-1]
     if multistep:  # the SDE variant (eta > 0) on every step, without lower_order_final
         sig = S.s64 / S.m64
-        etas = h.new_full(h.shape, float(eta)) if stochastic_below is None else \
-            torch.where(sig[:-1] <= stochastic_below, float(eta), 0.0)
+        start = sig[:-1]  # each step's starting level: stochastic inside [stochastic_above, stochastic_below]
+        inside = (start <= (math.inf if stochastic_below is None else stochastic_below)) & \
+            (start >= (0.0 if stochastic_above is None else stochastic_above))
+        etas = torch.where(inside, float(eta), 0.0)
         c = gaussian_weights(sig.cpu().numpy(), etas.cpu().numpy(), denoise_to_zero, corrector_order) \
             if calibrate else None
         plan, noise = _multistep_plan(S, h, warm_orders(N, order, lower_order_final and N < 15 and eta == 0), etas,
@@ -111,7 +119,8 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
         noisy_end=lambda o: not o["denoise_to_zero"])
 def sde_dpm_solver(score, sde, x, times, generator, callback, order: int = 2, sigma_min: float = 0.03,
                    denoise_to_zero: bool = False, eta: float = 1.0, calibrate: bool = False,
-                   stochastic_below: float | None = None, sigma_max: float = 80.0, corrector_order: int = 0):
+                   stochastic_below: float | None = None, sigma_max: float = 80.0, corrector_order: int = 0,
+                   stochastic_above: float | None = None):
     """SDE-DPM-Solver++(2M) (Lu et al. 2022b): ``dpm_solver`` with eta = 1 (the reverse SDE) as its default, a name of
     its own so that ``default_method`` can name it; order 3 is SDE-DPM-Solver++(3M). Same draws as
     ``dpm_solver(eta=eta, order=order, ...)``. sigma_min = 0.03 and order 2: docs/samplers.md, "SDE-DPM-Solver++(3M)
@@ -119,10 +128,11 @@ def sde_dpm_solver(score, sde, x, times, generator, callback, order: int = 2, si
     step chosen so that the sampler is exact in variance on Gaussian data of every scale from 2 sigma_min up
     (``samplers/calibrate.py``; docs/samplers.md, "The calibrated SDE step"). ``stochastic_below=S``: eta only on the
     steps that start at noise levels <= S, the probability-flow ODE above (docs/samplers.md, "The stochastic
-    window")."""
+    window"); ``stochastic_above=A``: eta only on those that start at >= A (both: a band)."""
     return dpm_solver(score, sde, x, times, generator, callback, order=order, sigma_min=sigma_min,
                       denoise_to_zero=denoise_to_zero, eta=eta, sigma_max=sigma_max, calibrate=calibrate,
-                      stochastic_below=stochastic_below, corrector_order=corrector_order)
+                      stochastic_below=stochastic_below, corrector_order=corrector_order,
+                      stochastic_above=stochastic_above)
 
 
 def _multistep_plan(S, h, orders, eta, midpoint=False, c=None):
