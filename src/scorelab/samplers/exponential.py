@@ -94,7 +94,7 @@ def dpm_solver(score, sde, x, times, generator, callback, order: int = 2, multis
         start = sig[:-1]  # each step's starting level: stochastic inside [stochastic_above, stochastic_below]
         inside = (start <= (math.inf if stochastic_below is None else stochastic_below)) & \
             (start >= (0.0 if stochastic_above is None else stochastic_above))
-        etas = torch.where(inside, float(eta), 0.0)
+        etas = inside.to(h.dtype) * float(eta)  # float64, like h
         c = gaussian_weights(sig.cpu().numpy(), etas.cpu().numpy(), denoise_to_zero, corrector_order) \
             if calibrate else None
         plan, noise = _multistep_plan(S, h, warm_orders(N, order, lower_order_final and N < 15 and eta == 0), etas,
