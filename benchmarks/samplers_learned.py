@@ -184,9 +184,9 @@ OURS = [("ancestral", "ancestral", {}), ("euler_maruyama", "euler_maruyama", {})
                                                 "sigma_max": top_level}),
         # the same with eta = 0.5 (the SDE of half the noise) on the steps that start between the DDPM levels of
         # timesteps 200 and 800 (sigma 0.72 and 25.7: diffusers' SA-Solver's band of tau = 1), the ODE outside it;
-        # eta chosen among 0.25-2 on the two 24-channel digits networks at 20, where it leads SA-Solver; behind
-        # scorelab's best row on three other digits networks (docs/samplers.md, "A band of reduced noise at 20
-        # evaluations")
+        # eta chosen among 0.25-2 on the two 24-channel digits networks at 20 (seeds 0-15); a tie with SA-Solver on
+        # 32 fresh seeds there, behind scorelab's best row on three other digits networks (docs/samplers.md, "A band
+        # of reduced noise at 20 evaluations")
         ("sde2M+c2/band/eta.5", "sde_dpm_solver", {"corrector_order": 2, "grid": "ddpm", "denoise_to_zero": True,
                                                    "eta": 0.5, "stochastic_above": SA_BAND[0],
                                                    "stochastic_below": SA_BAND[1],
