@@ -203,6 +203,8 @@ def test_stochastic_above_makes_a_band():
     assert torch.equal(run(), run(stochastic_above=0.01, stochastic_below=80.0))
     with pytest.raises(ValueError, match="stochastic_above must be below stochastic_below"):
         run(stochastic_above=2.0, stochastic_below=0.5)
+    with pytest.raises(ValueError, match="pass a number for stochastic_below"):
+        run(stochastic_above=0.1, stochastic_below="auto")
 
 
 @pytest.mark.parametrize("v", [0.1**2, 1.0, 9.0])

@@ -218,6 +218,9 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     pilots: dict = {}  # the pilot runs of this call, so that the window's pilot is also the stop level's
     floor = window_floor(options.get("stochastic_below"))  # refuses a string that is not "auto[:FLOOR]" in one line
     pilot = options
+    if floor is not False and options.get("stochastic_above") is not None:
+        raise ValueError("stochastic_above sets a band's lower edge, and the window read off the score "
+                         "(stochastic_below='auto') is read without one; pass a number for stochastic_below.")
     if floor is not False:  # read off the score; the stop level is then read on the same pilot (the window's
         # PILOT_WINDOW, not the window read: the same level on 480 of 486 mixtures and draws, docs/samplers.md,
         # "A floor under the window")
