@@ -150,7 +150,9 @@ def hybrid_reference(score, times, etas, c, generator, shape):
         prev, h_prev = D, h
 
 
-def test_stochastic_below_is_the_ode_above_and_the_sde_below():
+def _recorded_runs():
+    """A two-component mixture, and ``run(**options)``: sde_dpm_solver at 12 evaluations on it (seed 3), the times
+    it evaluated the score at left in ``times``."""
     g = GaussianMixture(torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([[1.5, 0.0], [-1.0, 0.5]], dtype=F64),
                         torch.tensor([0.2, 0.05], dtype=F64) ** 2)
     times = []
@@ -164,6 +166,11 @@ def test_stochastic_below_is_the_ode_above_and_the_sde_below():
         return sample(score, VE, (500, 2), "sde_dpm_solver", 12, dtype=F64, sigma_min=0.03, denoise_to_zero=True,
                       generator=torch.Generator().manual_seed(3), **options).x
 
+    return g, times, run
+
+
+def test_stochastic_below_is_the_ode_above_and_the_sde_below():
+    g, times, run = _recorded_runs()
     for cal in (False, True):
         got = run(calibrate=cal, stochastic_below=0.5)
         sig = np.array([float(VE.marginal_std(torch.tensor(t, dtype=F64))) for t in times])
@@ -180,18 +187,10 @@ def test_stochastic_above_makes_a_band():
     """stochastic_above with stochastic_below: the SDE step (here at eta = 0.5) only on the steps that start inside
     [above, below], the ODE outside it, step for step the reference; a band that covers the grid is the SDE on every
     step, draw for draw; an empty one is refused."""
-    g = GaussianMixture(torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([[1.5, 0.0], [-1.0, 0.5]], dtype=F64),
-                        torch.tensor([0.2, 0.05], dtype=F64) ** 2)
-    times = []
-
-    def score(x, t):
-        times.append(float(t[0]))
-        return g.score_fn(VE)(x, t)
+    g, times, recorded = _recorded_runs()
 
     def run(**options):
-        times.clear()
-        return sample(score, VE, (500, 2), "sde_dpm_solver", 12, dtype=F64, sigma_min=0.03, denoise_to_zero=True,
-                      eta=0.5, generator=torch.Generator().manual_seed(3), **options).x
+        return recorded(eta=0.5, **options)
 
     got = run(stochastic_above=0.1, stochastic_below=2.0)
     sig = np.array([float(VE.marginal_std(torch.tensor(t, dtype=F64))) for t in times])
