@@ -196,7 +196,7 @@ OPT = ("unipc", "dpm_solver", "ipndm", "deis")
 
 
 def scorelab_runs(run, n, nfe, seed, opt_budgets, probe, only=None):
-    from scorelab.samplers import default_sampler, optimized_grid, sample
+    from scorelab.samplers import WIDE_BUDGETS, default_sampler, optimized_grid, sample
 
     out = {}
     for label, method, opts in OURS:
@@ -213,9 +213,11 @@ def scorelab_runs(run, n, nfe, seed, opt_budgets, probe, only=None):
             out[f"sl:{label}+opt"] = sample(run.score, run.sde, (n, *run.data_shape), method, nfe, generator=g,
                                             grid=grid, **opts).x
             print(f"  [grid] {label} nfe {nfe}: {time.time() - t0:.0f} s (0 when cached)", flush=True)
-    # the default of sample() at this budget: its row when OURS has it, else a row of its own
+    # the default of sample() at this budget: its row when OURS has it (not where the default may take its wide
+    # branch, WIDE_BUDGETS), else a row of its own
     d, d_opts = default_sampler(nfe)
-    label = next((f"sl:{lab}" for lab, m, o in OURS if (m, o) == (d, d_opts) and f"sl:{lab}" in out),
+    label = next((f"sl:{lab}" for lab, m, o in OURS if (m, o) == (d, d_opts) and f"sl:{lab}" in out
+                  and nfe not in WIDE_BUDGETS),
                  f"sl:default={d}" + "".join(f",{k}={v}" for k, v in d_opts.items()))
     if label not in out:
         out[label] = sample(run.score, run.sde, (n, *run.data_shape), None, nfe,

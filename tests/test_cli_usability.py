@@ -83,6 +83,24 @@ def test_sample_opt_matches_the_library_call(run_dir, tmp_path):
     assert not np.allclose(np.load(tmp_path / "o2.npy"), np.load(out))
 
 
+def test_sample_without_a_method_is_the_library_default(run_dir, tmp_path, monkeypatch):
+    """``scorelab sample`` with no --method and no --opt draws what ``sample(nfe=N)`` draws, including the default's
+    choice on wide data from 4 to 7 evaluations (forced here by a zero threshold: UniPC, not the iPNDM row)."""
+    import scorelab.samplers as samplers
+
+    monkeypatch.setattr(samplers, "WIDE_END", 0.0)
+    run = sl.load(run_dir)
+    g = lambda: torch.Generator().manual_seed(4)
+    ref = sl.sample(run.score, run.sde, (10, 2), nfe=5, generator=g()).x
+    name, row = samplers.default_sampler(5)
+    assert not torch.equal(ref, sl.sample(run.score, run.sde, (10, 2), name, 5, generator=g(), **row).x)
+    res = invoke("sample", run_dir, "--nfe", 5, "-n", 10, "--device", "cpu", "--seed", 4, "--out",
+                 tmp_path / "d.npy", "--quiet")
+    assert res.exit_code == 0, res.output
+    want = run.scaler.inverse(ref) if run.scaler is not None else ref
+    np.testing.assert_allclose(np.load(tmp_path / "d.npy"), want.numpy(), rtol=1e-6, atol=1e-6)
+
+
 def test_sample_in_batches(run_dir, tmp_path):
     res = invoke("sample", run_dir, "--method", "ode", "--nfe", 4, "-n", 7, "--batch-size", 3, "--device", "cpu",
                  "--out", tmp_path / "b.npy", "--quiet")

@@ -86,6 +86,26 @@ def test_auto_level_climbs_on_data_wide_at_that_level(s):
     assert torch.equal(a, sample(g.score_fn(sde), sde, (64, 3), "ipndm", 5, generator=gen(), sigma_min=chosen).x)
 
 
+def test_a_second_reading_of_one_pilot_costs_only_the_levels_it_adds():
+    """``climb=`` sets the climb's target: at 5 evaluations with R_TARGET the choice of 10 evaluations (0.2 for unit
+    width, 0.1 with the target of 5). Given the memo of a first reading, a second runs no pilot and evaluates the
+    score only at the levels the first did not read: for s = 1 the one level 0.3, where r = 0.083 ends the climb."""
+    g, sde = gaussian(1.0), VESDE(0.002, 80.0)
+    calls, memo = [], {}
+    score = lambda x, t: calls.append(1) or g.score_fn(sde)(x, t)
+    gen = lambda: torch.Generator().manual_seed(0)
+    first = stop.choose_sigma_min(score, sde, (512, 3), "ipndm", 5, {}, gen(), start=0.01, memo=memo)
+    used = len(calls)
+    second = stop.choose_sigma_min(score, sde, (512, 3), "ipndm", 5, {}, gen(), start=0.01, memo=memo,
+                                   climb=stop.R_TARGET)
+    assert (first, second) == (_expected(1.0, 0.01, climb=0.015), _expected(1.0, 0.01, climb=stop.R_TARGET)) \
+        == (0.1, 0.2)
+    assert len(calls) - used == 1, len(calls) - used
+    alone = stop.choose_sigma_min(g.score_fn(sde), sde, (512, 3), "ipndm", 5, {}, gen(), start=0.01,
+                                  climb=stop.R_TARGET)
+    assert alone == second
+
+
 def test_the_default_from_20_evaluations_reads_needles_as_they_are():
     """The benchmark's "cross" (needles 0.02 wide) at 20 evaluations: a pilot ending at 0.03 reads the needles'
     noise share low and stops at 0.01 on three seeds of four; the pilot run to the ladder's bottom stops at 0.005 on

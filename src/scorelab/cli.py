@@ -347,6 +347,7 @@ def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, ind
     if nfe is None:
         from .samplers import DEFAULT_NFE as nfe
     defaults = {}
+    as_default = method is None and not opts  # sample() then chooses method and options itself (sample(nfe=N))
     if method is None:
         from .samplers import default_sampler
 
@@ -392,8 +393,8 @@ def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, ind
               disable=_progress_disabled(quiet), leave=False) as bar:
         for score in scores.values():
             for lo, hi in chunks:
-                res = draw(_EvalProgress(score, bar), run.sde, (hi - lo, *run.data_shape), method=method, nfe=nfe,
-                           generator=g, **options)
+                res = draw(_EvalProgress(score, bar), run.sde, (hi - lo, *run.data_shape), nfe=nfe, generator=g,
+                           **({} if as_default else {"method": method, **options}))
                 parts.append(run.to_data(res.x).cpu())
                 used += res.nfe
     x = torch.cat(parts)

@@ -75,7 +75,7 @@ def evaluate(run, data=None, *, n: int = 4000, nll_n: int = 500, method: str | N
     from .data import toy_mixture
     from .likelihood import log_likelihood
     from .run import Run, load
-    from .samplers import DEFAULT_NFE, default_sampler, sample
+    from .samplers import DEFAULT_NFE, default_method, sample
 
     if not isinstance(run, Run):
         run = load(run)
@@ -92,8 +92,8 @@ def evaluate(run, data=None, *, n: int = 4000, nll_n: int = 500, method: str | N
     half = len(x) // 2
     a, b = x[:half], x[half:2 * half]
     nfe = DEFAULT_NFE if nfe is None else nfe
-    method, defaults = default_sampler(nfe) if method is None else (method, {})
-    kw, options = {"method": method, "nfe": nfe}, {**defaults, **options}
+    kw = {"method": method, "nfe": nfe}  # None: sample()'s default at the budget, the user's options over it
+    sampler = default_method(nfe) if method is None else method
     res = sample(run.score, run.sde, (half, *run.data_shape), generator=torch.Generator().manual_seed(seed + 1),
                  **kw, **options)
     samples = run.to_data(res.x)
@@ -133,7 +133,7 @@ def evaluate(run, data=None, *, n: int = 4000, nll_n: int = 500, method: str | N
         row("moment KL", err.moment_kl, fl.moment_kl)
         row("mode TV", err.mode_tv, fl.mode_tv)
     return {"run": str(run.run_dir), "data": label, "n_heldout": len(x), "n_samples": half,
-            "sampler": kw["method"], "nfe": res.nfe, "nonfinite_samples": int((~finite).sum()),
+            "sampler": sampler, "nfe": res.nfe, "nonfinite_samples": int((~finite).sum()),
             "rows": rows}
 
 
@@ -265,7 +265,7 @@ def evaluate_images(run, data=None, *, n: int = 4000, nll_n: int = 500, method: 
 
     from .classifier import features, predict, reference_classifier
     from .metrics import frechet_distance
-    from .samplers import DEFAULT_NFE, default_sampler, sample
+    from .samplers import DEFAULT_NFE, default_method, sample
 
     x_test, y_test, label = _test_images(run, data)
     run.check_data(x_test, "test data")
@@ -309,11 +309,11 @@ def evaluate_images(run, data=None, *, n: int = 4000, nll_n: int = 500, method: 
     # ---- samples
     m = min(n, len(x_test))
     nfe = DEFAULT_NFE if nfe is None else nfe
-    method, defaults = default_sampler(nfe) if method is None else (method, {})
-    kw, options = {"method": method, "nfe": nfe}, {**defaults, **options}
+    kw = {"method": method, "nfe": nfe}  # None: sample()'s default at the budget, the user's options over it
+    sampler = default_method(nfe) if method is None else method
     gs = torch.Generator(device=run.device).manual_seed(seed + 1)
     parts, used = [], 0
-    with tqdm(total=m, desc=f"sample {kw['method']}", unit="img", disable=not progress or None, leave=False) as bar:
+    with tqdm(total=m, desc=f"sample {sampler}", unit="img", disable=not progress or None, leave=False) as bar:
         for lo in range(0, m, sample_batch):
             k = min(sample_batch, m - lo)
             res = sample(run.score, run.sde, (k, *run.data_shape), generator=gs, **kw, **options)
@@ -323,7 +323,7 @@ def evaluate_images(run, data=None, *, n: int = 4000, nll_n: int = 500, method: 
     raw = torch.cat(parts)
     finite = torch.isfinite(raw).flatten(1).all(1)
     samples = quantize(torch.nan_to_num(raw, nan=rng[0]), rng, levels, dequantized=run.dequantized)
-    result.update({"n_samples": m, "sampler": kw["method"], "nfe": used, "nonfinite_samples": int((~finite).sum())})
+    result.update({"n_samples": m, "sampler": sampler, "nfe": used, "nonfinite_samples": int((~finite).sum())})
     result["samples_range"] = [float(raw[finite].min()), float(raw[finite].max())] if bool(finite.any()) else None
 
     # ---- the reference classifier's view

@@ -33,7 +33,9 @@ Cost: the method's budget + 1 + len(LADDER) (+ len(UP) for "auto:LEVEL") evaluat
 host read per level, all before the sampler's loop; none where there is one level to choose (a VE process trained
 down to the start, "auto"). With the window read off the score (``stochastic_below="auto"``,
 ``samplers/window.py``) the window's pilot ends where this one does (``pilot_end``) and ``sample()`` reads the stop
-level on it: one pilot run for both.
+level on it: one pilot run for both. The noise shares read on a pilot are kept in the same memo: from 4 to 7
+evaluations ``sample()`` reads the default's pilot a second time with the climb of 8 evaluations (``climb=``), to
+tell wide data (``WIDE_END``), at the cost of the levels the first reading did not reach.
 """
 
 from __future__ import annotations
@@ -186,11 +188,13 @@ def pilot_end(sde, method: str, sigma_min) -> float | None:
 
 def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict, generator=None,
                      dtype: torch.dtype = torch.float32, device=None, start: float | None = None,
-                     memo: dict | None = None, fit=None) -> float:
+                     memo: dict | None = None, fit=None, climb: float | None = None) -> float:
     """The last noise level for ``method`` at budget ``nfe`` on this score (see the module's docstring).
     ``options`` are the method's other options; the ladder starts at ``start``, where the pilot ends, or, when
     ``start`` is None, at the method's own default sigma_min, the pilot then ending at the ladder's bottom.
-    ``memo``, ``fit``: see ``pilot_draws``."""
+    ``memo``, ``fit``: see ``pilot_draws``; with a ``memo`` the noise shares read on a pilot are kept there too, so
+    that a second reading of the same pilot costs only the levels the first did not read. ``climb``: the noise
+    share the climb above ``start`` may reach (default: by budget, ``CLIMB``)."""
     ladder, precise = _ladder(sde, method, start)
     up = [s for s in _up(sde, ladder, precise) if s < options.get("sigma_max", float("inf"))]  # below the grid's top
     if len(ladder) == 1 and not up:  # nothing to choose (e.g. a VE run trained down to start): no pilot
@@ -198,19 +202,26 @@ def choose_sigma_min(score_fn, sde, shape, method: str, nfe: int, options: dict,
     start, end = ladder[0], ladder[-1] if precise else ladder[0]  # where the pilot ends and is denoised
     x0, eps = pilot_draws(score_fn, sde, shape, method, nfe, {**options, "sigma_min": end}, end, generator, dtype,
                           device, memo, fit)
+    shares = {} if memo is None else memo.setdefault(("shares", id(x0)), {})  # x0 is held by the memo
+
+    def share(sigma: float) -> float:
+        if sigma not in shares:
+            shares[sigma] = noise_share(score_fn, sde, x0, sigma, eps=eps)
+        return shares[sigma]
+
     with torch.no_grad():
         chosen, r_prev = start, None
         for sigma in ladder:
-            r = noise_share(score_fn, sde, x0, sigma, eps=eps)
+            r = share(sigma)
             if r_prev is not None and not r < r_prev:
                 break  # r stopped falling: the score is not trusted this low
             chosen, r_prev = sigma, r
             if r <= R_TARGET:
                 break
-        target = next(r for lo, r in CLIMB if nfe >= lo)
+        target = next(r for lo, r in CLIMB if nfe >= lo) if climb is None else climb
         if chosen == start and r_prev <= target:  # data wide at the start: climb while r stays at or below target
             for sigma in up:
-                if noise_share(score_fn, sde, x0, sigma, eps=eps) > target:
+                if share(sigma) > target:
                     break
                 chosen = sigma
     return chosen
