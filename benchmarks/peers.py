@@ -87,6 +87,20 @@ ORDER3 = ("DPMSolver++-3", "UniPC-3")
 STOCHASTIC = ("SDE-DPMSolver++", "SA-Solver")  # their steps draw noise from the run's generator
 
 
+def ddpm_level(k: int) -> float:
+    """The noise level sigma = s/m of DDPM's timestep k (discrete linear betas 1e-4..0.02, Ho et al. 2020)."""
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0)[k]
+    return float(((1 - abar) / abar).sqrt())
+
+
+def ddpm_last_level(nfe: int) -> float:
+    """The noise level sigma = s/m of DDPM's last timestep k = round(999 / nfe) under diffusers' "linspace" spacing of
+    ``nfe`` steps (its discrete linear betas 1e-4..0.02, Ho et al. 2020): where its schedulers make their last
+    evaluation before the final step to sigma = 0."""
+    return ddpm_level(round(999 / nfe))
+
+
 def betas_for(sde, eps=1e-3, steps=1000):
     """Betas of a 1000-step discrete schedule with the noise levels of ``sde`` (sigma = s/m geometric between t = eps
     and T, abar = 1 / (1 + sigma^2)): diffusers' schedulers on the range a learned model was trained on. The

@@ -451,7 +451,39 @@ LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  "ring12-std.08": lambda: _ring(12, 3.5, 0.08, 137, 0.05),
                  "gmm-d2-K5-x0.2-off": lambda: _shifted(_scaled(1011, 2, 5, 0.2), [1.0, -1.0]),
                  "gmm-d6-K9-x2.4": lambda: _scaled(1021, 6, 9, 2.4),
-                 "ring3-r1-std.15": lambda: _ring(3, 1.0, 0.15, 139, 0.9)}
+                 "ring3-r1-std.15": lambda: _ring(3, 1.0, 0.15, 139, 0.9),
+                 # batch 17, wide data written after DDPM's grid from 8 to 12 evaluations was found on three wide
+                 # mixtures, before it ran on these (2026-12-05)
+                 "ring5-r9-std1.5": lambda: _ring(5, 9.0, 1.5, 171, 0.2),
+                 "ring3-r6-std1.2": lambda: _ring(3, 6.0, 1.2, 172, 0.5),
+                 "ring7-r12-std1.4": lambda: _ring(7, 12.0, 1.4, 173, 0.1),
+                 "gmm-d2-K4-x4": lambda: _scaled(174, 2, 4, 4.0),
+                 "gmm-d3-K5-x3.2": lambda: _scaled(175, 3, 5, 3.2), "gmm-d2-K7-x2.8": lambda: _scaled(176, 2, 7, 2.8),
+                 "ring4-r7-std.9": lambda: _ring(4, 7.0, 0.9, 177, 0.7),
+                 "gmm-d4-K5-x3.6": lambda: _scaled(178, 4, 5, 3.6),
+                 # batch 18, wide data written after UniPC on DDPM's levels below 8 evaluations was drafted on the
+                 # three wide mixtures above, before it ran on these (2026-12-05)
+                 "ring5-r11-std1.7": lambda: _ring(5, 11.0, 1.7, 181, 0.3),
+                 "ring8-r9-std1.1": lambda: _ring(8, 9.0, 1.1, 182, 0.6),
+                 "gmm-d2-K5-x4.5": lambda: _scaled(183, 2, 5, 4.5), "gmm-d3-K4-x5": lambda: _scaled(184, 3, 4, 5.0),
+                 "gmm-d6-K4-x3": lambda: _scaled(185, 6, 4, 3.0),
+                 "ring6-r5-std.7": lambda: _ring(6, 5.0, 0.7, 186, 0.1),
+                 "gmm-d2-K9-x3": lambda: _scaled(187, 2, 9, 3.0),
+                 "ring3-r14-std2.5": lambda: _ring(3, 14.0, 2.5, 188, 0.4),
+                 # batch 19, written after that rule was adopted and before any sampler ran on these (2026-12-05):
+                 # sharp and mid-width data
+                 "ring11-std.05": lambda: _ring(11, 3.0, 0.05, 191, 0.2),
+                 "ring8-std.09": lambda: _ring(8, 2.5, 0.09, 192, 0.4),
+                 "ring14-std.04": lambda: _ring(14, 4.0, 0.04, 193, 0.1),
+                 "ring6-std.07": lambda: _ring(6, 2.0, 0.07, 194, 0.7),
+                 "ring9-std.12": lambda: _ring(9, 3.0, 0.12, 195, 0.3),
+                 "ring5-std.025": lambda: _ring(5, 1.5, 0.025, 196, 0.5),
+                 "gmm-d2-K9-x0.15": lambda: _scaled(197, 2, 9, 0.15), "gmm-d3-K6-x0.2": lambda: _scaled(198, 3, 6, 0.2),
+                 "gmm-d5-K8-x0.3": lambda: _scaled(199, 5, 8, 0.3), "gmm-d2-K12-x0.4": lambda: _scaled(200, 2, 12, 0.4),
+                 "gmm-d8-K5-x0.6": lambda: _scaled(202, 8, 5, 0.6), "gmm-d4-K7-x1.2": lambda: _scaled(203, 4, 7, 1.2),
+                 "gmm-d2-K10": lambda: gmm16(204, d=2, K=10), "gmm-d12-K6": lambda: gmm16(205, d=12, K=6),
+                 "ring7-r4-std.2": lambda: _ring(7, 4.0, 0.2, 206, 0.6),
+                 "ring10-std.15": lambda: _ring(10, 3.0, 0.15, 207, 0.9)}
 
 
 # both errors within this factor of the floor (the median moment KL of exact samples over the same seeds): no winner
@@ -460,7 +492,7 @@ LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
 AT_FLOOR = 1.3
 
 # scorelab samplers: (label, process, method, options); the same fixed set on every mixture, each at its defaults
-# but for the named options
+# but for the named options (a callable option: its value at the budget, f(nfe))
 OURS = [
     ("default", "ve", None, {}),  # sample() with no method: samplers.default_sampler(nfe)
     ("default", "vp", None, {}),
@@ -488,6 +520,10 @@ OURS = [
     # the same with the end read off the score as the default from 8 does (added after batch 12, seen: it wins there
     # at 10 evaluations and on gmm-d2-K6-x3.5 at 5, "Wide data end higher")
     ("unipc/uniform/auto", "vp", "unipc", {"grid": "uniform", "sigma_min": "auto:0.03"}),
+    # diffusers' UniPC recipe (DDPM's levels to its last timestep, then x0_hat) from the start and x_T of scorelab's
+    # data fit (sigma_max="auto"); added after batches 17-18, where that peer beat every row at 10 on wide rings
+    ("unipc/ddpm/fit/dz", "ve", "unipc", {"grid": "ddpm", "sigma_max": "auto", "sigma_min": peers.ddpm_last_level,
+                                           "denoise_to_zero": True}),
     ("unipc-bh1", "vp", "unipc", {"variant": "bh1"}),
     ("deis", "vp", "deis", {}),
 ]
@@ -509,7 +545,7 @@ def run_mixture(name, gmm, budgets, n, seeds, K, dtype=torch.float32, optimized=
             for label, proc, method, opts in OURS:
                 g = torch.Generator().manual_seed(seed)
                 res = sample(scores[proc], sdes[proc], (n, gmm.d), method=method, nfe=nfe, generator=g, dtype=dtype,
-                             **opts)
+                             **{k: v(nfe) if callable(v) else v for k, v in opts.items()})  # by budget
                 e = mixture_error(res.x, gmm)
                 table.setdefault(f"sl:{label}[{proc}]", {}).setdefault(nfe, []).append((e.moment_kl, e.mode_tv))
             for label, proc, method in OPTIMIZED if optimized and nfe <= 20 else ():

@@ -59,6 +59,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
 import scorelab  # noqa: E402
+from peers import ddpm_last_level, ddpm_level  # noqa: E402
 from scorelab import interop  # noqa: E402
 from scorelab.checkpoint import META_NAME  # noqa: E402
 from scorelab.data import ring_mixture  # noqa: E402
@@ -103,20 +104,6 @@ def train_toy(cache: Path, steps: int) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     _train("toy", cache / "toy", steps)
     return cache / "toy"
-
-
-def ddpm_level(k: int) -> float:
-    """The noise level sigma = s/m of DDPM's timestep k (discrete linear betas 1e-4..0.02, Ho et al. 2020)."""
-    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
-    abar = torch.cumprod(1 - betas, 0)[k]
-    return float(((1 - abar) / abar).sqrt())
-
-
-def ddpm_last_level(nfe: int) -> float:
-    """The noise level sigma = s/m of DDPM's last timestep k = round(999 / nfe) under diffusers' "linspace" spacing of
-    ``nfe`` steps (its discrete linear betas 1e-4..0.02, Ho et al. 2020): where its schedulers make their last
-    evaluation before the final step to sigma = 0."""
-    return ddpm_level(round(999 / nfe))
 
 
 SA_BAND = (ddpm_level(200), ddpm_level(800))  # diffusers' SA-Solver: tau = 1 on timesteps 200-800, else 0
