@@ -395,9 +395,9 @@ def test_the_default_below_8_runs_unipc_on_ddpms_levels_on_wide_data_only():
     """From 4 to 7 evaluations (samplers.WIDE_BUDGETS) sample() with no method, options or grid reads on the
     default's pilot whether the data are wide (the stop level with the climb of the row from 8, stop.R_TARGET, at
     least stop.WIDE_END); there it runs that row's method, UniPC, on DDPM's levels from the same start to that level.
-    On the benchmark's ring4-r10-std2 (four components of std 2 at radius 10) at 5 evaluations its moment KL is well
-    under half iPNDM's row (0.20x measured at n = 20000); on the 3 x 3 grid of std 0.05, and with any option given,
-    it draws what the row draws."""
+    On four equally weighted components of std 2 at radius 10 (the benchmark's ring4-r10-std2 has Dirichlet weights)
+    at 5 evaluations its moment KL is well under half iPNDM's row (0.24x measured here; 0.20x on the benchmark's,
+    n = 20000); on the 3 x 3 grid of std 0.05, and with any option given, it draws what the row draws."""
     from scorelab.samplers import WIDE_BUDGETS, default_sampler
     from scorelab.samplers.scale import choose_start
     from scorelab.samplers.stop import R_TARGET, WIDE_END, choose_sigma_min
