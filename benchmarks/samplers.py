@@ -351,6 +351,36 @@ def shells_3d() -> GaussianMixture:
     return GaussianMixture(w, means, stds**2)
 
 
+def grid_3d(spacing: float, std: float, seed: int) -> GaussianMixture:
+    """3-D: 3 x 3 x 3 isotropic components of one std on a cube grid of the given spacing, weights Dirichlet(1)."""
+    c = (torch.arange(3, dtype=F64) - 1) * spacing
+    w = torch.tensor(np.random.RandomState(seed).dirichlet(np.ones(27)))
+    return GaussianMixture(w, torch.cartesian_prod(c, c, c), torch.full((27,), std**2))
+
+
+def rotated_ellipsoids(seed: int, d: int, K: int, scale: float, cond: float) -> GaussianMixture:
+    """d-D: K components at scale * N(0, 9 I), each a random rotation of axis variances scale^2 * (1 .. 1 / cond)
+    (geometric), weights Dirichlet(2): elongated modes of one shape in every direction."""
+    rng = np.random.RandomState(seed)
+    lam = scale**2 * np.geomspace(1.0, 1.0 / cond, d)
+    covs = []
+    for _ in range(K):
+        Q, R = np.linalg.qr(rng.randn(d, d))
+        covs.append(((Q * np.sign(np.diag(R))) * lam) @ (Q * np.sign(np.diag(R))).T)
+    return GaussianMixture(torch.tensor(rng.dirichlet(2.0 * np.ones(K))), torch.tensor(3.0 * scale * rng.randn(K, d)),
+                           torch.tensor(np.stack(covs)))
+
+
+def heavy_and_light(seed: int) -> GaussianMixture:
+    """2-D: one wide component of std 1 with weight 0.9 at the origin, and 6 components of std 0.1 sharing 0.1 on a
+    ring of radius 3 (weights Dirichlet(1))."""
+    a = torch.arange(6, dtype=F64) * (math.pi / 3) + 0.3
+    light = 0.1 * torch.tensor(np.random.RandomState(seed).dirichlet(np.ones(6)))
+    w = torch.cat([torch.tensor([0.9], dtype=F64), light])
+    means = torch.cat([torch.zeros(1, 2, dtype=F64), 3.0 * torch.stack([a.cos(), a.sin()], 1)])
+    return GaussianMixture(w, means, torch.tensor([1.0] + [0.01] * 6, dtype=F64))
+
+
 LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  "gmm-d6-K8": lambda: gmm16(41, d=6, K=8), "gmm-d2-K30": lambda: gmm16(51, d=2, K=30),
                  "gmm-d3-K7-x2": lambda: _scaled(61, 3, 7, 2.0),
@@ -483,7 +513,22 @@ LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  "gmm-d8-K5-x0.6": lambda: _scaled(202, 8, 5, 0.6), "gmm-d4-K7-x1.2": lambda: _scaled(203, 4, 7, 1.2),
                  "gmm-d2-K10": lambda: gmm16(204, d=2, K=10), "gmm-d12-K6": lambda: gmm16(205, d=12, K=6),
                  "ring7-r4-std.2": lambda: _ring(7, 4.0, 0.2, 206, 0.6),
-                 "ring10-std.15": lambda: _ring(10, 3.0, 0.15, 207, 0.9)}
+                 "ring10-std.15": lambda: _ring(10, 3.0, 0.15, 207, 0.9),
+                 # batch 20, written before any sampler ran on them (2026-12-05, session 42): new shapes (a 3-D
+                 # grid, rotated ellipsoids of one shape, a heavy blob under light needles, 1-D, 32-D) and mid widths
+                 "grid3d-std.12": lambda: grid_3d(1.0, 0.12, 211), "grid3d-std.3": lambda: grid_3d(2.0, 0.3, 212),
+                 "ellipsoids-d4-c100": lambda: rotated_ellipsoids(213, 4, 5, 0.5, 100.0),
+                 "ellipsoids-d8-c20": lambda: rotated_ellipsoids(214, 8, 4, 1.0, 20.0),
+                 "ellipsoids-d2-c400": lambda: rotated_ellipsoids(215, 2, 6, 0.6, 400.0),
+                 "heavy-and-light": lambda: heavy_and_light(216),
+                 "gmm-d1-K6-x0.5": lambda: _scaled(217, 1, 6, 0.5), "gmm-d32-K4-x0.8": lambda: _scaled(218, 32, 4, 0.8),
+                 "gmm-d24-K3-x1.5": lambda: _scaled(219, 24, 3, 1.5),
+                 "ring6-r2-std.18": lambda: _ring(6, 2.0, 0.18, 220, 0.1),
+                 "ring4-r5-std.6": lambda: _ring(4, 5.0, 0.6, 221, 0.4),
+                 "ring9-r6-std.5": lambda: _ring(9, 6.0, 0.5, 222, 0.8),
+                 "gmm-d2-K6-x1": lambda: _scaled(223, 2, 6, 1.0),
+                 "gmm-d5-K4-x0.5": lambda: _scaled(224, 5, 4, 0.5), "gmm-d3-K8-x2": lambda: _scaled(225, 3, 8, 2.0),
+                 "ring16-r4-std.1": lambda: _ring(16, 4.0, 0.1, 226, 0.0)}
 
 
 # both errors within this factor of the floor (the median moment KL of exact samples over the same seeds): no winner
