@@ -99,6 +99,7 @@ def test_sample_without_a_method_is_the_library_default(run_dir, tmp_path, monke
     assert res.exit_code == 0, res.output
     want = run.scaler.inverse(ref) if run.scaler is not None else ref
     np.testing.assert_allclose(np.load(tmp_path / "d.npy"), want.numpy(), rtol=1e-6, atol=1e-6)
+    assert "score evaluations; unipc, " in res.output  # it says what ran: the wide branch's method
 
 
 def test_sample_in_batches(run_dir, tmp_path):
@@ -106,7 +107,7 @@ def test_sample_in_batches(run_dir, tmp_path):
                  "--out", tmp_path / "b.npy", "--quiet")
     assert res.exit_code == 0, res.output
     assert np.load(tmp_path / "b.npy").shape == (7, 2)
-    assert "(12 score evaluations)" in res.output  # 3 batches x 4
+    assert "(12 score evaluations; ode, 2 steps, sigma " in res.output  # 3 batches x 4 (Heun: 2 evaluations a step)
     one_line_error(invoke("sample", run_dir, "-n", 4, "--batch-size", 0, "--out", tmp_path / "x.npy"), "--batch-size")
 
 

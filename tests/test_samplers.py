@@ -358,6 +358,29 @@ def test_no_method_uses_the_budget_default():
         assert torch.equal(got.x, ref.x) and got.nfe == ref.nfe
 
 
+
+def test_the_result_says_what_ran():
+    """SampleResult names what sample() chose: the method, its options as run (the stop level read off the score in
+    place of "auto:0.03") and the grid it ran on (DDPM's levels, chosen by grid="auto" on wide data: a ring of std 1
+    at radius 8). Run again with those, the draws are the same (a VE process: m = 1, so the state at the grid's
+    end is the sample); ``describe`` says it in one line."""
+    from scorelab.samplers import default_method
+    from scorelab.samplers.stop import WIDE_END
+
+    sde, g = VESDE(0.002, 80.0), lambda: torch.Generator().manual_seed(3)
+    angles = 2 * math.pi * torch.arange(6, dtype=F64) / 6
+    score = GaussianMixture(torch.ones(6, dtype=F64), 8.0 * torch.stack([angles.cos(), angles.sin()], 1),
+                            torch.ones(6, dtype=F64)).score_fn(sde)
+    res = sample(score, sde, (256, 2), None, 10, generator=g())
+    assert res.method == default_method(10) == "unipc" and res.nfe == 10
+    stop = res.options["sigma_min"]
+    assert isinstance(stop, float) and stop >= WIDE_END
+    assert res.times.dtype == torch.float64 and len(res.times) == res.steps + 1 == 11
+    torch.testing.assert_close(res.times, ddpm(sde, 10, end_time(sde, stop)), rtol=0, atol=1e-12)  # DDPM's levels
+    again = sample(score, sde, (256, 2), res.method, 10, generator=g(), grid=res.times, **res.options)
+    assert torch.equal(again.x, res.x)
+    assert res.describe(sde) == f"unipc, 10 steps, sigma 80 to {stop:.3g}"
+
 def test_the_default_at_10_takes_ddpms_grid_on_wide_data_only():
     """From 8 to 12 evaluations the default's grid is "auto": DDPM's time-uniform noise levels where the stop level
     chosen for the score is at least stop.WIDE_END (wide data), UniPC's log-SNR grid below. On a ring of six

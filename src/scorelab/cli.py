@@ -388,7 +388,7 @@ def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, ind
         options["grid"] = optimized_grid(run.score, run.sde, nfe, method, dims=run.data_shape, device=dev,
                                          cache_dir=Path(run_dir) / "grids", **rest)
     g = torch.Generator(device=dev).manual_seed(seed)
-    parts, used = [], 0
+    parts, used, ran = [], 0, {}  # ran: what each batch ran (sample()'s choice without --method), in order
     with tqdm(total=nfe * len(chunks) * len(scores), desc=f"sample {method}", unit="eval",
               disable=_progress_disabled(quiet), leave=False) as bar:
         for score in scores.values():
@@ -397,6 +397,7 @@ def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, ind
                            **({} if as_default else {"method": method, **options}))
                 parts.append(run.to_data(res.x).cpu())
                 used += res.nfe
+                ran[res.describe(run.sde)] = None
     x = torch.cat(parts)
     if x.ndim == 4 and (individual is not None or out.lower().endswith(".png")):
         from . import plots
@@ -421,7 +422,7 @@ def sample(run_dir, method, nfe, count, opts, batch_size, device, seed, out, ind
         with open(out, "wb") as f:  # exactly the named file (np.save on a name would append .npy)
             np.save(f, x.numpy())
     what = "" if klass is None else f" of class {klass}" + (f", guidance {guidance:g}" if guidance is not None else "")
-    click.echo(f"wrote {len(x)} samples{what} ({used} score evaluations) to {out}"
+    click.echo(f"wrote {len(x)} samples{what} ({used} score evaluations; {'; '.join(ran)}) to {out}"
                + (f" and one PNG each to {individual}" if individual is not None else ""))
 
 

@@ -128,7 +128,8 @@ def impute(score_fn, sde: SDE, x: torch.Tensor, known: torch.Tensor, nfe: int = 
     pick = torch.multinomial(torch.softmax(logw, 1), 1, generator=generator)  # [B, 1]
     out = xt[(pick + offset).reshape(-1)]
     out = torch.where(known.bool(), x.detach(), out)
-    return SMCResult(x=out, nfe=score.count, steps=nfe, particles=P, resampled=float(resampled.mean()),
+    return SMCResult(x=out, nfe=score.count, steps=nfe, method="smc", times=times, particles=P,
+                     resampled=float(resampled.mean()),
                      ess=float((effective_sample_size(logw) / P).mean()))
 
 

@@ -194,8 +194,9 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     of times);
     ``project(x, t [B]) -> x`` imposes a constraint after every step (see ``scorelab.conditional``); ``progress``
     shows a progress bar on a terminal. ``options`` go to the method (``options_of(method)`` lists them). Returns
-    SampleResult(x [B, *dims], nfe = evaluations used, steps). A method that stops at a noise level sigma_min on
-    its own grid returns x / m(t_N), the data plus that noise in data units (on a VP process m < 1
+    SampleResult(x [B, *dims], nfe = evaluations used, steps, method and options as run (the default's choice, the
+    levels read off the score in place of "auto"), times = the grid run on). A method that stops at a noise level
+    sigma_min on its own grid returns x / m(t_N), the data plus that noise in data units (on a VP process m < 1
     there); on a ``grid`` tensor, the process's state at its last time, to be continued with ``x_init``.
     """
     check_sampling_args(score_fn, sde, generator, nfe)
@@ -300,7 +301,7 @@ def _run(score_fn, sde, shape, method, nfe, options, generator, dtype, device, x
     if not bool(torch.isfinite(x).all()):  # one check at the end, never inside the loop
         raise ValueError(f"sampling with {method!r} in {dtype} produced non-finite values: the score returned NaN "
                          "or inf, or a step size or the process is too large for this dtype (try float32/64).")
-    return SampleResult(x=x, nfe=counted.count, steps=hook.steps)
+    return SampleResult(x=x, nfe=counted.count, steps=hook.steps, method=method, options=dict(options), times=times)
 
 
 class _CallableModule(types.ModuleType):

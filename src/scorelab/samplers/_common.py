@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,6 +17,18 @@ class SampleResult:
     x: torch.Tensor  # [B, *dims] final samples
     nfe: int  # score evaluations actually used (never above the budget)
     steps: int = 0  # steps of the time grid taken
+    method: str = ""  # the method that ran: sample()'s choice where none was named
+    options: dict = field(default_factory=dict)  # its options as run, the levels read off the score for "auto"
+    times: torch.Tensor | None = None  # the grid it ran on (float64 times, decreasing)
+
+    def describe(self, sde) -> str:
+        """What ran, in one line: "METHOD, N steps, sigma HI to LO[, then x0_hat]" (the grid's noise levels in data
+        units; a grid ending at t = 0 ends at sigma 0; x0_hat: ``denoise_to_zero``'s final step)."""
+        if self.times is None or len(self.times) == 0:
+            return self.method or "?"
+        hi, lo = (float(sigma_of(sde, self.times[i].double().cpu())) for i in (0, -1))
+        end = ", then x0_hat" if self.options.get("denoise_to_zero") else ""
+        return f"{self.method}, {len(self.times) - 1} steps, sigma {hi:.3g} to {lo:.3g}{end}"
 
 
 class BudgetExceeded(RuntimeError):
