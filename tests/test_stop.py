@@ -106,23 +106,28 @@ def test_a_second_reading_of_one_pilot_costs_only_the_levels_it_adds():
     assert alone == second
 
 
-def test_the_default_from_20_evaluations_reads_needles_as_they_are():
+def test_the_default_from_20_evaluations_reads_needles_as_they_are(monkeypatch):
     """The benchmark's "cross" (needles 0.02 wide) at 20 evaluations: a pilot ending at 0.03 reads the needles'
-    noise share low and stops at 0.01 on three seeds of four; the pilot run to the ladder's bottom stops at 0.005 on
-    all four, and the error of the default of then (the uncalibrated step) over the four seeds falls by more than 30%
-    (docs/samplers.md, "The pilot's end": on 4000 draws the default's worst ratio to scorelab's best fell from 8.3
-    to 2.2)."""
+    noise share low and stops at 0.01 on three pilot streams of four; the pilot run to the ladder's bottom stops at
+    0.005 on all four, and the error of the default of then (the uncalibrated step) over the four falls by more than
+    30% (docs/samplers.md, "The pilot's end": on 4000 draws the default's worst ratio to scorelab's best fell from
+    8.3 to 2.2). The pilots draw from a stream of their own (``stop.PILOT_SEED``), varied here as the caller's seed
+    was when the choice was made."""
     means = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.0], [0.0, -2.0]], dtype=F64)
     a, b = torch.tensor([1.0, 0.02**2], dtype=F64), torch.tensor([0.02**2, 1.0], dtype=F64)
     gmm = GaussianMixture(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=F64), means, torch.stack([b, b, a, a]))
     sde, score = VESDE(0.002, 80.0), gmm.score_fn(VESDE(0.002, 80.0))
     g = lambda seed: torch.Generator().manual_seed(seed)
-    levels = {start: [stop.choose_sigma_min(score, sde, (2000, 2), "sde_dpm_solver", 20, {"denoise_to_zero": True},
-                                            g(seed), start=start) for seed in range(4)] for start in (None, 0.03)}
+    levels, err = {None: [], 0.03: []}, {"auto": 0.0, "auto:0.03": 0.0}
+    for seed in range(4):
+        monkeypatch.setattr(stop, "PILOT_SEED", seed)
+        for start in levels:
+            levels[start].append(stop.choose_sigma_min(score, sde, (2000, 2), "sde_dpm_solver", 20,
+                                                       {"denoise_to_zero": True}, g(seed), start=start))
+        for lv in err:
+            err[lv] += mixture_error(sample(score, sde, (2000, 2), "sde_dpm_solver", 20, generator=g(seed),
+                                            sigma_min=lv, denoise_to_zero=True).x, gmm).moment_kl
     assert levels[None] == [0.005] * 4 and levels[0.03].count(0.01) == 3, levels
-    err = {lv: sum(mixture_error(sample(score, sde, (2000, 2), "sde_dpm_solver", 20, generator=g(seed), sigma_min=lv,
-                                        denoise_to_zero=True).x, gmm).moment_kl for seed in range(4))
-           for lv in ("auto", "auto:0.03")}
     assert err["auto"] < 0.7 * err["auto:0.03"], err
 
 
@@ -262,3 +267,22 @@ def test_the_climb_stays_below_the_grid_s_start():
                                  start=0.01) == 0.2
     x = sample(g.score_fn(sde), sde, (64, 3), "ipndm", 10, generator=gen, sigma_max=0.25, sigma_min="auto:0.01").x
     assert x.shape == (64, 3)
+
+
+def test_the_choice_is_the_scores_not_the_seeds_nor_the_batchs():
+    """The pilots draw from a stream of their own (``stop.pilot_generator``) and read at least ``PILOT_NUMBERS``
+    numbers (``stop.pilot_size``): on 2-D data every batch, of 8 draws or of 2000, with any seed, gets the same start
+    and stop levels. Before, a batch of 8 read its levels off its own 8 draws: starts from 5.1 to 8.0 over the 25
+    batches of one ``scorelab sample -n 400 --batch-size 16`` at 5 evaluations."""
+    import math
+
+    from scorelab.data import ring_mixture
+
+    assert [stop.pilot_size(s) for s in ((1, 2), (5000, 2), (4, 8), (4, 1, 28, 28), (999, 784))] == \
+        [stop.PILOT, stop.PILOT, math.ceil(stop.PILOT_NUMBERS / 8), 4, stop.PILOT]
+    sde = VPSDE(0.1, 20.0)
+    score = ring_mixture().score_fn(sde)
+    for nfe in (5, 10):
+        chosen = {tuple(sample(score, sde, (n, 2), None, nfe, generator=torch.Generator().manual_seed(seed))
+                        .options.get(k) for k in ("sigma_max", "sigma_min")) for n in (8, 2000) for seed in (0, 1, 2)}
+        assert len(chosen) == 1, (nfe, chosen)

@@ -30,7 +30,7 @@ from .grid_search import optimized_grid
 from .grids import GRIDS, end_time, make_grid
 from .scale import choose_start
 from .steps import CORRECTORS, PREDICTORS
-from .stop import PILOT, R_TARGET, WIDE_END, auto_start, choose_sigma_min
+from .stop import R_TARGET, WIDE_END, auto_start, choose_sigma_min, pilot_size
 from .window import PILOT_WINDOW, choose_stochastic_below, window_floor
 
 # the modules keep their names (``scorelab.samplers.ode`` is the module); the table holds the functions
@@ -223,7 +223,7 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
     if isinstance(options.get("sigma_max"), str):  # "auto": from the data's scale read off the score, first
         if options["sigma_max"] != "auto":
             check_option("sigma_max", options["sigma_max"], sde, None)  # refused in one line
-        level, fit = choose_start(score_fn, sde, shape[1:], generator, dtype, pilot_device, n=min(shape[0], PILOT))
+        level, fit = choose_start(score_fn, sde, shape[1:], generator, dtype, pilot_device, n=pilot_size(shape))
         options = {**options, "sigma_max": level}
     pilots: dict = {}  # the pilot runs of this call, so that the window's pilot is also the stop level's
     floor = window_floor(options.get("stochastic_below"))  # refuses a string that is not "auto[:FLOOR]" in one line

@@ -17,9 +17,9 @@ nats of the noised fit, ``gaussian_level``), at most sigma(T). Data whose modes 
 their std in many dimensions (the divergence adds up over the dimensions) start higher; narrow data low.
 
 Cost: 2 + at most log(sigma(T) / FLOOR) / log(RATIO) (about 24 on VE to 80) score evaluations on at most
-``stop.PILOT`` draws (no more than the caller's batch) from copies of the caller's generator (its own stream
-untouched), one host read each, all before the sampler's loop. The numbers behind the constants: docs/samplers.md,
-"Where a short grid starts" and "The start drawn from the data's fit".
+``stop.pilot_size`` draws from the pilots' own stream (``stop.pilot_generator``: the caller's untouched, the choice the
+same for every seed), one host read each, all before the sampler's loop. The numbers behind the constants:
+docs/samplers.md, "Where a short grid starts" and "The start drawn from the data's fit".
 """
 
 from __future__ import annotations
@@ -64,10 +64,10 @@ def data_fit(score_fn, sde, dims, generator=None, dtype: torch.dtype = torch.flo
     """The data's mean and root-mean-square std per dimension, from the denoiser's response at t = T (see the
     module's docstring)."""
     from ..tweedie import tweedie_mean
-    from .stop import PILOT, stream_copy
+    from .stop import PILOT, pilot_generator
 
     n = PILOT if n is None else n
-    generator = stream_copy(generator)  # the caller's stream is left as it was
+    generator = pilot_generator(generator, device)  # the pilots' own stream: the caller's is left as it was
     T = float(sde.T)
     sigma = float(sigma_of(sde, T))
     m = float(sde.marginal_scale(torch.tensor(T, dtype=torch.float64)))
@@ -91,12 +91,12 @@ def gaussian_level(score_fn, sde, fit: DataFit, dims, tau: float = TAU, floor: f
 
     (data units; J from sigma(T) down by the trapezoid rule, interpolated in log KL between levels). J is taken under
     q_s rather than p_s (draws of the fit, one draw of z shared by all levels): one score evaluation per level on
-    ``n`` draws (default ``stop.PILOT``) from a copy of ``generator``, one host read per level."""
+    ``n`` draws (default ``stop.PILOT``) from the pilots' own stream, one host read per level."""
     from .grids import end_time
-    from .stop import PILOT, stream_copy
+    from .stop import PILOT, pilot_generator
 
     n = PILOT if n is None else n
-    generator = stream_copy(generator)
+    generator = pilot_generator(generator, device)
     top = float(sigma_of(sde, sde.T))
     z = torch.randn((n, *dims), generator=generator, dtype=dtype, device=device)
     mean, v = fit.mean.to(dtype=dtype, device=z.device), fit.std**2
@@ -129,15 +129,15 @@ def mean_at(score_fn, sde, fit: DataFit, sigma: float, dims, generator=None, dty
             device=None, n: int | None = None) -> torch.Tensor:
     """The data's mean read again at level sigma: E[D(y)] over y drawn from the fit noised to sigma, since
     E[E[x0 | y]] = mu for y from the noised data (and the fit is close to them there); a trained network is
-    trusted at the levels it saw in training more than at the top. ``n`` draws (default ``stop.PILOT``) from a copy of
-    ``generator``; one score evaluation."""
+    trusted at the levels it saw in training more than at the top. ``n`` draws (default ``stop.PILOT``) from the
+    pilots' own stream; one score evaluation."""
     from ..tweedie import tweedie_mean
     from .grids import end_time
-    from .stop import PILOT, stream_copy
+    from .stop import PILOT, pilot_generator
 
     n = PILOT if n is None else n
     t = sde.T if sigma >= float(sigma_of(sde, sde.T)) else end_time(sde, sigma)
-    y = fit.draw(sde, t, (n, *dims), stream_copy(generator), dtype, device)
+    y = fit.draw(sde, t, (n, *dims), pilot_generator(generator, device), dtype, device)
     with torch.no_grad():
         return tweedie_mean(score_fn, sde, y, t).double().mean(0)
 

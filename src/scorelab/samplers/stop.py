@@ -12,9 +12,10 @@ r(sigma) <= R_TARGET = 0.05 means the noise is at most a twentieth of the varian
 exact score r falls as sigma falls; a learned score is least accurate near the smallest noise it was trained on,
 and there its r stops falling and turns up (docs/samplers.md, "Where to stop"): below that level it is not trusted.
 
-``choose_sigma_min`` runs the method on a pilot batch (at most ``PILOT`` draws, from a copy of the caller's
-generator, whose own stream it leaves untouched), denoises it once (x0_hat = E[x0 | x], Tweedie), and measures r on
-x0_hat + sigma eps down the ladder ``LADDER`` from the method's own default end, or from LEVEL for "auto:LEVEL"
+``choose_sigma_min`` runs the method on a pilot batch (``pilot_size``: the caller's batch, at least ``PILOT_NUMBERS``
+numbers, at most ``PILOT`` draws; from the pilots' own stream, ``pilot_generator``, so that the choice does not
+depend on the seed and the caller's stream is untouched), denoises it once (x0_hat = E[x0 | x], Tweedie), and measures
+r on x0_hat + sigma eps down the ladder ``LADDER`` from the method's own default end, or from LEVEL for "auto:LEVEL"
 (one score evaluation per level, one draw of eps shared by all levels). It returns the first level with
 r <= R_TARGET, stopping early where r no longer falls, never below a VE process's sigma_min. Where the pilot ends:
 
@@ -40,6 +41,8 @@ tell wide data (``WIDE_END``), at the cost of the levels the first reading did n
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._common import sigma_of
@@ -57,6 +60,10 @@ CLIMB = ((8, R_TARGET), (1, 0.015))
 # DDPM's grid")
 WIDE_END = 0.2
 PILOT = 256
+# a pilot reads at least this many numbers (draws x numbers per draw) whatever the batch: 256 draws of 2-D data, 64 of
+# 8-D, the batch itself for images (docs/samplers.md, "One choice per score")
+PILOT_NUMBERS = 2 * PILOT
+PILOT_SEED = 0  # the pilots' own stream (``pilot_generator``)
 
 
 def noise_share(score_fn, sde, x0: torch.Tensor, sigma: float, generator=None, eps=None) -> float:
@@ -111,37 +118,45 @@ def auto_start(value) -> float | None | bool:
     return start
 
 
-def stream_copy(generator: torch.Generator | None) -> torch.Generator | None:
-    """A generator at the same state as ``generator`` (None stays None): a pilot draws from it and leaves the
-    caller's stream as it was."""
-    if generator is None:
-        return None
-    copy = torch.Generator(generator.device)
-    copy.set_state(generator.get_state())
-    return copy
+def pilot_generator(generator: torch.Generator | None, device=None) -> torch.Generator:
+    """The pilots' own generator, seeded ``PILOT_SEED``, on the device of ``generator`` (or ``device``): a pilot's
+    draws do not depend on the caller's stream, nor touch it, so the choice it makes is a function of the score, the
+    process, the budget and the pilot's size alone: the same for every seed, and for every batch of 2-D data (whose
+    pilot is always ``PILOT`` draws, ``pilot_size``)."""
+    where = generator.device if generator is not None else torch.device(device if device is not None else "cpu")
+    return torch.Generator(where).manual_seed(PILOT_SEED)
+
+
+def pilot_size(shape) -> int:
+    """Draws in a pilot for a batch of ``shape`` = (B, *dims): the batch's B, but at least enough to read
+    ``PILOT_NUMBERS`` numbers (a batch of a few low-dimensional draws would otherwise read its levels off a handful
+    of them), and at most ``PILOT``."""
+    per = math.prod(int(d) for d in shape[1:])
+    return min(PILOT, max(int(shape[0]), math.ceil(PILOT_NUMBERS / max(per, 1))))
 
 
 def pilot_draws(score_fn, sde, shape, method: str, nfe: int, options: dict, end: float, generator=None,
                 dtype: torch.dtype = torch.float32, device=None, memo: dict | None = None, fit=None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A pilot batch of at most ``PILOT`` draws of ``method`` with ``options`` (its last evaluation not spent on
+    """A pilot batch of ``pilot_size(shape)`` draws of ``method`` with ``options`` (its last evaluation not spent on
     denoise_to_zero) to the noise level ``end``, denoised there once (x0_hat = E[x0 | x], Tweedie), and eps, one draw
-    shaped like it for every level the caller reads; both from a copy of ``generator``, whose own stream is left
-    untouched. ``memo``: a dict owned by one ``sample()`` call, in which a pilot run with the same method, budget,
-    options and end is kept and reused (``sample()`` chooses the stop level on the window's pilot). ``fit``: the
-    data's fit x_T is drawn from (``scale.DataFit``, under sigma_max="auto"), as in the run the pilot stands for."""
+    shaped like it for every level the caller reads; both from the pilots' own stream (``pilot_generator``) on
+    ``generator``'s device, whose own stream is left untouched. ``memo``: a dict owned by one ``sample()`` call, in
+    which a pilot run with the same method, budget, options and end is kept and reused (``sample()`` chooses the stop
+    level on the window's pilot). ``fit``: the data's fit x_T is drawn from (``scale.DataFit``, under sigma_max="auto"),
+    as in the run the pilot stands for."""
     from ..tweedie import tweedie_mean
     from . import _run, options_of
 
     if "denoise_to_zero" in options_of(method):
         options = {**options, "denoise_to_zero": False}
         options.pop("final_order", None)  # the order of that final step: none here
-    n = min(int(shape[0]), PILOT)
+    n = pilot_size(shape)
     key = (method, nfe, n, tuple(shape[1:]), float(end), str(dtype), str(device),
            tuple(sorted((k, repr(v)) for k, v in options.items())))
     if memo is not None and key in memo:
         return memo[key]
-    generator = stream_copy(generator)
+    generator = pilot_generator(generator, device)
     x = _run(score_fn, sde, (n, *shape[1:]), method, nfe, options, generator, dtype, device, None, None, None, False,
              None, fit).x
     t_end = end_time(sde, end)

@@ -21,7 +21,7 @@ too, without a gap between modes; there a window that ends too low costs up to 4
 hence the floor.
 
 ``choose_stochastic_below`` runs the method with the fixed window ``PILOT_WINDOW`` on a pilot batch (at most
-``stop.PILOT`` draws, from a copy of the caller's generator; ``stop.pilot_draws``) down to where the stop level's
+``stop.pilot_size`` draws, from the pilots' own stream; ``stop.pilot_draws``) down to where the stop level's
 pilot ends when ``sigma_min`` is "auto" or "auto:LEVEL" (``stop.pilot_end``), else to ``PILOT_END`` (or the method's
 sigma_min where that is a number and higher), denoises it once (Tweedie) and measures r up the ladder with one shared
 draw of eps, to one level above the first that qualifies. "auto:FLOOR" reads the same way and never ends the window
