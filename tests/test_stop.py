@@ -269,7 +269,7 @@ def test_the_climb_stays_below_the_grid_s_start():
     assert x.shape == (64, 3)
 
 
-def test_the_choice_is_the_scores_not_the_seeds_nor_the_batchs():
+def test_the_choice_is_the_scores_not_the_seeds_nor_the_batch_sizes():
     """The pilots draw from a stream of their own (``stop.pilot_generator``) and read at least ``PILOT_NUMBERS``
     numbers (``stop.pilot_size``): on 2-D data every batch, of 8 draws or of 2000, with any seed, gets the same start
     and stop levels. Before, a batch of 8 read its levels off its own 8 draws: starts from 5.1 to 8.0 over the 25
