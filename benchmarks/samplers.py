@@ -528,7 +528,35 @@ LATE_MIXTURES = {"ring10": lambda: _ring(10, 3.5, 0.1, 5, 0.1), "grid9": grid9,
                  "ring9-r6-std.5": lambda: _ring(9, 6.0, 0.5, 222, 0.8),
                  "gmm-d2-K6-x1": lambda: _scaled(223, 2, 6, 1.0),
                  "gmm-d5-K4-x0.5": lambda: _scaled(224, 5, 4, 0.5), "gmm-d3-K8-x2": lambda: _scaled(225, 3, 8, 2.0),
-                 "ring16-r4-std.1": lambda: _ring(16, 4.0, 0.1, 226, 0.0)}
+                 "ring16-r4-std.1": lambda: _ring(16, 4.0, 0.1, 226, 0.0),
+                 # batch 21, written before any sampler ran on them (2026-12-05, session 43): wide and mid-width data,
+                 # where the default from 8 to 12 reads its end at 0.1 and above and the misses at 10 of batches
+                 # 17-20 were
+                 "ring5-r7-std.9": lambda: _ring(5, 7.0, 0.9, 231, 0.2),
+                 "ring7-r9-std1.1": lambda: _ring(7, 9.0, 1.1, 232, 0.5),
+                 "ring4-r8-std1.6": lambda: _ring(4, 8.0, 1.6, 233, 0.9),
+                 "ring6-r10-std2": lambda: _ring(6, 10.0, 2.0, 234, 0.3),
+                 "ring3-r9-std1.8": lambda: _ring(3, 9.0, 1.8, 235, 1.1),
+                 "ring10-r6-std.45": lambda: _ring(10, 6.0, 0.45, 243, 0.0),
+                 "ring8-r4-std.4": lambda: _ring(8, 4.0, 0.4, 244, 0.6),
+                 "gmm-d2-K5-x3.2": lambda: _scaled(236, 2, 5, 3.2), "gmm-d3-K5-x2.6": lambda: _scaled(237, 3, 5, 2.6),
+                 "gmm-d4-K4-x3.3": lambda: _scaled(238, 4, 4, 3.3), "gmm-d2-K7-x4": lambda: _scaled(239, 2, 7, 4.0),
+                 "gmm-d3-K6-x1.8": lambda: _scaled(240, 3, 6, 1.8), "gmm-d5-K5-x3": lambda: _scaled(241, 5, 5, 3.0),
+                 "gmm-d2-K4-x5": lambda: _scaled(242, 2, 4, 5.0),
+                 "ellipsoids-d2-c10-wide": lambda: rotated_ellipsoids(245, 2, 4, 1.5, 10.0),
+                 "grid3d-std.6": lambda: grid_3d(3.0, 0.6, 246),
+                 # batch 22, written before any sampler ran on them (2026-12-05, session 43, before the finish chosen
+                 # by the flow was built): mid-width and wide data again, where that finish acts, and two controls
+                 "ring6-r6-std.6": lambda: _ring(6, 6.0, 0.6, 251, 0.7),
+                 "ring9-r8-std.8": lambda: _ring(9, 8.0, 0.8, 252, 0.2),
+                 "ring4-r6-std1.3": lambda: _ring(4, 6.0, 1.3, 253, 1.3),
+                 "ring5-r12-std2.2": lambda: _ring(5, 12.0, 2.2, 254, 0.4),
+                 "gmm-d2-K6-x2.2": lambda: _scaled(255, 2, 6, 2.2), "gmm-d3-K4-x3.8": lambda: _scaled(256, 3, 4, 3.8),
+                 "gmm-d4-K6-x2": lambda: _scaled(257, 4, 6, 2.0), "gmm-d6-K5-x2.8": lambda: _scaled(258, 6, 5, 2.8),
+                 "gmm-d2-K3-x6": lambda: _scaled(259, 2, 3, 6.0),
+                 "ellipsoids-d3-c8-wide": lambda: rotated_ellipsoids(260, 3, 5, 1.2, 8.0),
+                 "grid3d-std.45": lambda: grid_3d(2.5, 0.45, 261),
+                 "ring7-std.15": lambda: _ring(7, 3.0, 0.15, 262, 0.5)}
 
 
 # both errors within this factor of the floor (the median moment KL of exact samples over the same seeds): no winner
