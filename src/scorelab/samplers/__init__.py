@@ -26,6 +26,7 @@ from ._common import (
     sigma_of,
     value,
 )
+from .finish import FINISH_END, choose_finish
 from .grid_search import optimized_grid
 from .grids import GRIDS, end_time, make_grid
 from .scale import choose_start
@@ -55,6 +56,11 @@ BY_BUDGET = ((100, "ancestral", {}),
 # "Wide data below 8 evaluations": at 5 evaluations 0.05-0.78x the moment KL of iPNDM's row on all 12 wide
 # mixtures of 141 and 0.07-0.60x on wide Gaussians; at 3 worse on Gaussians of std 1 and 5, 1.5-2.2x)
 WIDE_BUDGETS = range(4, 8)
+# at these budgets (the UniPC row), on data whose stop level read is at least finish.FINISH_END, ``sample()`` with no
+# method, options or grid ends on DDPM's levels with x0_hat blended with the sample it was read at, where a pilot
+# shows that nearer the probability-flow ODE's endpoint than the plain run (``samplers/finish.py``; docs/samplers.md,
+# "The finish chosen by the flow")
+FINISH_BUDGETS = range(8, 13)
 
 
 def default_sampler(nfe: int) -> tuple[str, dict]:
@@ -99,7 +105,7 @@ _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _ARGS = 6  # score, sde, x, times, generator, callback
 
 __all__ = ["sample", "samplers", "SampleResult", "METHODS", "DEFAULT_METHOD", "DEFAULT_NFE", "default_method",
-           "default_sampler", "BY_BUDGET", "WIDE_BUDGETS", "optimized_grid"]
+           "default_sampler", "BY_BUDGET", "WIDE_BUDGETS", "FINISH_BUDGETS", "optimized_grid"]
 
 
 def samplers() -> list[str]:
@@ -255,6 +261,11 @@ def sample(score_fn, sde: SDE, shape, method: str | None = None, nfe: int = DEFA
             raise ValueError(f"grid='auto' picks the grid by the level a method stops at; {method!r} has no "
                              "sigma_min: name a grid ('uniform', 'log_snr', 'karras', 'ddpm').")
         grid = "ddpm" if stop >= WIDE_END else None
+    if as_default and nfe in FINISH_BUDGETS and start is not False and method == "unipc" \
+            and options["sigma_min"] >= FINISH_END and x_init is None:  # wide: the finish chosen by the flow
+        finish = choose_finish(score_fn, sde, shape, nfe, options, grid, generator, dtype, pilot_device)
+        if finish is not None:
+            options, grid = finish, "ddpm"
     return _run(score_fn, sde, shape, method, nfe, options, generator, dtype, device, x_init, grid, project, progress,
                 callback, fit)
 

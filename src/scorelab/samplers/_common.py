@@ -27,7 +27,9 @@ class SampleResult:
         if self.times is None or len(self.times) == 0:
             return self.method or "?"
         hi, lo = (float(sigma_of(sde, self.times[i].double().cpu())) for i in (0, -1))
-        end = ", then x0_hat" if self.options.get("denoise_to_zero") else ""
+        g = self.options.get("final_blend", 0.0)
+        end = (f", then x0_hat blended {g:g} with the sample" if g else ", then x0_hat") \
+            if self.options.get("denoise_to_zero") else ""
         return f"{self.method}, {len(self.times) - 1} steps, sigma {hi:.3g} to {lo:.3g}{end}"
 
 
@@ -187,7 +189,7 @@ class Schedule:
         return self._cache[fn]
 
 
-def to_zero(score, x, S, final_order: int = 1):
+def to_zero(score, x, S, final_order: int = 1, blend: float = 0.0):
     """``denoise_to_zero``'s final step, from the grid's last level sigma_N = s_N / m_N to sigma = 0, spending one
     evaluation at x_N. ``final_order`` 1: x0_hat = D_N (Tweedie), the first-order step. 2: the probability-flow ODE in
     sigma, dy/dsigma = eps (y = x / m, eps = -s score), integrated from sigma_N to 0 with eps linear in sigma through
@@ -197,16 +199,36 @@ def to_zero(score, x, S, final_order: int = 1):
         y(0) = D_N + sigma_N^2 / 2 * (eps_N - eps_{N-1}) / (sigma_N - sigma_{N-1}),
 
     eps_{N-1} the score's last output before this one (``CountedScore.last``, the evaluation at t_{N-1}): a local
-    error O(sigma_N^3) in place of O(sigma_N^2) (tests/test_multistep.py)."""
+    error O(sigma_N^3) in place of O(sigma_N^2) (tests/test_multistep.py).
+
+    ``blend`` g (order 1 only): D_N + g (y_N - D_N), y_N = x_N / m_N the sample at sigma_N in data units: g = 0 is
+    x0_hat, g = 1 leaves the noise sigma_N on, g = 1/2 is Euler's step in sigma^2 to 0, the flow's own step for data
+    much wider than sigma_N (on N(mu, v) the flow's gain from sigma_N to 0, over x0_hat's, is reached at
+    g = sqrt(k) / (1 + sqrt(k)), k = v / (v + sigma_N^2)). Away from 0 and 1/2 it calibrates: ``finish.py`` chooses
+    g where the sampler's output is nearest the flow's."""
     N = len(S)
     prev = score.last
     sc = score(x, S.tb(N, x))
     x0 = posterior_mean(x, sc, S.m[N], S.s[N])
+    if blend:
+        return x0 + blend * (x / S.m[N] - x0)
     if final_order == 1 or N == 0:  # no step before it (nfe = 1): x0_hat
         return x0
     sig, sig_prev = S.s[N] / S.m[N], S.s[N - 1] / S.m[N - 1]
     c = sig * sig / (2 * (sig - sig_prev))
     return x0 - c * (S.s[N] * sc - S.s[N - 1] * prev)  # eps_N - eps_{N-1} = -(s_N score_N - s_{N-1} score_{N-1})
+
+
+def check_final_blend(blend, denoise_to_zero: bool, final_order: int) -> None:
+    """One error line for a ``final_blend`` that is not a number in [-1, 1], or not 0 without ``denoise_to_zero`` or
+    with ``final_order=2``."""
+    if isinstance(blend, bool) or not isinstance(blend, (int, float)) or not -1.0 <= blend <= 1.0:
+        raise ValueError(f"final_blend must be a number in [-1, 1] (0: x0_hat, 1: the sample at the last level, "
+                         f"'auto' under sample()'s default); got {blend!r}.")
+    if blend and (not denoise_to_zero or final_order != 1):
+        raise ValueError(f"final_blend blends x0_hat, the final step of denoise_to_zero=True with final_order=1, "
+                         f"with the sample it was read at; got final_blend={blend}, denoise_to_zero={denoise_to_zero}, "
+                         f"final_order={final_order}.")
 
 
 def check_final_order(final_order: int, denoise_to_zero: bool, eta: float = 0.0):

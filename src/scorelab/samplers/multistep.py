@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .._checks import axpy
-from ._common import Schedule, check_final_order, gaussian, method, posterior_mean, to_zero
+from ._common import Schedule, check_final_blend, check_final_order, gaussian, method, posterior_mean, to_zero
 
 _GL = np.polynomial.legendre.leggauss(12)
 # iPNDM's Adams-Bashforth weights for equal steps, newest first (Zhang & Chen 2023)
@@ -200,14 +200,17 @@ def _unipc_weights(lam, i, k, variant, corrector):
         reserve=lambda o: int(o["denoise_to_zero"]), noisy_end=lambda o: not o["denoise_to_zero"])
 def unipc(score, sde, x, times, generator, callback, order: int = 2, variant: str = "bh2", use_corrector: bool = True,
           lower_order_final: bool = True, sigma_min: float = 0.03, sigma_max: float = 80.0, rho: float = 7.0,
-          denoise_to_zero: bool = False, final_order: int = 1):
+          denoise_to_zero: bool = False, final_order: int = 1, final_blend: float = 0.0):
     """``denoise_to_zero``: the last evaluation spent on x0_hat = E[x0 | x] at the grid's last level (one step
     fewer), which is then the final step of ``lower_order_final`` (order 1: x0_hat is the first-order step to
     sigma = 0), the steps before it keeping their order: diffusers' ``UniPCMultistepScheduler`` with its default
     ``final_sigmas_type="zero"``, to float32 rounding on the same grid (tests/test_interop.py). ``final_order=2``
-    (with ``denoise_to_zero``): that step of second order in sigma (``_common.to_zero``), at no extra evaluation."""
+    (with ``denoise_to_zero``): that step of second order in sigma (``_common.to_zero``), at no extra evaluation.
+    ``final_blend`` g (with ``denoise_to_zero``): x0_hat + g (x_N - x0_hat), x_N the sample at the last level in data
+    units (``_common.to_zero``; g chosen by the flow: ``samplers/finish.py``)."""
     _at_most_3(order)
     check_final_order(final_order, denoise_to_zero)
+    check_final_blend(final_blend, denoise_to_zero, final_order)
     S = Schedule(sde, times, x)
     lam, orders = _lambda(S), warm_orders(len(S), order, lower_order_final and not denoise_to_zero)
 
@@ -215,7 +218,7 @@ def unipc(score, sde, x, times, generator, callback, order: int = 2, variant: st
         return data_plan(S, orders, lambda i, k: _unipc_weights(lam, i, k, variant, corrector))
 
     x = run_plan(score, x, S, data_store(S), plan(False), callback, plan(True) if use_corrector else None)
-    return to_zero(score, x, S, final_order) if denoise_to_zero else x
+    return to_zero(score, x, S, final_order, final_blend) if denoise_to_zero else x
 
 
 @method(grid="log_snr", end="sigma_min", begin="sigma_max", deterministic=True, noisy_end=True)

@@ -150,7 +150,8 @@ def pilot_draws(score_fn, sde, shape, method: str, nfe: int, options: dict, end:
 
     if "denoise_to_zero" in options_of(method):
         options = {**options, "denoise_to_zero": False}
-        options.pop("final_order", None)  # the order of that final step: none here
+        options.pop("final_order", None)  # the order and blend of that final step: none here
+        options.pop("final_blend", None)
     n = pilot_size(shape)
     key = (method, nfe, n, tuple(shape[1:]), float(end), str(dtype), str(device),
            tuple(sorted((k, repr(v)) for k, v in options.items())))
