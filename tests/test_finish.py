@@ -91,3 +91,14 @@ def test_flow_gap_is_the_mean_distance():
     ref = torch.ones(4, 2, 3)
     ref[0] *= 2
     assert finish.flow_gap(x, ref) == pytest.approx((math.sqrt(24) + 3 * math.sqrt(6)) / 4)
+
+
+def test_no_finish_where_the_score_is_not_trusted_at_the_bottom_nor_at_8_evaluations(monkeypatch):
+    """The reference flow runs to the stop ladder's bottom: a score whose noise share does not keep falling there (every
+    network scorelab trained) keeps the plain run, and so do 8 and 9 evaluations (``FINISH_BUDGETS``)."""
+    sde, g = VESDE(0.002, 80.0), ring(5, 7.0, 0.9)
+    draw = lambda nfe: sample(g.score_fn(sde), sde, (1000, 2), None, nfe, generator=torch.Generator().manual_seed(0))
+    assert "final_blend" in draw(10).options and "final_blend" in draw(12).options
+    assert "final_blend" not in draw(8).options and "final_blend" not in draw(9).options
+    monkeypatch.setattr(finish, "share_keeps_falling", lambda *a: False)
+    assert "final_blend" not in draw(10).options

@@ -354,11 +354,10 @@ def test_no_method_uses_the_budget_default():
     for nfe in (3, 10, 30, 100):  # N(0, I) reads wide: from 4 to 7 evaluations see the next test
         got = sample(score, sde, (64, 2), nfe=nfe, generator=g())
         name, options = default_sampler(nfe)
-        grid = None
-        if nfe == 10:  # wide at 10: the finish chosen by the flow (test_finish.py), as the result records
-            assert got.options["final_blend"] != 0
-            options, grid = got.options, "ddpm"
-        ref = sample(score, sde, (64, 2), method=name, nfe=nfe, generator=g(), grid=grid, **options)
+        # wide at 10, but a process trained down to 0.01 cannot show the score trusted to the stop ladder's bottom:
+        # no finish chosen by the flow (test_finish.py)
+        assert "final_blend" not in got.options
+        ref = sample(score, sde, (64, 2), method=name, nfe=nfe, generator=g(), **options)
         assert torch.equal(got.x, ref.x) and got.nfe == ref.nfe
 
 

@@ -56,11 +56,13 @@ BY_BUDGET = ((100, "ancestral", {}),
 # "Wide data below 8 evaluations": at 5 evaluations 0.05-0.78x the moment KL of iPNDM's row on all 12 wide
 # mixtures of 141 and 0.07-0.60x on wide Gaussians; at 3 worse on Gaussians of std 1 and 5, 1.5-2.2x)
 WIDE_BUDGETS = range(4, 8)
-# at these budgets (the UniPC row), on data whose stop level read is at least finish.FINISH_END, ``sample()`` with no
+# at these budgets (of the UniPC row), on data whose stop level read is at least finish.FINISH_END, ``sample()`` with no
 # method, options or grid ends on DDPM's levels with x0_hat blended with the sample it was read at, where a pilot
 # shows that nearer the probability-flow ODE's endpoint than the plain run (``samplers/finish.py``; docs/samplers.md,
-# "The finish chosen by the flow")
-FINISH_BUDGETS = range(8, 13)
+# "The finish chosen by the flow": gm 0.95 over the 188 mixtures at 10, 0.76 and 0.73 over the 47 that read wide at
+# 11 and 12; at 8 and 9 it lost up to 2.1x on 8 of those 47, all in 3-6 dimensions, so the row's first two budgets
+# keep the plain run)
+FINISH_BUDGETS = range(10, 13)
 
 
 def default_sampler(nfe: int) -> tuple[str, dict]:

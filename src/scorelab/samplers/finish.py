@@ -1,4 +1,4 @@
-"""The finish chosen by the flow: on data that read wide, the default from 8 to 12 evaluations may end on DDPM's levels
+"""The finish chosen by the flow: on data that read wide, the default from 10 to 12 evaluations may end on DDPM's levels
 with x0_hat blended with the sample it was read at (``unipc(..., denoise_to_zero=True, final_blend=g)``), where a
 pilot shows that finish nearer the probability-flow ODE's own endpoint than the plain run.
 
