@@ -80,7 +80,10 @@ def default_sampler(nfe: int) -> tuple[str, dict]:
     docs/samplers.md, "The SDE row from 13 evaluations": UniPC's error grows from 10 to 15 evaluations; this row's
     moment KL is 0.33x UniPC's at 13 and 0.23x at 16, geometric mean over 115 mixtures); from 8 to 12 UniPC
     (Zhao et al. 2023) on its log-SNR grid, or on DDPM's time-uniform levels where the stop level chosen is 0.2 or
-    above (``grid="auto"``: wide data, docs/samplers.md, "Wide data: DDPM's grid from 8 to 12 evaluations"); all
+    above (``grid="auto"``: wide data, docs/samplers.md, "Wide data: DDPM's grid from 8 to 12 evaluations"), and from
+    10 to 12, where that level is 0.1 or above on a score trusted down to 0.002, ending instead on DDPM's levels to
+    its last level before 0 with x0_hat blended with the sample, where a pilot finds that nearer the flow
+    (``FINISH_BUDGETS``, ``samplers/finish.py``: "The finish chosen by the flow"); all
     of these end at the noise level chosen for the score (``samplers/stop.py``: 0.03 unless
     the data are sharper; from 20 evaluations ``sigma_min="auto"``, whose pilot runs to the ladder's bottom, from 8
     to 19 ``"auto:0.03"``, whose pilot ends at 0.03 and reads data narrower than that as a little wider, so it stops
