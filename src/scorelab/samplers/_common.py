@@ -223,8 +223,8 @@ def check_final_blend(blend, denoise_to_zero: bool, final_order: int) -> None:
     """One error line for a ``final_blend`` that is not a number in [-1, 1], or not 0 without ``denoise_to_zero`` or
     with ``final_order=2``."""
     if isinstance(blend, bool) or not isinstance(blend, (int, float)) or not -1.0 <= blend <= 1.0:
-        raise ValueError(f"final_blend must be a number in [-1, 1] (0: x0_hat, 1: the sample at the last level, "
-                         f"'auto' under sample()'s default); got {blend!r}.")
+        raise ValueError(f"final_blend must be a number in [-1, 1] (0: x0_hat, 1: the sample at the last level); "
+                         f"got {blend!r}.")
     if blend and (not denoise_to_zero or final_order != 1):
         raise ValueError(f"final_blend blends x0_hat, the final step of denoise_to_zero=True with final_order=1, "
                          f"with the sample it was read at; got final_blend={blend}, denoise_to_zero={denoise_to_zero}, "
